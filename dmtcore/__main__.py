@@ -1,0 +1,5 @@
+"""`python -m dmtcore` is the `dmt` command (handy under torchrun)."""
+
+from dmtcore.cli import main
+
+main()

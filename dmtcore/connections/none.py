@@ -1,0 +1,34 @@
+"""`none`: no transfer at all, every task reads only its own column (the single-task baseline)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from dmtcore.connections import TransferConnection
+from dmtcore.hookspecs import hookimpl
+from dmtcore.registry import ConnectionKind, Registry
+
+
+class OwnFeatures(TransferConnection):
+    """out = h_i."""
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return features[self.own]
+
+
+def build(own: int, num_sources: int, feature_shape: tuple[int, ...], options: dict[str, Any]) -> OwnFeatures:
+    return OwnFeatures(own, num_sources)
+
+
+@hookimpl
+def dmt_register_connections(registry: Registry) -> None:
+    registry.add_connection(
+        ConnectionKind(
+            name="none",
+            description="no transfer: each task uses its own column only (single-task baseline)",
+            build=build,
+            isolated=True,
+        )
+    )

@@ -1,0 +1,70 @@
+"""Every hook of dmt, in one module.
+
+Registration hooks (`dmt_register_*`) are called once per plugin, in load order, with the
+same `Registry`; whatever a plugin adds is attributed to it, so duplicates name both owners.
+Lifecycle hooks let plugins observe an operation (add-task, remove-task): the MLflow tracker in
+`dmt_registry.tracking` is one such plugin. Lifecycle hooks return nothing; an exception raised
+in one aborts the operation and leaves the store unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    from dmtcore.registry import Registry
+    from dmtcore.runinfo import EpochReport, RunInfo, RunResult
+
+hookspec = pluggy.HookspecMarker("dmt")
+hookimpl = pluggy.HookimplMarker("dmt")
+
+
+@hookspec
+def dmt_register_tasks(registry: Registry) -> None:
+    """Add the plugin's tasks with `registry.add_task(TaskSpec(...))`.
+
+    Called when the plugin manager is built. A task name already registered by another plugin
+    is refused with an error naming both plugins.
+    """
+
+
+@hookspec
+def dmt_register_backbones(registry: Registry) -> None:
+    """Add column recipes with `registry.add_backbone(BackboneKind(...))`.
+
+    The built-in `dmt-cnn` and `resnet18` are registered through this hook like any other.
+    """
+
+
+@hookspec
+def dmt_register_connections(registry: Registry) -> None:
+    """Add transfer-connection kinds with `registry.add_connection(ConnectionKind(...))`.
+
+    The built-in kinds (`ttc`, `none`, ...) are registered through this hook like any other.
+    """
+
+
+@hookspec
+def dmt_run_started(run: RunInfo) -> None:
+    """Called once an operation has validated its inputs, right before training starts.
+
+    A tracker that cannot reach its backend should raise here: nothing has been trained yet.
+    """
+
+
+@hookspec
+def dmt_epoch_end(run: RunInfo, report: EpochReport) -> None:
+    """Called after every epoch with the training loss, validation metrics and gate weights."""
+
+
+@hookspec
+def dmt_run_finished(run: RunInfo, result: RunResult) -> None:
+    """Called after the new store version has been committed (the store is already safe)."""
+
+
+@hookspec
+def dmt_run_failed(run: RunInfo, error: BaseException) -> None:
+    """Called when an operation fails or is interrupted after `dmt_run_started`; nothing was
+    committed. `error` is a `KeyboardInterrupt` when the user pressed Ctrl-C."""

@@ -1,0 +1,95 @@
+"""Validation of the names and shapes users type: task names and the store's input spec."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from dmtcore.errors import InvalidValueError, UnknownNameError
+
+TASK_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]*(\.[a-z0-9][a-z0-9_-]*)*$")
+MAX_TASK_NAME_LENGTH = 64
+MAX_INPUT_SIDE = 4096
+MAX_INPUT_CHANNELS = 16
+
+
+def validate_task_name(name: str) -> str:
+    """Return `name` if it is a valid task name, else raise naming the rule it breaks.
+
+    Task names become MLflow metric keys and manifest keys, never file names, but we still keep
+    them to a portable alphabet so that no name can ever be read as a path.
+    """
+    if not isinstance(name, str) or not name:
+        raise InvalidValueError("task name must be a non-empty string")
+    if len(name) > MAX_TASK_NAME_LENGTH:
+        raise InvalidValueError(
+            f"task name {name[:20]!r}... is {len(name)} characters long; "
+            f"at most {MAX_TASK_NAME_LENGTH} are allowed"
+        )
+    if not TASK_NAME_PATTERN.match(name):
+        raise InvalidValueError(
+            f"invalid task name {name!r}: use lowercase letters, digits, '-' and '_', "
+            "in dot-separated parts (e.g. 'digits.even')"
+        )
+    return name
+
+
+def suggest(name: str, known: Iterable[str]) -> str:
+    """A ' Did you mean ...?' hint for an unknown name, or '' when nothing is close."""
+    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+def unknown_name(kind: str, name: str, known: Iterable[str]) -> UnknownNameError:
+    """The error for a name that is not registered, with close matches and the valid names."""
+    known = sorted(known)
+    listing = ", ".join(known) if known else "none"
+    return UnknownNameError(f"unknown {kind} {name!r}.{suggest(name, known)} Known: {listing}.")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """The image shape every task's images are adapted to: channels × height × width."""
+
+    channels: int
+    height: int
+    width: int
+
+    @classmethod
+    def parse(cls, text: str) -> InputSpec:
+        """Parse 'CxHxW' (e.g. '3x32x32'), raising with the valid form on anything else."""
+        parts = str(text).lower().replace("×", "x").split("x")
+        if len(parts) != 3 or not all(p.strip().isdigit() for p in parts):
+            raise InvalidValueError(
+                f"invalid input spec {text!r}: expected CxHxW with positive integers, e.g. 3x32x32"
+            )
+        return cls.from_shape([int(p) for p in parts])
+
+    @classmethod
+    def from_shape(cls, shape: Iterable[int]) -> InputSpec:
+        shape = tuple(int(s) for s in shape)
+        if len(shape) != 3:
+            raise InvalidValueError(f"invalid input shape {shape}: expected (channels, height, width)")
+        channels, height, width = shape
+        if not 1 <= channels <= MAX_INPUT_CHANNELS:
+            raise InvalidValueError(
+                f"invalid input spec {channels}x{height}x{width}: channels must be 1 to "
+                f"{MAX_INPUT_CHANNELS}"
+            )
+        if not (4 <= height <= MAX_INPUT_SIDE and 4 <= width <= MAX_INPUT_SIDE):
+            raise InvalidValueError(
+                f"invalid input spec {channels}x{height}x{width}: height and width must be 4 to "
+                f"{MAX_INPUT_SIDE} pixels"
+            )
+        return cls(channels, height, width)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.channels, self.height, self.width)
+
+    def __str__(self) -> str:
+        return f"{self.channels}x{self.height}x{self.width}"

@@ -1,0 +1,328 @@
+"""The operations users run on a store: init, add-task, remove-task, eval, predict.
+
+Each mutation validates everything it can before training, holds the writer lock, reports to
+the lifecycle hooks, and commits exactly one new version at the very end; any failure before
+that (bad data, NaN loss, Ctrl-C) leaves the store as it was.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dmtcore.checkpoint import empty_model, load_model, save_weights
+from dmtcore.data import Batches, load_splits, resolve_device
+from dmtcore.errors import ConflictError, DmtError, PluginError, StoreError
+from dmtcore.manifest import new_manifest
+from dmtcore.model import MultiTaskModel, TrainingPlan
+from dmtcore.names import InputSpec, unknown_name
+from dmtcore.plugins import PluginHost
+from dmtcore.runinfo import RunInfo, RunResult
+from dmtcore.store import Store
+from dmtcore.taskspec import DataRequest, TaskSpec
+from dmtcore.training import FitResult, Target, TrainSettings, evaluate, fit
+
+DEFAULT_BACKBONE = "dmt-cnn"
+DEFAULT_CONNECTION = "ttc"
+Notify = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Where task data lives; `download` lets a plugin fetch data (never done otherwise)."""
+
+    data_dir: Path = Path("data")
+    download: bool = False
+
+
+def init_store(
+    path: Path,
+    host: PluginHost,
+    input_spec: InputSpec | None = None,
+    backbone: str = DEFAULT_BACKBONE,
+    connection: str = DEFAULT_CONNECTION,
+    connection_options: dict[str, Any] | None = None,
+    name: str | None = None,
+) -> Store:
+    """Create an empty store. Without `input_spec`, the first task's native shape fixes it."""
+    backbone_kind = host.registry.backbone(backbone)
+    connection_kind = host.registry.connection(connection)
+    manifest = new_manifest(
+        name or Path(path).resolve().name,
+        list(input_spec.shape) if input_spec else None,
+        {"name": backbone, "options": dict(backbone_kind.default_options)},
+        {"name": connection, "options": connection_kind.resolve_options(connection_options)},
+    )
+    return Store.create(Path(path), manifest)
+
+
+def make_target(
+    spec: TaskSpec, input_spec: InputSpec, settings: TrainSettings, data: DataOptions, device: torch.device
+) -> Target:
+    """Load a task's splits and check its first batch, before anything trains."""
+    splits = load_splits(spec, DataRequest(data.data_dir, input_spec, settings.seed, data.download))
+    generator = torch.Generator().manual_seed(settings.seed)
+    train = Batches(spec, splits.train, input_spec, settings.batch_size, True, device, generator)
+    val = Batches(spec, splits.val, input_spec, settings.batch_size, False, device)
+    train.validate()
+    return Target(spec, train, val)
+
+
+def _task_entry(
+    spec: TaskSpec, host: PluginHost, slot: str, sources: list[str], metrics: dict[str, float]
+) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "slot": slot,
+        "plugin": host.registry.owner("task", spec.name),
+        "sources": sources,
+        **spec.describe(),
+        "metrics": metrics,
+        "weights": {},
+    }
+
+
+def _tracked(
+    host: PluginHost,
+    run: RunInfo,
+    store: Store,
+    work: Callable[[], tuple[dict[str, Any], dict[str, dict[str, float]]]],
+) -> RunResult:
+    """Run `work` (train, then return the manifest to commit and final metrics) between the
+    lifecycle hooks; on any failure the run is reported failed and nothing is committed."""
+    host.hook.dmt_run_started(run=run)
+    try:
+        manifest, metrics = work()
+        version = store.commit(manifest)
+    except BaseException as exc:
+        host.hook.dmt_run_failed(run=run, error=exc)
+        raise
+    result = RunResult(version, metrics, store.version_path(version), manifest["operation"])
+    host.hook.dmt_run_finished(run=run, result=result)
+    return result
+
+
+def _run_info(operation: str, tasks: list[str], store: Store, manifest: dict[str, Any], params: dict[str, Any]) -> RunInfo:
+    return RunInfo(
+        operation=operation,
+        tasks=tasks,
+        store_path=store.path,
+        store_name=manifest["name"],
+        parent_version=manifest["version"],
+        params={
+            "backbone": manifest["backbone"]["name"],
+            "connection": manifest["connection"]["name"],
+            **{f"connection.{k}": v for k, v in manifest["connection"]["options"].items()},
+            **params,
+        },
+    )
+
+
+def add_task(
+    path: Path,
+    name: str,
+    host: PluginHost,
+    settings: TrainSettings = TrainSettings(),
+    data: DataOptions = DataOptions(),
+    notify: Notify = _stderr,
+) -> RunResult:
+    """Train task `name` as a new column connected to every existing one; old tasks stay frozen.
+    A missing store is created with the defaults (and removed again if the operation fails)."""
+    spec = host.registry.task(name)
+    device = resolve_device(settings.device)
+    created = False
+    if not Store.exists(path):
+        init_store(path, host)
+        created = True
+        notify(
+            f"initialised a new store at {path} (backbone {DEFAULT_BACKBONE}, connection "
+            f"{DEFAULT_CONNECTION}, input {InputSpec.from_shape(spec.input_shape)} from {name})"
+        )
+    try:
+        return _add_task(Store.open(path), spec, host, settings, data, device)
+    except BaseException:
+        if created:
+            shutil.rmtree(path, ignore_errors=True)
+            notify(f"removed the store created at {path}: the first task could not be added")
+        raise
+
+
+def _add_task(
+    store: Store, spec: TaskSpec, host: PluginHost, settings: TrainSettings, data: DataOptions, device: torch.device
+) -> RunResult:
+    name = spec.name
+    with store.writer(f"add-task {name}"):
+        manifest = store.manifest()
+        if any(t["name"] == name for t in manifest["tasks"]):
+            raise ConflictError(
+                f"task {name!r} is already in store {str(store.path)!r} (version {manifest['version']}); "
+                f"remove it first with 'dmt remove-task {name}'"
+            )
+        input_spec = InputSpec.from_shape(manifest["input_spec"] or spec.input_shape)
+        model = load_model(store, manifest, host.registry) or empty_model(manifest, host.registry, input_spec)
+        target = make_target(spec, input_spec, settings, data, device)
+        sources = [name] if model.connection.isolated else [*model.tasks, name]
+        slot = f"t{manifest['next_slot']}"
+        torch.manual_seed(settings.seed)
+        model.add_task(name, slot, sources, spec.head, spec.num_outputs)
+        model.to(device)
+        model.configure_training(TrainingPlan(frozenset({name}), frozenset({name}), frozenset({name})))
+        run = _run_info("add-task", [name], store, manifest, {"task": name, **asdict(settings), "device": str(device)})
+
+        def work() -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+            result = fit(model, [target], settings, lambda r: host.hook.dmt_epoch_end(run=run, report=r))
+            new = copy.deepcopy(manifest)
+            new["input_spec"] = list(input_spec.shape)
+            new["next_slot"] += 1
+            new["tasks"].append(_task_entry(spec, host, slot, sources, result.metrics[name]))
+            new["operation"] = _operation("add-task", [name], settings, result, {name: result.metrics[name]})
+            _commit_weights(store, model, new, {name})
+            return new, result.metrics
+
+        return _tracked(host, run, store, work)
+
+
+def _operation(
+    kind: str, tasks: list[str], settings: TrainSettings, result: FitResult | None, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "name": kind,
+        "tasks": tasks,
+        "settings": asdict(settings),
+        "best_epoch": result.best_epoch if result else None,
+        "metrics": metrics,
+    }
+
+
+def _commit_weights(store: Store, model: MultiTaskModel, manifest: dict[str, Any], trained: set[str]) -> None:
+    """Write the blobs of every task into `manifest`, checking frozen tasks kept theirs."""
+    refs = save_weights(store, model)
+    for task in manifest["tasks"]:
+        old = task["weights"]
+        task["weights"] = refs[task["name"]]
+        if task["name"] not in trained and old and old != task["weights"]:
+            raise StoreError(f"refusing to commit: the frozen task {task['name']!r} changed")
+
+
+def specs_for(manifest: dict[str, Any], names: Sequence[str], host: PluginHost) -> dict[str, TaskSpec]:
+    """The plugin specs of stored tasks (needed for their data), naming a missing plugin."""
+    specs = {}
+    for entry in manifest["tasks"]:
+        if entry["name"] in names:
+            if entry["name"] not in host.registry.tasks:
+                raise PluginError(
+                    f"task {entry['name']!r} comes from plugin {entry.get('plugin')!r}, which is not loaded; "
+                    "install it or pass it with -p"
+                )
+            specs[entry["name"]] = host.registry.tasks[entry["name"]]
+    return specs
+
+
+def remove_task(
+    path: Path,
+    name: str,
+    host: PluginHost,
+    settings: TrainSettings = TrainSettings(epochs=3),
+    data: DataOptions = DataOptions(),
+) -> RunResult:
+    """Cut task `name` out, then retrain the connections of the tasks that read it (DMT §4.3).
+    The result's summary holds every remaining task's primary metric before, cut, and after."""
+    store = Store.open(path)
+    device = resolve_device(settings.device)
+    with store.writer(f"remove-task {name}"):
+        manifest = store.manifest()
+        stored = [t["name"] for t in manifest["tasks"]]
+        if name not in stored:
+            raise unknown_name(f"task in store {str(path)!r}:", name, stored)
+        remaining = [t for t in stored if t != name]
+        specs = specs_for(manifest, remaining, host)
+        model = load_model(store, manifest, host.registry)
+        assert model is not None
+        model.to(device)
+        input_spec = model.input_spec
+        targets = {t: make_target(specs[t], input_spec, settings, data, device) for t in remaining}
+        before = {t: evaluate(model, specs[t], targets[t].val) for t in remaining}
+        affected = model.remove_task(name)
+        cut = {t: evaluate(model, specs[t], targets[t].val) for t in affected}
+        model.configure_training(TrainingPlan(connections=frozenset(affected)))
+        run = _run_info("remove-task", [name], store, manifest, {"task": name, **asdict(settings), "device": str(device)})
+
+        def work() -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+            result = None
+            if model.param_groups():
+                result = fit(model, [targets[t] for t in affected], settings, lambda r: host.hook.dmt_epoch_end(run=run, report=r))
+            after = {t: (result.metrics[t] if result and t in result.metrics else cut.get(t, before[t])) for t in remaining}
+            new = copy.deepcopy(manifest)
+            new["tasks"] = [t for t in new["tasks"] if t["name"] != name]
+            for entry in new["tasks"]:
+                entry["sources"] = list(model.tasks[entry["name"]].sources)
+                if entry["name"] in affected:
+                    entry["metrics"] = after[entry["name"]]
+            report = {
+                t: {
+                    "metric": specs[t].primary_metric,
+                    "before": before[t][specs[t].primary_metric],
+                    "cut": cut.get(t, before[t])[specs[t].primary_metric],
+                    "after": after[t][specs[t].primary_metric],
+                    "reconnected": t in affected,
+                }
+                for t in remaining
+            }
+            new["operation"] = {**_operation("remove-task", [name], settings, result, after), "report": report}
+            _commit_weights(store, model, new, set(affected))
+            return new, after
+
+        return _tracked(host, run, store, work)
+
+
+def load_current(path: Path, host: PluginHost, version: int | None = None) -> tuple[MultiTaskModel, dict[str, Any]]:
+    """The model of a store's current (or given) version, for eval and predict."""
+    store = Store.open(path)
+    manifest = store.manifest(version)
+    model = load_model(store, manifest, host.registry)
+    if model is None or not manifest["tasks"]:
+        raise DmtError(f"store {str(path)!r} has no tasks yet; add one with 'dmt add-task NAME'")
+    return model, manifest
+
+
+def select_tasks(manifest: dict[str, Any], tasks: Sequence[str]) -> list[str]:
+    stored = [t["name"] for t in manifest["tasks"]]
+    for name in tasks:
+        if name not in stored:
+            raise unknown_name("task in this store", name, stored)
+    return list(tasks) or stored
+
+
+def evaluate_store(
+    path: Path,
+    host: PluginHost,
+    tasks: Sequence[str] = (),
+    split: str = "val",
+    settings: TrainSettings = TrainSettings(),
+    data: DataOptions = DataOptions(),
+) -> dict[str, dict[str, float]]:
+    """Metrics of the stored tasks on a split of their data."""
+    model, manifest = load_current(path, host)
+    names = select_tasks(manifest, tasks)
+    specs = specs_for(manifest, names, host)
+    device = resolve_device(settings.device)
+    model.to(device)
+    results = {}
+    for name in names:
+        splits = load_splits(specs[name], DataRequest(data.data_dir, model.input_spec, settings.seed, data.download))
+        dataset = getattr(splits, split, None)
+        if dataset is None:
+            raise DmtError(f"task {name!r} has no {split!r} split; valid: train, val" + (", test" if splits.test else ""))
+        results[name] = evaluate(model, specs[name], Batches(specs[name], dataset, model.input_spec, settings.batch_size, False, device))
+    return results

@@ -1,0 +1,100 @@
+"""Reading inputs for `dmt predict` and computing every requested task in one pass per batch."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dmtcore.data import adapt_images
+from dmtcore.errors import DataError
+from dmtcore.metrics import probabilities
+from dmtcore.model import MultiTaskModel
+from dmtcore.names import InputSpec
+
+MAX_IMAGE_PIXELS = 50_000_000  # far above any sane input, far below a decompression bomb
+
+
+def read_inputs(paths: Sequence[Path], input_spec: InputSpec) -> tuple[torch.Tensor, list[str]]:
+    """Images (PNG, JPEG, ...) as float in [0, 1], or .npy arrays (H×W, C×H×W or N×C×H×W),
+    adapted to the store's input spec. Returns the batch and one label per image."""
+    images: list[torch.Tensor] = []
+    names: list[str] = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"input {str(path)!r} does not exist")
+        batch = _read_npy(path) if path.suffix.lower() == ".npy" else _read_image(path, input_spec.channels)
+        if not torch.isfinite(batch).all():
+            raise DataError(f"input {str(path)!r} has NaN or infinite values")
+        images.append(adapt_images(batch, input_spec))
+        names += [str(path)] if len(batch) == 1 else [f"{path}[{i}]" for i in range(len(batch))]
+    return torch.cat(images), names
+
+
+def _read_npy(path: Path) -> torch.Tensor:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"input {str(path)!r} is not a readable .npy array: {exc}") from exc
+    if array.dtype.kind not in "fiub":
+        raise DataError(f"input {str(path)!r} has dtype {array.dtype}; expected numbers")
+    shape = {2: (1, 1, *array.shape), 3: (1, *array.shape), 4: array.shape}.get(array.ndim)
+    if shape is None:
+        raise DataError(f"input {str(path)!r} has shape {array.shape}; expected H×W, C×H×W or N×C×H×W")
+    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).reshape(shape)
+
+
+def _read_image(path: Path, channels: int) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise DataError(
+                    f"input {str(path)!r} is {image.width}×{image.height} pixels, above the limit of "
+                    f"{MAX_IMAGE_PIXELS}"
+                )
+            image = image.convert("L" if channels == 1 else "RGB")
+            array = np.asarray(image, dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise DataError(f"input {str(path)!r} is not a readable image: {exc}") from exc
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return torch.from_numpy(np.ascontiguousarray(array))[None]
+
+
+def predict(
+    model: MultiTaskModel,
+    images: torch.Tensor,
+    tasks: Sequence[str],
+    outputs: dict[str, dict[str, Any]],
+    batch_size: int = 256,
+) -> dict[str, dict[str, list[Any]]]:
+    """Per task: the predicted class (or values) and probabilities of every image, computing all
+    tasks in one forward pass per batch. `outputs` maps task -> {'kind', 'class_names'}."""
+    model.eval()
+    device = next(model.parameters()).device
+    logits: dict[str, list[torch.Tensor]] = {t: [] for t in tasks}
+    with torch.inference_mode():
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size].to(device)
+            for name, value in model(batch, tasks).items():
+                logits[name].append(value.float().cpu())
+    result: dict[str, dict[str, list[Any]]] = {}
+    for name in tasks:
+        kind = outputs[name]["kind"]
+        probs = probabilities(kind, torch.cat(logits[name]))
+        if kind in ("binary", "multiclass"):
+            index = probs.argmax(1).tolist()
+            names = outputs[name].get("class_names")
+            prediction: list[Any] = [names[i] for i in index] if names else index
+        elif kind == "multilabel":
+            prediction = (probs > 0.5).int().tolist()
+        else:
+            prediction = probs.tolist()
+        result[name] = {"prediction": prediction, "probabilities": probs.tolist()}
+    return result

@@ -1,0 +1,101 @@
+"""The object plugins register into: tasks, backbones (column recipes) and connection kinds.
+
+Modelled on tox 4's registry objects: a plugin calls `registry.add_*`, the registry remembers
+which plugin added what, and a duplicate is refused with a message naming both owners.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from dmtcore.errors import ConflictError, InvalidValueError
+from dmtcore.names import unknown_name
+from dmtcore.taskspec import TaskSpec
+
+
+@dataclass(frozen=True)
+class BackboneKind:
+    """A column recipe: `build(input_spec, options)` returns a `Column` (see dmtcore.backbones)."""
+
+    name: str
+    description: str
+    build: Callable[..., Any] = field(repr=False)
+    default_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConnectionKind:
+    """A transfer-connection kind: `build(own, num_sources, feature_shape, options)` returns a
+    `TransferConnection` (see dmtcore.connections) fusing the sources' features for one stage."""
+
+    name: str
+    description: str
+    build: Callable[..., Any] = field(repr=False)
+    default_options: dict[str, Any] = field(default_factory=dict)
+    isolated: bool = False  # True: a task reads only its own column, S(i) = {i}
+
+    def resolve_options(self, given: dict[str, Any] | None) -> dict[str, Any]:
+        """The kind's defaults overridden by `given`; unknown option names are refused."""
+        given = dict(given or {})
+        unknown = sorted(set(given) - set(self.default_options))
+        if unknown:
+            valid = ", ".join(sorted(self.default_options)) or "none"
+            raise InvalidValueError(
+                f"connection kind {self.name!r} has no option {unknown[0]!r}; valid: {valid}"
+            )
+        return {**self.default_options, **given}
+
+
+class Registry:
+    """Everything the loaded plugins offer, with the plugin that offered each entry."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, TaskSpec] = {}
+        self.backbones: dict[str, BackboneKind] = {}
+        self.connections: dict[str, ConnectionKind] = {}
+        self.owners: dict[tuple[str, str], str] = {}
+        self.current_plugin = "<unknown>"
+
+    def _add(self, table: dict[str, Any], what: str, name: str, entry: Any) -> None:
+        if name in table:
+            first = self.owners[(what, name)]
+            raise ConflictError(
+                f"{what} {name!r} is registered twice: by plugin {first!r} and by plugin "
+                f"{self.current_plugin!r}; block one with '-p no:NAME'"
+            )
+        table[name] = entry
+        self.owners[(what, name)] = self.current_plugin
+
+    def add_task(self, spec: TaskSpec) -> None:
+        if not isinstance(spec, TaskSpec):
+            raise InvalidValueError(
+                f"plugin {self.current_plugin!r} passed {type(spec).__name__} to add_task; "
+                "expected a dmtcore.TaskSpec"
+            )
+        self._add(self.tasks, "task", spec.name, spec)
+
+    def add_backbone(self, kind: BackboneKind) -> None:
+        self._add(self.backbones, "backbone", kind.name, kind)
+
+    def add_connection(self, kind: ConnectionKind) -> None:
+        self._add(self.connections, "connection kind", kind.name, kind)
+
+    def owner(self, what: str, name: str) -> str:
+        return self.owners[(what, name)]
+
+    def task(self, name: str) -> TaskSpec:
+        if name not in self.tasks:
+            raise unknown_name("task", name, self.tasks)
+        return self.tasks[name]
+
+    def backbone(self, name: str) -> BackboneKind:
+        if name not in self.backbones:
+            raise unknown_name("backbone", name, self.backbones)
+        return self.backbones[name]
+
+    def connection(self, name: str) -> ConnectionKind:
+        if name not in self.connections:
+            raise unknown_name("connection kind", name, self.connections)
+        return self.connections[name]

@@ -1,0 +1,258 @@
+"""The store directory: immutable versions, content-addressed weight blobs, one writer at a time.
+
+    <store>/CURRENT              the current version number, replaced atomically as the last step
+    <store>/versions/vNNNNNN.json one manifest per version, never changed once written
+    <store>/blobs/<sha256>.safetensors  weights, named by content: a frozen column is written once
+                                 and every later version refers to the same file
+    <store>/tmp/                 partial writes; whatever a crash leaves here is removed next time
+    <store>/writer.lock          flock'ed by the writer, holding its PID, command and start time
+
+A crash at any point before CURRENT is replaced leaves the previous version untouched; readers
+only ever follow CURRENT to a complete manifest whose blobs already exist, so they never block.
+This module handles bytes and JSON only (no torch), so `dmt status` stays instant.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from dmtcore.errors import StoreError, StoreLockedError, UnknownNameError
+from dmtcore.manifest import validate_manifest
+
+CURRENT = "CURRENT"
+VERSION_FILE = re.compile(r"^v(\d{6})\.json$")
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Store:
+    """A dmt store on disk. Open one with `Store.open`, create one with `Store.create`."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    # -- opening ---------------------------------------------------------------------------
+
+    @staticmethod
+    def exists(path: Path) -> bool:
+        return (Path(path) / CURRENT).is_file()
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        path = Path(path)
+        if not path.exists():
+            raise StoreError(f"no store at {str(path)!r}; create one with 'dmt init --store {path}'")
+        if not cls.exists(path):
+            raise StoreError(f"{str(path)!r} is not a dmt store (it has no {CURRENT} file)")
+        return cls(path)
+
+    @classmethod
+    def create(cls, path: Path, manifest: dict[str, Any]) -> Store:
+        """Create a store whose version 1 is `manifest`; the directory must be new or empty."""
+        path = Path(path)
+        if cls.exists(path):
+            raise StoreError(f"a store already exists at {str(path)!r}")
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise StoreError(f"{str(path)!r} exists and is not an empty directory; choose another --store")
+        try:
+            for sub in ("versions", "blobs", "tmp"):
+                (path / sub).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create a store at {str(path)!r}: {exc.strerror}") from exc
+        store = cls(path)
+        with store.writer("init"):
+            store.commit(manifest)
+        return store
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def current_version(self) -> int:
+        try:
+            text = (self.path / CURRENT).read_text().strip()
+        except OSError as exc:
+            raise StoreError(f"cannot read {self.path / CURRENT}: {exc.strerror}") from exc
+        if not text.isdigit():
+            raise StoreError(f"{self.path / CURRENT} is damaged: {text[:40]!r} is not a version number")
+        return int(text)
+
+    def version_path(self, version: int) -> Path:
+        return self.path / "versions" / f"v{version:06d}.json"
+
+    def manifest(self, version: int | None = None) -> dict[str, Any]:
+        """The manifest of `version` (the current one by default), checked for structure."""
+        version = self.current_version() if version is None else version
+        path = self.version_path(version)
+        if not path.is_file():
+            known = ", ".join(str(v) for v in self.versions()) or "none"
+            raise UnknownNameError(f"store {str(self.path)!r} has no version {version}; versions: {known}")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{path} is damaged: {exc}") from exc
+        validate_manifest(data, str(path))
+        if data["version"] != version:
+            raise StoreError(f"{path} claims to be version {data['version']}")
+        return data
+
+    def versions(self) -> list[int]:
+        """Committed versions, oldest first (files newer than CURRENT are unfinished writes)."""
+        current = self.current_version()
+        found = []
+        for path in (self.path / "versions").iterdir():
+            match = VERSION_FILE.match(path.name)
+            if match and int(match.group(1)) <= current:
+                found.append(int(match.group(1)))
+        return sorted(found)
+
+    def blob_path(self, sha256: str) -> Path:
+        if not SHA256.match(sha256):
+            raise StoreError(f"invalid blob reference {sha256[:80]!r}: expected 64 hex digits")
+        return self.path / "blobs" / f"{sha256}.safetensors"
+
+    def read_blob(self, sha256: str) -> bytes:
+        """A weight file's bytes, verified against the sha256 the manifest recorded."""
+        path = self.blob_path(sha256)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError as exc:
+            raise StoreError(f"weight file {path} is missing") from exc
+        if hashlib.sha256(data).hexdigest() != sha256:
+            raise StoreError(f"weight file {path} is damaged: its sha256 does not match the manifest")
+        return data
+
+    # -- writing ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def writer(self, command: str) -> Iterator[None]:
+        """Hold the store's writer lock; a second writer fails at once naming the holder.
+
+        The lock is an flock, so the kernel releases it when its holder dies: a stale lock from a
+        killed process is simply taken over, and what that process left half-written is removed.
+        """
+        lock_path = self.path / "writer.lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot write to store {str(self.path)!r}: {exc.strerror}") from exc
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StoreLockedError(self._describe_holder(lock_path)) from None
+            holder = {"pid": os.getpid(), "command": command, "started": now_iso()}
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(holder).encode(), 0)
+            self.remove_unfinished_writes()
+            try:
+                yield
+            finally:
+                os.ftruncate(fd, 0)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def _describe_holder(self, lock_path: Path) -> str:
+        try:
+            holder = json.loads(lock_path.read_text() or "{}")
+        except (OSError, ValueError):
+            holder = {}
+        who = f"PID {holder.get('pid', '?')} running {holder.get('command', '?')!r} since {holder.get('started', '?')}"
+        return f"store {str(self.path)!r} is locked by {who}; wait for it to finish"
+
+    def remove_unfinished_writes(self) -> None:
+        """Delete temporary files, versions past CURRENT and blobs no version refers to."""
+        shutil.rmtree(self.path / "tmp", ignore_errors=True)
+        (self.path / "tmp").mkdir(exist_ok=True)
+        if not self.exists(self.path):
+            return
+        current = self.current_version()
+        referenced: set[str] = set()
+        for path in (self.path / "versions").iterdir():
+            match = VERSION_FILE.match(path.name)
+            if match and int(match.group(1)) > current:
+                path.unlink()
+            elif match:
+                try:
+                    for task in json.loads(path.read_text())["tasks"]:
+                        referenced.update(ref["sha256"] for ref in task["weights"].values())
+                except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                    return  # a damaged manifest: never guess which blobs are unused
+        for path in (self.path / "blobs").iterdir():
+            if path.name.endswith(".safetensors") and path.name.removesuffix(".safetensors") not in referenced:
+                path.unlink()
+
+    def _write_atomically(self, target: Path, data: bytes) -> None:
+        tmp = self.path / "tmp" / f"{target.name}.{os.getpid()}.part"
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+            _fsync_dir(target.parent)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot write {target}: {exc.strerror}; the store is unchanged") from exc
+
+    def write_blob(self, data: bytes) -> str:
+        """Store weight bytes under their sha256 (once: identical content is never rewritten)."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        path = self.blob_path(sha256)
+        if not path.exists():
+            self._write_atomically(path, data)
+        return sha256
+
+    def commit(self, manifest: dict[str, Any]) -> int:
+        """Write `manifest` as the next version and make it current; call under `writer()`.
+
+        The blobs it names must already be written. CURRENT is replaced last, so until then
+        every reader still sees the previous version.
+        """
+        previous = self.current_version() if self.exists(self.path) else None
+        version = (previous or 0) + 1
+        manifest = {**manifest, "version": version, "parent": previous, "created": now_iso()}
+        validate_manifest(manifest, "new manifest")
+        for task in manifest["tasks"]:
+            for ref in task["weights"].values():
+                if not self.blob_path(ref["sha256"]).is_file():
+                    raise StoreError(f"refusing to commit: weight file {ref['sha256']} was not written")
+        self._write_atomically(self.version_path(version), json.dumps(manifest, indent=2).encode())
+        self._write_atomically(self.path / CURRENT, f"{version}\n".encode())
+        return version
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every committed version, newest first: number, date, operation, tasks."""
+        entries = []
+        for version in reversed(self.versions()):
+            manifest = self.manifest(version)
+            entries.append(
+                {
+                    "version": version,
+                    "parent": manifest["parent"],
+                    "created": manifest["created"],
+                    "operation": manifest["operation"],
+                    "tasks": [t["name"] for t in manifest["tasks"]],
+                }
+            )
+        return entries

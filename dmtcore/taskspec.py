@@ -1,0 +1,155 @@
+"""What a task plugin declares: the data, the output, the head, the loss and the metrics.
+
+Everything here is plain data (no torch import) so that listing tasks stays fast and a store's
+manifest can describe a task without the plugin that defined it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from dmtcore.errors import InvalidValueError
+from dmtcore.names import InputSpec, validate_task_name
+
+OutputKind = Literal["binary", "multiclass", "multilabel", "regression"]
+OUTPUT_KINDS: tuple[str, ...] = ("binary", "multiclass", "multilabel", "regression")
+
+DEFAULT_LOSS = {
+    "binary": "cross_entropy",
+    "multiclass": "cross_entropy",
+    "multilabel": "bce_with_logits",
+    "regression": "mse",
+}
+DEFAULT_METRICS = {
+    "binary": ("balanced_accuracy", "accuracy"),
+    "multiclass": ("accuracy", "balanced_accuracy"),
+    "multilabel": ("label_accuracy",),
+    "regression": ("neg_mae", "neg_rmse"),
+}
+HEAD_KINDS = ("linear", "mlp")
+LOSS_NAMES = ("cross_entropy", "bce_with_logits", "mse", "l1")  # implemented in dmtcore.metrics
+METRIC_NAMES = ("accuracy", "balanced_accuracy", "label_accuracy", "neg_mae", "neg_rmse")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """A declarative head: `linear`, or `mlp` with hidden widths; outputs come from the task."""
+
+    kind: str = "linear"
+    hidden: tuple[int, ...] = ()
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.kind not in HEAD_KINDS:
+            raise InvalidValueError(f"unknown head kind {self.kind!r}; valid: {', '.join(HEAD_KINDS)}")
+        if self.kind == "mlp" and not self.hidden:
+            raise InvalidValueError("an 'mlp' head needs at least one hidden width, e.g. hidden=(128,)")
+        if any(int(h) < 1 for h in self.hidden):
+            raise InvalidValueError(f"head hidden widths must be positive, got {self.hidden}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise InvalidValueError(f"head dropout must be in [0, 1), got {self.dropout}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "hidden": list(self.hidden), "dropout": self.dropout}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HeadSpec:
+        return cls(str(data["kind"]), tuple(int(h) for h in data.get("hidden", ())), float(data.get("dropout", 0.0)))
+
+
+@dataclass(frozen=True)
+class DataRequest:
+    """What the engine tells a dataset factory: where data lives and what size it will use."""
+
+    data_dir: Path
+    input_spec: InputSpec | None
+    seed: int = 0
+    download: bool = False
+
+
+@dataclass
+class TaskData:
+    """The splits a dataset factory returns: torch datasets of (image C×H×W float in [0, 1], label)."""
+
+    train: Any
+    val: Any
+    test: Any = None
+
+
+DatasetFactory = Callable[[DataRequest], "TaskData | tuple[Any, Any]"]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task a plugin offers. Only name, description, input_shape, output and datasets are required.
+
+    `num_outputs` defaults to 2 for binary tasks (a two-way softmax, so every task reports
+    probabilities the same way); multiclass, multilabel and regression tasks must give it.
+    """
+
+    name: str
+    description: str
+    input_shape: tuple[int, int, int]
+    output: OutputKind
+    datasets: DatasetFactory = field(repr=False)
+    num_outputs: int | None = None
+    head: HeadSpec = field(default_factory=HeadSpec)
+    loss: str | None = None
+    metrics: Sequence[str] | None = None
+    primary_metric: str | None = None
+    class_names: Sequence[str] | None = None
+
+    def __post_init__(self) -> None:
+        validate_task_name(self.name)
+        if self.output not in OUTPUT_KINDS:
+            raise InvalidValueError(
+                f"task {self.name!r}: unknown output kind {self.output!r}; valid: {', '.join(OUTPUT_KINDS)}"
+            )
+        InputSpec.from_shape(self.input_shape)
+        object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
+        if self.num_outputs is None:
+            if self.output != "binary":
+                raise InvalidValueError(f"task {self.name!r}: {self.output} tasks must set num_outputs")
+            object.__setattr__(self, "num_outputs", 2)
+        if self.output == "binary" and self.num_outputs != 2:
+            raise InvalidValueError(f"task {self.name!r}: binary tasks have num_outputs=2, got {self.num_outputs}")
+        if self.num_outputs < 1 or (self.output == "multiclass" and self.num_outputs < 2):
+            raise InvalidValueError(f"task {self.name!r}: num_outputs={self.num_outputs} is too small")
+        if not callable(self.datasets):
+            raise InvalidValueError(f"task {self.name!r}: datasets must be a callable DataRequest -> TaskData")
+        if self.loss is None:
+            object.__setattr__(self, "loss", DEFAULT_LOSS[self.output])
+        if self.metrics is None:
+            object.__setattr__(self, "metrics", DEFAULT_METRICS[self.output])
+        object.__setattr__(self, "metrics", tuple(self.metrics))
+        for value, valid, what in [(self.loss, LOSS_NAMES, "loss"), *((m, METRIC_NAMES, "metric") for m in self.metrics)]:
+            if value not in valid:
+                raise InvalidValueError(f"task {self.name!r}: unknown {what} {value!r}; valid: {', '.join(valid)}")
+        if self.primary_metric is None:
+            object.__setattr__(self, "primary_metric", self.metrics[0])
+        if self.primary_metric not in self.metrics:
+            raise InvalidValueError(
+                f"task {self.name!r}: primary metric {self.primary_metric!r} is not among its metrics {list(self.metrics)}"
+            )
+        if self.class_names is not None:
+            object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
+            if self.output in ("binary", "multiclass") and len(self.class_names) != self.num_outputs:
+                raise InvalidValueError(
+                    f"task {self.name!r}: {len(self.class_names)} class names for {self.num_outputs} outputs"
+                )
+
+    def describe(self) -> dict[str, Any]:
+        """The part of the spec a store keeps, so the task can be used without its plugin."""
+        return {
+            "description": self.description,
+            "native_input_shape": list(self.input_shape),
+            "output": {"kind": self.output, "size": self.num_outputs},
+            "head": self.head.to_dict(),
+            "loss": self.loss,
+            "metrics": list(self.metrics),
+            "primary_metric": self.primary_metric,
+            "class_names": list(self.class_names) if self.class_names else None,
+        }

@@ -1,0 +1,1 @@
+"""dmt's built-in task plugins, installed as entry points of the `dmt` group like any other."""
