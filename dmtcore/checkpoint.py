@@ -18,7 +18,9 @@ from dmtcore.store import Store
 from dmtcore.taskspec import HeadSpec
 
 
-def empty_model(manifest: dict[str, Any], registry: Registry, input_spec: InputSpec | None = None) -> MultiTaskModel:
+def empty_model(
+    manifest: dict[str, Any], registry: Registry, input_spec: InputSpec | None = None
+) -> MultiTaskModel:
     """A model with the manifest's recipe and no tasks."""
     spec = input_spec or InputSpec.from_shape(manifest["input_spec"])
     return MultiTaskModel(
@@ -38,7 +40,11 @@ def load_model(store: Store, manifest: dict[str, Any], registry: Registry) -> Mu
     model = empty_model(manifest, registry)
     for task in manifest["tasks"]:
         model.add_task(
-            task["name"], task["slot"], task["sources"], HeadSpec.from_dict(task["head"]), task["output"]["size"]
+            task["name"],
+            task["slot"],
+            task["sources"],
+            HeadSpec.from_dict(task["head"]),
+            task["output"]["size"],
         )
         for part in WEIGHT_PARTS:
             sha256 = task["weights"][part]["sha256"]
@@ -60,6 +66,9 @@ def save_weights(store: Store, model: MultiTaskModel) -> dict[str, dict[str, dic
     for name in model.tasks:
         refs[name] = {}
         for part in WEIGHT_PARTS:
-            state = {k: v.detach().cpu().contiguous() for k, v in model.part(name, part).state_dict().items()}
+            state = {
+                k: v.detach().cpu().contiguous()
+                for k, v in model.part(name, part).state_dict().items()
+            }
             refs[name][part] = {"sha256": store.write_blob(save_safetensors(state))}
     return refs

@@ -10,7 +10,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    RandomSampler,
+    SequentialSampler,
+    TensorDataset,
+)
 
 from dmtcore.errors import DataError, DmtError, InvalidValueError
 from dmtcore.names import InputSpec
@@ -27,7 +34,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise InvalidValueError(f"device {name!r} requested but no CUDA GPU is available; use --device cpu")
+            raise InvalidValueError(
+                f"device {name!r} requested but no CUDA GPU is available; use --device cpu"
+            )
         return torch.device(name)
     raise InvalidValueError(f"invalid device {name!r}; valid: auto, cpu, cuda, cuda:N")
 
@@ -39,7 +48,9 @@ def load_splits(spec: TaskSpec, request: DataRequest) -> TaskData:
     except DmtError:
         raise
     except Exception as exc:
-        raise DataError(f"task {spec.name!r}: its dataset factory failed: {type(exc).__name__}: {exc}") from exc
+        raise DataError(
+            f"task {spec.name!r}: its dataset factory failed: {type(exc).__name__}: {exc}"
+        ) from exc
     if isinstance(data, tuple) and len(data) in (2, 3):
         data = TaskData(*data)
     if not isinstance(data, TaskData):
@@ -78,7 +89,9 @@ def adapt_images(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
                 "(1 and 3 channels are converted, other counts must match)"
             )
     if images.shape[-2:] != (spec.height, spec.width):
-        images = F.interpolate(images, size=(spec.height, spec.width), mode="bilinear", antialias=True)
+        images = F.interpolate(
+            images, size=(spec.height, spec.width), mode="bilinear", antialias=True
+        )
     return images.contiguous()
 
 
@@ -94,7 +107,9 @@ def check_first_batch(spec: TaskSpec, images: torch.Tensor, raw_labels: Any) -> 
     """Fail early, naming the task and the bad values, if a batch cannot be what the task says."""
     if not torch.is_tensor(images) or images.dim() not in (3, 4):
         shape = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
-        raise DataError(f"task {spec.name!r}: images must be tensors of C×H×W, got a batch of {shape}")
+        raise DataError(
+            f"task {spec.name!r}: images must be tensors of C×H×W, got a batch of {shape}"
+        )
     if not torch.isfinite(images).all():
         raise DataError(f"task {spec.name!r}: the first batch has NaN or infinite pixel values")
     labels = torch.as_tensor(raw_labels)
@@ -102,7 +117,9 @@ def check_first_batch(spec: TaskSpec, images: torch.Tensor, raw_labels: Any) -> 
     if labels.shape[0] != n:
         raise DataError(f"task {spec.name!r}: {n} images but {labels.shape[0]} labels in a batch")
     if spec.output in ("binary", "multiclass"):
-        if labels.dim() != 1 or labels.is_floating_point() and not torch.equal(labels, labels.round()):
+        if labels.dim() != 1 or (
+            labels.is_floating_point() and not torch.equal(labels, labels.round())
+        ):
             raise DataError(
                 f"task {spec.name!r}: {spec.output} labels must be one class index per image, "
                 f"got shape {tuple(labels.shape)} dtype {labels.dtype}"
@@ -141,11 +158,20 @@ class Batches:
     def __post_init__(self) -> None:
         if isinstance(self.dataset, TensorDataset):
             # Index a whole batch at once instead of collating single samples.
-            sampler = RandomSampler(self.dataset, generator=self.generator) if self.shuffle else SequentialSampler(self.dataset)
-            self.loader = DataLoader(self.dataset, batch_size=None, sampler=BatchSampler(sampler, self.batch_size, False))
+            sampler = (
+                RandomSampler(self.dataset, generator=self.generator)
+                if self.shuffle
+                else SequentialSampler(self.dataset)
+            )
+            self.loader = DataLoader(
+                self.dataset, batch_size=None, sampler=BatchSampler(sampler, self.batch_size, False)
+            )
         else:
             self.loader = DataLoader(
-                self.dataset, batch_size=self.batch_size, shuffle=self.shuffle, generator=self.generator,
+                self.dataset,
+                batch_size=self.batch_size,
+                shuffle=self.shuffle,
+                generator=self.generator,
                 pin_memory=self.device.type == "cuda",
             )
 
@@ -168,6 +194,8 @@ class Batches:
         except DmtError:
             raise
         except Exception as exc:
-            raise DataError(f"task {self.spec.name!r}: reading the first batch failed: {type(exc).__name__}: {exc}") from exc
+            raise DataError(
+                f"task {self.spec.name!r}: reading the first batch failed: {type(exc).__name__}: {exc}"
+            ) from exc
         check_first_batch(self.spec, torch.as_tensor(images), labels)
         adapt_images(torch.as_tensor(images), self.input_spec)

@@ -45,12 +45,32 @@ def _require(condition: bool, where: str, what: str) -> None:
 def validate_manifest(data: Any, where: str) -> dict[str, Any]:
     """Return `data` if it is a well-formed manifest, else raise naming the file and the problem."""
     _require(isinstance(data, dict), where, "manifest is not a JSON object")
-    _require(data.get("format") == FORMAT, where, f"unsupported manifest format {data.get('format')!r} (expected {FORMAT})")
-    for key, kind in (("name", str), ("version", int), ("backbone", dict), ("connection", dict), ("tasks", list), ("next_slot", int)):
-        _require(isinstance(data.get(key), kind), where, f"field {key!r} is missing or not a {kind.__name__}")
+    _require(
+        data.get("format") == FORMAT,
+        where,
+        f"unsupported manifest format {data.get('format')!r} (expected {FORMAT})",
+    )
+    for key, kind in (
+        ("name", str),
+        ("version", int),
+        ("backbone", dict),
+        ("connection", dict),
+        ("tasks", list),
+        ("next_slot", int),
+    ):
+        _require(
+            isinstance(data.get(key), kind),
+            where,
+            f"field {key!r} is missing or not a {kind.__name__}",
+        )
     spec = data.get("input_spec")
     _require(
-        spec is None or (isinstance(spec, list) and len(spec) == 3 and all(isinstance(v, int) and v > 0 for v in spec)),
+        spec is None
+        or (
+            isinstance(spec, list)
+            and len(spec) == 3
+            and all(isinstance(v, int) and v > 0 for v in spec)
+        ),
         where,
         f"input_spec {spec!r} is not null or [C, H, W]",
     )
@@ -58,8 +78,19 @@ def validate_manifest(data: Any, where: str) -> dict[str, Any]:
     for index, task in enumerate(data["tasks"]):
         at = f"{where}: task #{index}"
         _require(isinstance(task, dict), at, "is not an object")
-        for key, kind in (("name", str), ("slot", str), ("sources", list), ("output", dict), ("head", dict), ("weights", dict)):
-            _require(isinstance(task.get(key), kind), at, f"field {key!r} is missing or not a {kind.__name__}")
+        for key, kind in (
+            ("name", str),
+            ("slot", str),
+            ("sources", list),
+            ("output", dict),
+            ("head", dict),
+            ("weights", dict),
+        ):
+            _require(
+                isinstance(task.get(key), kind),
+                at,
+                f"field {key!r} is missing or not a {kind.__name__}",
+            )
         name = task["name"]
         _require(name in task["sources"], at, f"task {name!r} is not in its own source set")
         unknown = [s for s in task["sources"] if s != name and s not in names]
@@ -67,7 +98,9 @@ def validate_manifest(data: Any, where: str) -> dict[str, Any]:
         for part in WEIGHT_PARTS:
             ref = task["weights"].get(part)
             _require(
-                isinstance(ref, dict) and isinstance(ref.get("sha256"), str) and len(ref["sha256"]) == 64,
+                isinstance(ref, dict)
+                and isinstance(ref.get("sha256"), str)
+                and len(ref["sha256"]) == 64,
                 at,
                 f"weights.{part} has no sha256",
             )

@@ -60,7 +60,9 @@ METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor], float]] = {
 }
 
 
-def compute_metrics(names: list[str], outputs: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+def compute_metrics(
+    names: list[str], outputs: torch.Tensor, labels: torch.Tensor
+) -> dict[str, float]:
     for name in names:
         if name not in METRICS:
             raise unknown_name("metric", name, METRICS)

@@ -76,7 +76,9 @@ class MultiTaskModel(nn.Module):
 
     # -- structure -------------------------------------------------------------------------
 
-    def add_task(self, name: str, slot: str, sources: Sequence[str], head: HeadSpec, num_outputs: int) -> None:
+    def add_task(
+        self, name: str, slot: str, sources: Sequence[str], head: HeadSpec, num_outputs: int
+    ) -> None:
         """Build a new column, its connections and its head (fresh weights from torch's RNG)."""
         unknown = [s for s in sources if s != name and s not in self.tasks]
         if name in self.tasks or name not in sources or unknown:
@@ -112,7 +114,9 @@ class MultiTaskModel(nn.Module):
 
     def part(self, name: str, part: str) -> nn.Module:
         slot = self.tasks[name].slot
-        return {"column": self.columns, "connections": self.connections, "head": self.heads}[part][slot]
+        return {"column": self.columns, "connections": self.connections, "head": self.heads}[part][
+            slot
+        ]
 
     def connection_modules(self, name: str) -> list[TransferConnection]:
         return list(self.connections[self.tasks[name].slot])
@@ -177,7 +181,9 @@ class MultiTaskModel(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor, tasks: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, x: torch.Tensor, tasks: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
         """Logits of the requested tasks (all by default), computing each needed column once."""
         wanted = list(self.tasks) if tasks is None else list(tasks)
         needed = self.closure(wanted)

@@ -44,11 +44,14 @@ def suggest(name: str, known: Iterable[str]) -> str:
     return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
 
 
-def unknown_name(kind: str, name: str, known: Iterable[str]) -> UnknownNameError:
+def unknown_name(kind: str, name: str, known: Iterable[str], where: str = "") -> UnknownNameError:
     """The error for a name that is not registered, with close matches and the valid names."""
     known = sorted(known)
     listing = ", ".join(known) if known else "none"
-    return UnknownNameError(f"unknown {kind} {name!r}.{suggest(name, known)} Known: {listing}.")
+    place = f" {where}" if where else ""
+    return UnknownNameError(
+        f"unknown {kind} {name!r}{place}.{suggest(name, known)} Known: {listing}."
+    )
 
 
 @dataclass(frozen=True)
@@ -73,7 +76,9 @@ class InputSpec:
     def from_shape(cls, shape: Iterable[int]) -> InputSpec:
         shape = tuple(int(s) for s in shape)
         if len(shape) != 3:
-            raise InvalidValueError(f"invalid input shape {shape}: expected (channels, height, width)")
+            raise InvalidValueError(
+                f"invalid input shape {shape}: expected (channels, height, width)"
+            )
         channels, height, width = shape
         if not 1 <= channels <= MAX_INPUT_CHANNELS:
             raise InvalidValueError(

@@ -68,7 +68,11 @@ def init_store(
 
 
 def make_target(
-    spec: TaskSpec, input_spec: InputSpec, settings: TrainSettings, data: DataOptions, device: torch.device
+    spec: TaskSpec,
+    input_spec: InputSpec,
+    settings: TrainSettings,
+    data: DataOptions,
+    device: torch.device,
 ) -> Target:
     """Load a task's splits and check its first batch, before anything trains."""
     splits = load_splits(spec, DataRequest(data.data_dir, input_spec, settings.seed, data.download))
@@ -113,7 +117,9 @@ def _tracked(
     return result
 
 
-def _run_info(operation: str, tasks: list[str], store: Store, manifest: dict[str, Any], params: dict[str, Any]) -> RunInfo:
+def _run_info(
+    operation: str, tasks: list[str], store: Store, manifest: dict[str, Any], params: dict[str, Any]
+) -> RunInfo:
     return RunInfo(
         operation=operation,
         tasks=tasks,
@@ -159,7 +165,12 @@ def add_task(
 
 
 def _add_task(
-    store: Store, spec: TaskSpec, host: PluginHost, settings: TrainSettings, data: DataOptions, device: torch.device
+    store: Store,
+    spec: TaskSpec,
+    host: PluginHost,
+    settings: TrainSettings,
+    data: DataOptions,
+    device: torch.device,
 ) -> RunResult:
     name = spec.name
     with store.writer(f"add-task {name}"):
@@ -170,23 +181,37 @@ def _add_task(
                 f"remove it first with 'dmt remove-task {name}'"
             )
         input_spec = InputSpec.from_shape(manifest["input_spec"] or spec.input_shape)
-        model = load_model(store, manifest, host.registry) or empty_model(manifest, host.registry, input_spec)
+        model = load_model(store, manifest, host.registry) or empty_model(
+            manifest, host.registry, input_spec
+        )
         target = make_target(spec, input_spec, settings, data, device)
         sources = [name] if model.connection.isolated else [*model.tasks, name]
         slot = f"t{manifest['next_slot']}"
         torch.manual_seed(settings.seed)
         model.add_task(name, slot, sources, spec.head, spec.num_outputs)
         model.to(device)
-        model.configure_training(TrainingPlan(frozenset({name}), frozenset({name}), frozenset({name})))
-        run = _run_info("add-task", [name], store, manifest, {"task": name, **asdict(settings), "device": str(device)})
+        model.configure_training(
+            TrainingPlan(frozenset({name}), frozenset({name}), frozenset({name}))
+        )
+        run = _run_info(
+            "add-task",
+            [name],
+            store,
+            manifest,
+            {"task": name, **asdict(settings), "device": str(device)},
+        )
 
         def work() -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
-            result = fit(model, [target], settings, lambda r: host.hook.dmt_epoch_end(run=run, report=r))
+            result = fit(
+                model, [target], settings, lambda r: host.hook.dmt_epoch_end(run=run, report=r)
+            )
             new = copy.deepcopy(manifest)
             new["input_spec"] = list(input_spec.shape)
             new["next_slot"] += 1
             new["tasks"].append(_task_entry(spec, host, slot, sources, result.metrics[name]))
-            new["operation"] = _operation("add-task", [name], settings, result, {name: result.metrics[name]})
+            new["operation"] = _operation(
+                "add-task", [name], settings, result, {name: result.metrics[name]}
+            )
             _commit_weights(store, model, new, {name})
             return new, result.metrics
 
@@ -194,7 +219,11 @@ def _add_task(
 
 
 def _operation(
-    kind: str, tasks: list[str], settings: TrainSettings, result: FitResult | None, metrics: dict[str, Any]
+    kind: str,
+    tasks: list[str],
+    settings: TrainSettings,
+    result: FitResult | None,
+    metrics: dict[str, Any],
 ) -> dict[str, Any]:
     return {
         "name": kind,
@@ -205,7 +234,9 @@ def _operation(
     }
 
 
-def _commit_weights(store: Store, model: MultiTaskModel, manifest: dict[str, Any], trained: set[str]) -> None:
+def _commit_weights(
+    store: Store, model: MultiTaskModel, manifest: dict[str, Any], trained: set[str]
+) -> None:
     """Write the blobs of every task into `manifest`, checking frozen tasks kept theirs."""
     refs = save_weights(store, model)
     for task in manifest["tasks"]:
@@ -215,7 +246,9 @@ def _commit_weights(store: Store, model: MultiTaskModel, manifest: dict[str, Any
             raise StoreError(f"refusing to commit: the frozen task {task['name']!r} changed")
 
 
-def specs_for(manifest: dict[str, Any], names: Sequence[str], host: PluginHost) -> dict[str, TaskSpec]:
+def specs_for(
+    manifest: dict[str, Any], names: Sequence[str], host: PluginHost
+) -> dict[str, TaskSpec]:
     """The plugin specs of stored tasks (needed for their data), naming a missing plugin."""
     specs = {}
     for entry in manifest["tasks"]:
@@ -244,7 +277,7 @@ def remove_task(
         manifest = store.manifest()
         stored = [t["name"] for t in manifest["tasks"]]
         if name not in stored:
-            raise unknown_name(f"task in store {str(path)!r}:", name, stored)
+            raise unknown_name("task", name, stored, f"in store {str(path)!r}")
         remaining = [t for t in stored if t != name]
         specs = specs_for(manifest, remaining, host)
         model = load_model(store, manifest, host.registry)
@@ -256,13 +289,27 @@ def remove_task(
         affected = model.remove_task(name)
         cut = {t: evaluate(model, specs[t], targets[t].val) for t in affected}
         model.configure_training(TrainingPlan(connections=frozenset(affected)))
-        run = _run_info("remove-task", [name], store, manifest, {"task": name, **asdict(settings), "device": str(device)})
+        run = _run_info(
+            "remove-task",
+            [name],
+            store,
+            manifest,
+            {"task": name, **asdict(settings), "device": str(device)},
+        )
 
         def work() -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
             result = None
             if model.param_groups():
-                result = fit(model, [targets[t] for t in affected], settings, lambda r: host.hook.dmt_epoch_end(run=run, report=r))
-            after = {t: (result.metrics[t] if result and t in result.metrics else cut.get(t, before[t])) for t in remaining}
+                result = fit(
+                    model,
+                    [targets[t] for t in affected],
+                    settings,
+                    lambda r: host.hook.dmt_epoch_end(run=run, report=r),
+                )
+            after = {
+                t: (result.metrics[t] if result and t in result.metrics else cut.get(t, before[t]))
+                for t in remaining
+            }
             new = copy.deepcopy(manifest)
             new["tasks"] = [t for t in new["tasks"] if t["name"] != name]
             for entry in new["tasks"]:
@@ -279,14 +326,19 @@ def remove_task(
                 }
                 for t in remaining
             }
-            new["operation"] = {**_operation("remove-task", [name], settings, result, after), "report": report}
+            new["operation"] = {
+                **_operation("remove-task", [name], settings, result, after),
+                "report": report,
+            }
             _commit_weights(store, model, new, set(affected))
             return new, after
 
         return _tracked(host, run, store, work)
 
 
-def load_current(path: Path, host: PluginHost, version: int | None = None) -> tuple[MultiTaskModel, dict[str, Any]]:
+def load_current(
+    path: Path, host: PluginHost, version: int | None = None
+) -> tuple[MultiTaskModel, dict[str, Any]]:
     """The model of a store's current (or given) version, for eval and predict."""
     store = Store.open(path)
     manifest = store.manifest(version)
@@ -300,7 +352,7 @@ def select_tasks(manifest: dict[str, Any], tasks: Sequence[str]) -> list[str]:
     stored = [t["name"] for t in manifest["tasks"]]
     for name in tasks:
         if name not in stored:
-            raise unknown_name("task in this store", name, stored)
+            raise unknown_name("task", name, stored, "in this store")
     return list(tasks) or stored
 
 
@@ -320,9 +372,18 @@ def evaluate_store(
     model.to(device)
     results = {}
     for name in names:
-        splits = load_splits(specs[name], DataRequest(data.data_dir, model.input_spec, settings.seed, data.download))
+        splits = load_splits(
+            specs[name], DataRequest(data.data_dir, model.input_spec, settings.seed, data.download)
+        )
         dataset = getattr(splits, split, None)
         if dataset is None:
-            raise DmtError(f"task {name!r} has no {split!r} split; valid: train, val" + (", test" if splits.test else ""))
-        results[name] = evaluate(model, specs[name], Batches(specs[name], dataset, model.input_spec, settings.batch_size, False, device))
+            raise DmtError(
+                f"task {name!r} has no {split!r} split; valid: train, val"
+                + (", test" if splits.test else "")
+            )
+        results[name] = evaluate(
+            model,
+            specs[name],
+            Batches(specs[name], dataset, model.input_spec, settings.batch_size, False, device),
+        )
     return results

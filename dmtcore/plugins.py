@@ -98,9 +98,7 @@ def import_plugin(spec: str) -> tuple[str, ModuleType]:
     try:
         return spec, importlib.import_module(spec)
     except Exception as exc:
-        raise PluginError(
-            f"plugin {spec!r} failed to import: {type(exc).__name__}: {exc}"
-        ) from exc
+        raise PluginError(f"plugin {spec!r} failed to import: {type(exc).__name__}: {exc}") from exc
 
 
 def _entry_points() -> Iterable[importlib.metadata.EntryPoint]:
@@ -111,9 +109,7 @@ def _entry_points() -> Iterable[importlib.metadata.EntryPoint]:
             yield ep
 
 
-def create_plugin_host(
-    plugins: Sequence[str] = (), autoload: bool | None = None
-) -> PluginHost:
+def create_plugin_host(plugins: Sequence[str] = (), autoload: bool | None = None) -> PluginHost:
     """Load built-ins, then entry points (unless autoload is off), then `-p` plugins, and run the
     registration hooks. `plugins` entries of the form 'no:NAME' block a plugin by name."""
     if autoload is None:
@@ -134,7 +130,11 @@ def create_plugin_host(
         infos.append(PluginInfo(name, module.__name__, origin, version, hooks))
 
     for module_name in BUILTIN_PLUGINS:
-        add(module_name.rsplit(".", 1)[-1].replace("_", "-"), importlib.import_module(module_name), "builtin")
+        add(
+            module_name.rsplit(".", 1)[-1].replace("_", "-"),
+            importlib.import_module(module_name),
+            "builtin",
+        )
     if autoload:
         for ep in _entry_points():
             if ep.name in blocked:

@@ -27,7 +27,11 @@ def read_inputs(paths: Sequence[Path], input_spec: InputSpec) -> tuple[torch.Ten
         path = Path(path)
         if not path.is_file():
             raise DataError(f"input {str(path)!r} does not exist")
-        batch = _read_npy(path) if path.suffix.lower() == ".npy" else _read_image(path, input_spec.channels)
+        batch = (
+            _read_npy(path)
+            if path.suffix.lower() == ".npy"
+            else _read_image(path, input_spec.channels)
+        )
         if not torch.isfinite(batch).all():
             raise DataError(f"input {str(path)!r} has NaN or infinite values")
         images.append(adapt_images(batch, input_spec))
@@ -44,7 +48,9 @@ def _read_npy(path: Path) -> torch.Tensor:
         raise DataError(f"input {str(path)!r} has dtype {array.dtype}; expected numbers")
     shape = {2: (1, 1, *array.shape), 3: (1, *array.shape), 4: array.shape}.get(array.ndim)
     if shape is None:
-        raise DataError(f"input {str(path)!r} has shape {array.shape}; expected H×W, C×H×W or N×C×H×W")
+        raise DataError(
+            f"input {str(path)!r} has shape {array.shape}; expected H×W, C×H×W or N×C×H×W"
+        )
     return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).reshape(shape)
 
 

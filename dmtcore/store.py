@@ -62,7 +62,9 @@ class Store:
     def open(cls, path: Path) -> Store:
         path = Path(path)
         if not path.exists():
-            raise StoreError(f"no store at {str(path)!r}; create one with 'dmt init --store {path}'")
+            raise StoreError(
+                f"no store at {str(path)!r}; create one with 'dmt init --store {path}'"
+            )
         if not cls.exists(path):
             raise StoreError(f"{str(path)!r} is not a dmt store (it has no {CURRENT} file)")
         return cls(path)
@@ -74,7 +76,9 @@ class Store:
         if cls.exists(path):
             raise StoreError(f"a store already exists at {str(path)!r}")
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise StoreError(f"{str(path)!r} exists and is not an empty directory; choose another --store")
+            raise StoreError(
+                f"{str(path)!r} exists and is not an empty directory; choose another --store"
+            )
         try:
             for sub in ("versions", "blobs", "tmp"):
                 (path / sub).mkdir(parents=True, exist_ok=True)
@@ -93,7 +97,9 @@ class Store:
         except OSError as exc:
             raise StoreError(f"cannot read {self.path / CURRENT}: {exc.strerror}") from exc
         if not text.isdigit():
-            raise StoreError(f"{self.path / CURRENT} is damaged: {text[:40]!r} is not a version number")
+            raise StoreError(
+                f"{self.path / CURRENT} is damaged: {text[:40]!r} is not a version number"
+            )
         return int(text)
 
     def version_path(self, version: int) -> Path:
@@ -105,7 +111,9 @@ class Store:
         path = self.version_path(version)
         if not path.is_file():
             known = ", ".join(str(v) for v in self.versions()) or "none"
-            raise UnknownNameError(f"store {str(self.path)!r} has no version {version}; versions: {known}")
+            raise UnknownNameError(
+                f"store {str(self.path)!r} has no version {version}; versions: {known}"
+            )
         try:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as exc:
@@ -138,7 +146,9 @@ class Store:
         except FileNotFoundError as exc:
             raise StoreError(f"weight file {path} is missing") from exc
         if hashlib.sha256(data).hexdigest() != sha256:
-            raise StoreError(f"weight file {path} is damaged: its sha256 does not match the manifest")
+            raise StoreError(
+                f"weight file {path} is damaged: its sha256 does not match the manifest"
+            )
         return data
 
     # -- writing ---------------------------------------------------------------------------
@@ -199,7 +209,10 @@ class Store:
                 except (OSError, ValueError, KeyError, TypeError, AttributeError):
                     return  # a damaged manifest: never guess which blobs are unused
         for path in (self.path / "blobs").iterdir():
-            if path.name.endswith(".safetensors") and path.name.removesuffix(".safetensors") not in referenced:
+            if (
+                path.name.endswith(".safetensors")
+                and path.name.removesuffix(".safetensors") not in referenced
+            ):
                 path.unlink()
 
     def _write_atomically(self, target: Path, data: bytes) -> None:
@@ -213,7 +226,9 @@ class Store:
             _fsync_dir(target.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise StoreError(f"cannot write {target}: {exc.strerror}; the store is unchanged") from exc
+            raise StoreError(
+                f"cannot write {target}: {exc.strerror}; the store is unchanged"
+            ) from exc
 
     def write_blob(self, data: bytes) -> str:
         """Store weight bytes under their sha256 (once: identical content is never rewritten)."""
@@ -236,7 +251,9 @@ class Store:
         for task in manifest["tasks"]:
             for ref in task["weights"].values():
                 if not self.blob_path(ref["sha256"]).is_file():
-                    raise StoreError(f"refusing to commit: weight file {ref['sha256']} was not written")
+                    raise StoreError(
+                        f"refusing to commit: weight file {ref['sha256']} was not written"
+                    )
         self._write_atomically(self.version_path(version), json.dumps(manifest, indent=2).encode())
         self._write_atomically(self.path / CURRENT, f"{version}\n".encode())
         return version

@@ -44,9 +44,13 @@ class HeadSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in HEAD_KINDS:
-            raise InvalidValueError(f"unknown head kind {self.kind!r}; valid: {', '.join(HEAD_KINDS)}")
+            raise InvalidValueError(
+                f"unknown head kind {self.kind!r}; valid: {', '.join(HEAD_KINDS)}"
+            )
         if self.kind == "mlp" and not self.hidden:
-            raise InvalidValueError("an 'mlp' head needs at least one hidden width, e.g. hidden=(128,)")
+            raise InvalidValueError(
+                "an 'mlp' head needs at least one hidden width, e.g. hidden=(128,)"
+            )
         if any(int(h) < 1 for h in self.hidden):
             raise InvalidValueError(f"head hidden widths must be positive, got {self.hidden}")
         if not 0.0 <= self.dropout < 1.0:
@@ -57,7 +61,11 @@ class HeadSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HeadSpec:
-        return cls(str(data["kind"]), tuple(int(h) for h in data.get("hidden", ())), float(data.get("dropout", 0.0)))
+        return cls(
+            str(data["kind"]),
+            tuple(int(h) for h in data.get("hidden", ())),
+            float(data.get("dropout", 0.0)),
+        )
 
 
 @dataclass(frozen=True)
@@ -112,22 +120,35 @@ class TaskSpec:
         object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
         if self.num_outputs is None:
             if self.output != "binary":
-                raise InvalidValueError(f"task {self.name!r}: {self.output} tasks must set num_outputs")
+                raise InvalidValueError(
+                    f"task {self.name!r}: {self.output} tasks must set num_outputs"
+                )
             object.__setattr__(self, "num_outputs", 2)
         if self.output == "binary" and self.num_outputs != 2:
-            raise InvalidValueError(f"task {self.name!r}: binary tasks have num_outputs=2, got {self.num_outputs}")
+            raise InvalidValueError(
+                f"task {self.name!r}: binary tasks have num_outputs=2, got {self.num_outputs}"
+            )
         if self.num_outputs < 1 or (self.output == "multiclass" and self.num_outputs < 2):
-            raise InvalidValueError(f"task {self.name!r}: num_outputs={self.num_outputs} is too small")
+            raise InvalidValueError(
+                f"task {self.name!r}: num_outputs={self.num_outputs} is too small"
+            )
         if not callable(self.datasets):
-            raise InvalidValueError(f"task {self.name!r}: datasets must be a callable DataRequest -> TaskData")
+            raise InvalidValueError(
+                f"task {self.name!r}: datasets must be a callable DataRequest -> TaskData"
+            )
         if self.loss is None:
             object.__setattr__(self, "loss", DEFAULT_LOSS[self.output])
         if self.metrics is None:
             object.__setattr__(self, "metrics", DEFAULT_METRICS[self.output])
         object.__setattr__(self, "metrics", tuple(self.metrics))
-        for value, valid, what in [(self.loss, LOSS_NAMES, "loss"), *((m, METRIC_NAMES, "metric") for m in self.metrics)]:
+        for value, valid, what in [
+            (self.loss, LOSS_NAMES, "loss"),
+            *((m, METRIC_NAMES, "metric") for m in self.metrics),
+        ]:
             if value not in valid:
-                raise InvalidValueError(f"task {self.name!r}: unknown {what} {value!r}; valid: {', '.join(valid)}")
+                raise InvalidValueError(
+                    f"task {self.name!r}: unknown {what} {value!r}; valid: {', '.join(valid)}"
+                )
         if self.primary_metric is None:
             object.__setattr__(self, "primary_metric", self.metrics[0])
         if self.primary_metric not in self.metrics:
@@ -136,7 +157,10 @@ class TaskSpec:
             )
         if self.class_names is not None:
             object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
-            if self.output in ("binary", "multiclass") and len(self.class_names) != self.num_outputs:
+            if (
+                self.output in ("binary", "multiclass")
+                and len(self.class_names) != self.num_outputs
+            ):
                 raise InvalidValueError(
                     f"task {self.name!r}: {len(self.class_names)} class names for {self.num_outputs} outputs"
                 )

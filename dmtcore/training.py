@@ -41,12 +41,16 @@ class TrainSettings:
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise InvalidValueError(f"epochs must be a positive integer, got {self.epochs!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise InvalidValueError(f"batch size must be a positive integer, got {self.batch_size!r}")
+            raise InvalidValueError(
+                f"batch size must be a positive integer, got {self.batch_size!r}"
+            )
         if not (isinstance(self.lr, float | int) and math.isfinite(self.lr) and self.lr > 0):
             raise InvalidValueError(f"learning rate must be a positive number, got {self.lr!r}")
         mult = self.connection_lr_mult
         if mult is not None and not (math.isfinite(mult) and mult > 0):
-            raise InvalidValueError(f"connection learning-rate multiplier must be positive, got {mult!r}")
+            raise InvalidValueError(
+                f"connection learning-rate multiplier must be positive, got {mult!r}"
+            )
 
 
 @dataclass
@@ -112,7 +116,10 @@ def fit(
     """Train the model's planned parts on `targets`; returns the best epoch's metrics."""
     groups = model.param_groups(settings.connection_lr_mult)
     optimizer = torch.optim.Adam(
-        [{"params": g.params, "lr": settings.lr * g.lr_mult, "weight_decay": g.weight_decay} for g in groups]
+        [
+            {"params": g.params, "lr": settings.lr * g.lr_mult, "weight_decay": g.weight_decay}
+            for g in groups
+        ]
     )
     names = [t.spec.name for t in targets]
     losses = {t.spec.name: loss_function(t.spec.loss) for t in targets}
@@ -126,7 +133,13 @@ def fit(
         model.train_mode()
         totals: dict[str, torch.Tensor] = {}
         counts = dict.fromkeys(names, 0)
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{settings.epochs}", leave=False, disable=None, file=sys.stderr)
+        bar = tqdm(
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{settings.epochs}",
+            leave=False,
+            disable=None,
+            file=sys.stderr,
+        )
         for step, (target, images, labels) in enumerate(_turns(targets)):
             name = target.spec.name
             loss = losses[name](model(images, [name])[name], labels)
@@ -148,7 +161,12 @@ def fit(
         if is_best:
             best_score, best_state, best = score, _snapshot(model), (epoch, metrics)
         report = EpochReport(
-            epoch, train_loss, metrics, flat_relation_weights(model, names), time.perf_counter() - started, is_best
+            epoch,
+            train_loss,
+            metrics,
+            flat_relation_weights(model, names),
+            time.perf_counter() - started,
+            is_best,
         )
         reports.append(report)
         on_epoch(report)
@@ -171,12 +189,16 @@ def _snapshot(model: MultiTaskModel) -> dict[tuple[str, str], dict[str, torch.Te
     plan = model.plan
     trained = {"column": plan.columns, "connections": plan.connections, "head": plan.heads}
     return {
-        (name, part): {k: v.detach().clone() for k, v in model.part(name, part).state_dict().items()}
+        (name, part): {
+            k: v.detach().clone() for k, v in model.part(name, part).state_dict().items()
+        }
         for part in WEIGHT_PARTS
         for name in trained[part]
     }
 
 
-def _restore(model: MultiTaskModel, snapshot: dict[tuple[str, str], dict[str, torch.Tensor]]) -> None:
+def _restore(
+    model: MultiTaskModel, snapshot: dict[tuple[str, str], dict[str, torch.Tensor]]
+) -> None:
     for (name, part), state in snapshot.items():
         model.part(name, part).load_state_dict(state)

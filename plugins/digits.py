@@ -20,7 +20,10 @@ ATTRIBUTES = {
     "large": ("the digit is 5 or more", {5, 6, 7, 8, 9}),
     "prime": ("the digit is prime (2, 3, 5, 7)", {2, 3, 5, 7}),
     "loop": ("the digit has a closed loop (0, 4, 6, 8, 9)", {0, 4, 6, 8, 9}),
-    "curved": ("the digit is drawn mostly with curves (0, 2, 3, 5, 6, 8, 9)", {0, 2, 3, 5, 6, 8, 9}),
+    "curved": (
+        "the digit is drawn mostly with curves (0, 2, 3, 5, 6, 8, 9)",
+        {0, 2, 3, 5, 6, 8, 9},
+    ),
 }
 
 
@@ -34,7 +37,11 @@ def _splits() -> dict[str, tuple[Any, Any]]:
     digits = load_digits()
     images = (digits.images / 16.0).astype(np.float32)[:, None]
     train_x, val_x, train_y, val_y = train_test_split(
-        images, digits.target, test_size=VAL_FRACTION, random_state=SPLIT_SEED, stratify=digits.target
+        images,
+        digits.target,
+        test_size=VAL_FRACTION,
+        random_state=SPLIT_SEED,
+        stratify=digits.target,
     )
     return {"train": (train_x, train_y), "val": (val_x, val_y)}
 

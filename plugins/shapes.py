@@ -68,7 +68,9 @@ def _factory(attribute: str):
         splits = {}
         for split in SPLIT_SIZES:
             data = generate(split, height, width)
-            splits[split] = TensorDataset(torch.from_numpy(data["images"]), torch.as_tensor(data[attribute]).long())
+            splits[split] = TensorDataset(
+                torch.from_numpy(data["images"]), torch.as_tensor(data[attribute]).long()
+            )
         return TaskData(**splits)
 
     return datasets
@@ -79,7 +81,12 @@ TASKS = (
     ("shapes.colour", "which colour: red, green or blue", "colour", COLOURS),
     ("shapes.size", "is the shape large", "large", ("small", "large")),
     ("shapes.position", "is the shape in the left half", "left", ("right", "left")),
-    ("shapes.red-circle", "is it a red circle (composite of kind and colour)", "red-circle", ("no", "yes")),
+    (
+        "shapes.red-circle",
+        "is it a red circle (composite of kind and colour)",
+        "red-circle",
+        ("no", "yes"),
+    ),
 )
 
 

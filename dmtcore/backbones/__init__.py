@@ -24,7 +24,9 @@ class Column(nn.Module):
         return shape[0]
 
 
-def infer_feature_shapes(stages: nn.ModuleList, input_shape: tuple[int, int, int]) -> list[tuple[int, ...]]:
+def infer_feature_shapes(
+    stages: nn.ModuleList, input_shape: tuple[int, int, int]
+) -> list[tuple[int, ...]]:
     """Run one zero image through the stages to learn each output shape exactly."""
     shapes = []
     was_training = stages.training

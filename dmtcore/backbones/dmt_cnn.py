@@ -21,7 +21,11 @@ def same_padding(kernel: int) -> list[Any]:
     from torch import nn
 
     total = kernel - 1
-    return [nn.ZeroPad2d((total // 2, total - total // 2, total // 2, total - total // 2))] if total else []
+    return (
+        [nn.ZeroPad2d((total // 2, total - total // 2, total // 2, total - total // 2))]
+        if total
+        else []
+    )
 
 
 def build(input_spec: Any, options: dict[str, Any]) -> Any:

@@ -29,7 +29,9 @@ def build(input_spec: Any, options: dict[str, Any]) -> Any:
         old = net.conv1
         net.conv1 = nn.Conv2d(channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
         if weights_file:  # keep pretrained filters: average over RGB, repeat for the new channels
-            net.conv1.weight.data.copy_(old.weight.data.mean(1, keepdim=True).repeat(1, channels, 1, 1))
+            net.conv1.weight.data.copy_(
+                old.weight.data.mean(1, keepdim=True).repeat(1, channels, 1, 1)
+            )
     stages = [
         nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1),
         net.layer2,

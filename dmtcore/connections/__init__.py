@@ -40,7 +40,9 @@ class TransferConnection(nn.Module):
     def drop_source(self, position: int) -> None:
         """Forget source `position` (its task was removed); the own source cannot be dropped."""
         if position == self.own or not 0 <= position < self.num_sources:
-            raise ValueError(f"cannot drop source {position} (own={self.own}, n={self.num_sources})")
+            raise ValueError(
+                f"cannot drop source {position} (own={self.own}, n={self.num_sources})"
+            )
         if position < self.own:
             self.own -= 1
         self.num_sources -= 1

@@ -18,7 +18,9 @@ class OwnFeatures(TransferConnection):
         return features[self.own]
 
 
-def build(own: int, num_sources: int, feature_shape: tuple[int, ...], options: dict[str, Any]) -> OwnFeatures:
+def build(
+    own: int, num_sources: int, feature_shape: tuple[int, ...], options: dict[str, Any]
+) -> OwnFeatures:
     return OwnFeatures(own, num_sources)
 
 

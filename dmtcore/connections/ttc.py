@@ -26,7 +26,12 @@ class TaskTransferConnection(TransferConnection):
     """One β per other source; the own source enters with weight 1."""
 
     def __init__(
-        self, own: int, num_sources: int, feature_shape: tuple[int, ...], init_alpha: float, lr_mult: float
+        self,
+        own: int,
+        num_sources: int,
+        feature_shape: tuple[int, ...],
+        init_alpha: float,
+        lr_mult: float,
     ) -> None:
         super().__init__(own, num_sources, lr_mult)
         if not 0.0 < init_alpha < 1.0:

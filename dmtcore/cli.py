@@ -1,0 +1,648 @@
+"""The `dmt` command line.
+
+Only click and the JSON-level store are imported at start-up; torch, mlflow and the plugins load
+inside the commands that need them, so `dmt --help` and `dmt status` answer at once. Every
+`DmtError` becomes one line on stderr and the error's exit code; Ctrl-C and SIGTERM become
+exit 130 with the store untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dmtcore.errors import DmtError, Interrupted, InvalidValueError
+from dmtcore.store import Store
+
+STORE_ENV = "DMT_STORE"
+DEFAULT_STORE = "dmt-store"
+
+
+class DmtGroup(click.Group):
+    """Turns dmt's errors and interruptions into a message and an exit code, no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DmtError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted: nothing was committed; the store is as it was.", err=True)
+            ctx.exit(Interrupted.exit_code)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    """Entry point of the `dmt` console script."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    cli(prog_name="dmt")
+
+
+# -- shared options ----------------------------------------------------------------------------
+
+
+def store_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--store",
+        "store",
+        type=click.Path(path_type=Path, file_okay=False),
+        envvar=STORE_ENV,
+        default=DEFAULT_STORE,
+        show_default=True,
+        help=f"Store directory (env {STORE_ENV}).",
+    )(f)
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print one JSON document to stdout."
+    )(f)
+
+
+def plugin_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "-p",
+        "--plugin",
+        "plugins",
+        multiple=True,
+        metavar="MODULE_OR_FILE",
+        help="Load a plugin module or .py file (repeatable); 'no:NAME' blocks one.",
+    )(f)
+    return click.option(
+        "--no-plugin-autoload",
+        is_flag=True,
+        help="Do not load installed entry-point plugins (env DMT_DISABLE_PLUGIN_AUTOLOAD=1).",
+    )(f)
+
+
+def data_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        default="data",
+        show_default=True,
+        envvar="DMT_DATA_DIR",
+        help="Where plugins look for datasets on disk.",
+    )(f)
+    f = click.option(
+        "--download", is_flag=True, help="Allow plugins to download missing datasets."
+    )(f)
+    f = click.option("--batch-size", type=int, default=64, show_default=True)(f)
+    f = click.option(
+        "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."
+    )(f)
+    return click.option("--seed", type=int, default=0, show_default=True)(f)
+
+
+def train_options(default_epochs: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        f = click.option("--epochs", type=int, default=default_epochs, show_default=True)(f)
+        f = click.option(
+            "--lr", type=float, default=1e-3, show_default=True, help="Learning rate (Adam)."
+        )(f)
+        f = click.option(
+            "--connection-lr-mult",
+            type=float,
+            default=None,
+            help="Learning-rate multiplier of connection weights [default: the kind's own].",
+        )(f)
+        f = click.option(
+            "--tracking-uri",
+            envvar="MLFLOW_TRACKING_URI",
+            default=None,
+            help="MLflow tracking URI [default: sqlite database inside the store].",
+        )(f)
+        f = click.option("--no-tracking", is_flag=True, help="Do not log this run to MLflow.")(f)
+        return data_options(f)
+
+    return decorate
+
+
+def _host(plugins: Sequence[str], no_plugin_autoload: bool) -> Any:
+    from dmtcore.plugins import create_plugin_host
+
+    return create_plugin_host(plugins, autoload=False if no_plugin_autoload else None)
+
+
+def _settings(**kwargs: Any) -> Any:
+    from dmtcore.training import TrainSettings
+
+    return TrainSettings(**kwargs)
+
+
+def _attach_tracker(
+    host: Any, store: Path, tracking_uri: str | None, no_tracking: bool
+) -> str | None:
+    if no_tracking:
+        return None
+    from dmt_registry.tracking import MlflowTracker, default_tracking_uri
+
+    uri = tracking_uri or default_tracking_uri(store)
+    host.register(MlflowTracker(uri, embedded=tracking_uri is None), "mlflow-tracker")
+    return uri
+
+
+def _emit(as_json: bool, payload: Any, human: Callable[[], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(payload, indent=2, default=str))
+    else:
+        human()
+
+
+def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
+    cells = [[str(c) for c in header], *[[_fmt(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for index, row in enumerate(cells):
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if index == 0:
+            click.echo("  ".join("-" * w for w in widths))
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _progress(message: str) -> None:
+    click.echo(message, err=True)
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+@click.group(cls=DmtGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dmt", prog_name="dmt")
+def cli() -> None:
+    """dmt grows a multi-task vision model one task at a time.
+
+    Every task owns a frozen CNN column; new tasks learn transfer connections into the
+    existing columns, so adding a task never changes an old task's outputs.
+    """
+
+
+@cli.command()
+@store_option
+@click.option(
+    "--input", "input_spec", default=None, help="Image shape CxHxW [default: the first task's]."
+)
+@click.option("--backbone", default="dmt-cnn", show_default=True)
+@click.option("--connection", default="ttc", show_default=True)
+@click.option(
+    "--connection-option",
+    "connection_option",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override an option of the connection kind (repeatable), e.g. init_alpha=0.2.",
+)
+@click.option(
+    "--name", default=None, help="Store name used in MLflow [default: the directory name]."
+)
+@plugin_options
+@json_option
+def init(
+    store: Path,
+    input_spec: str | None,
+    backbone: str,
+    connection: str,
+    connection_option: tuple[str, ...],
+    name: str | None,
+    plugins: tuple[str, ...],
+    no_plugin_autoload: bool,
+    as_json: bool,
+) -> None:
+    """Create an empty store."""
+    from dmtcore.names import InputSpec
+    from dmtcore.operations import init_store
+
+    spec = InputSpec.parse(input_spec) if input_spec else None
+    options = dict(_parse_option(o) for o in connection_option)
+    created = init_store(
+        store, _host(plugins, no_plugin_autoload), spec, backbone, connection, options, name
+    )
+    manifest = created.manifest()
+    _emit(
+        as_json,
+        {"store": str(store), "version": manifest["version"], "manifest": manifest},
+        lambda: click.echo(
+            f"Created store {store} ({backbone}, connection {connection}, input {spec or 'from the first task'})"
+        ),
+    )
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise InvalidValueError(f"invalid --connection-option {text!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+@cli.command()
+@plugin_options
+@json_option
+def plugins(plugins: tuple[str, ...], no_plugin_autoload: bool, as_json: bool) -> None:
+    """List loaded plugins, their hooks and what they registered."""
+    host = _host(plugins, no_plugin_autoload)
+    registry = host.registry
+    rows = []
+    for info in host.plugins:
+        registered = [
+            f"{what}:{name}"
+            for (what, name), owner in registry.owners.items()
+            if owner == info.name
+        ]
+        rows.append({**vars(info), "registered": registered})
+    _emit(
+        as_json,
+        rows,
+        lambda: _table(
+            [
+                (r["name"], r["origin"], r["version"] or "-", r["module"], len(r["registered"]))
+                for r in rows
+            ],
+            ("plugin", "origin", "version", "module", "registered"),
+        ),
+    )
+
+
+@cli.command()
+@store_option
+@plugin_options
+@json_option
+def tasks(store: Path, plugins: tuple[str, ...], no_plugin_autoload: bool, as_json: bool) -> None:
+    """List the tasks plugins offer, marking those already in the store."""
+    host = _host(plugins, no_plugin_autoload)
+    in_store = (
+        {t["name"] for t in Store.open(store).manifest()["tasks"]} if Store.exists(store) else set()
+    )
+    rows = [
+        {
+            "name": spec.name,
+            "plugin": host.registry.owner("task", spec.name),
+            "output": f"{spec.output}/{spec.num_outputs}",
+            "in_store": spec.name in in_store,
+            "description": spec.description,
+        }
+        for spec in host.registry.tasks.values()
+    ]
+    _emit(
+        as_json,
+        rows,
+        lambda: _table(
+            [
+                (
+                    r["name"],
+                    r["plugin"],
+                    r["output"],
+                    "yes" if r["in_store"] else "",
+                    r["description"],
+                )
+                for r in rows
+            ],
+            ("task", "plugin", "output", "in store", "description"),
+        ),
+    )
+
+
+@cli.command("add-task")
+@click.argument("name")
+@store_option
+@train_options(default_epochs=5)
+@plugin_options
+@json_option
+def add_task(
+    name: str,
+    store: Path,
+    plugins: tuple[str, ...],
+    no_plugin_autoload: bool,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Train task NAME as a new column connected to every existing task.
+
+    Existing columns, connections, heads and BatchNorm statistics stay frozen: every old
+    task's output is bit-identical afterwards. A missing store is created with defaults.
+    """
+    from dmtcore.operations import DataOptions
+    from dmtcore.operations import add_task as run_add_task
+
+    settings, data, tracking = _split_options(options)
+    host = _host(plugins, no_plugin_autoload)
+    host.registry.task(name)  # fail on an unknown name before touching anything
+    uri = _attach_tracker(host, store, *tracking)
+    started = time.perf_counter()
+    _attach_epoch_printer(host, as_json)
+    result = run_add_task(store, name, host, settings, DataOptions(**data), notify=_progress)
+    seconds = time.perf_counter() - started
+    payload = {
+        "store": str(store),
+        "version": result.version,
+        "task": name,
+        "metrics": result.metrics[name],
+        "best_epoch": result.summary["best_epoch"],
+        "seconds": round(seconds, 2),
+        "tracking_uri": uri,
+    }
+
+    def human() -> None:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics[name].items())
+        click.echo(
+            f"Added {name} as version {result.version} in {seconds:.1f}s: {metrics} (best epoch {payload['best_epoch']})"
+        )
+
+    _emit(as_json, payload, human)
+
+
+@cli.command("remove-task")
+@click.argument("name")
+@store_option
+@train_options(default_epochs=3)
+@plugin_options
+@json_option
+def remove_task(
+    name: str,
+    store: Path,
+    plugins: tuple[str, ...],
+    no_plugin_autoload: bool,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Cut task NAME out and retrain the connections of the tasks that read it (DMT §4.3).
+
+    Prints every remaining task's primary metric before the removal, right after the cut,
+    and after reconnection.
+    """
+    from dmtcore.operations import DataOptions
+    from dmtcore.operations import remove_task as run_remove_task
+
+    settings, data, tracking = _split_options(options)
+    Store.open(store)
+    host = _host(plugins, no_plugin_autoload)
+    uri = _attach_tracker(host, store, *tracking)
+    _attach_epoch_printer(host, as_json)
+    result = run_remove_task(store, name, host, settings, DataOptions(**data))
+    report = result.summary["report"]
+    payload = {
+        "store": str(store),
+        "version": result.version,
+        "removed": name,
+        "report": report,
+        "tracking_uri": uri,
+    }
+
+    def human() -> None:
+        click.echo(f"Removed {name}; store is now at version {result.version}")
+        _table(
+            [
+                (
+                    t,
+                    r["metric"],
+                    r["before"],
+                    r["cut"],
+                    r["after"],
+                    "yes" if r["reconnected"] else "no",
+                )
+                for t, r in report.items()
+            ],
+            ("task", "metric", "before", "cut", "after", "reconnected"),
+        )
+
+    _emit(as_json, payload, human)
+
+
+def _split_options(options: dict[str, Any]) -> tuple[Any, dict[str, Any], tuple[str | None, bool]]:
+    settings = _settings(
+        epochs=options["epochs"],
+        batch_size=options["batch_size"],
+        lr=options["lr"],
+        connection_lr_mult=options["connection_lr_mult"],
+        seed=options["seed"],
+        device=options["device"],
+    )
+    data = {"data_dir": options["data_dir"], "download": options["download"]}
+    return settings, data, (options["tracking_uri"], options["no_tracking"])
+
+
+def _attach_epoch_printer(host: Any, as_json: bool) -> None:
+    """One line per epoch on stderr (the progress bar shows the steps within it)."""
+    from dmtcore.hookspecs import hookimpl
+
+    class EpochPrinter:
+        @hookimpl
+        def dmt_epoch_end(self, run: Any, report: Any) -> None:
+            parts = [
+                f"{task} {metric} {values[metric]:.4f}"
+                for task, values in report.val_metrics.items()
+                for metric in list(values)[:1]
+            ]
+            loss = ", ".join(f"{v:.4f}" for v in report.train_loss.values())
+            mark = " *" if report.is_best else ""
+            click.echo(
+                f"epoch {report.epoch}: loss {loss}; val {'; '.join(parts)} ({report.seconds:.1f}s){mark}",
+                err=True,
+            )
+
+    host.register(EpochPrinter(), "epoch-printer")
+
+
+@cli.command()
+@store_option
+@json_option
+def status(store: Path, as_json: bool) -> None:
+    """Show the store's current version and tasks (reads JSON only: instant)."""
+    opened = Store.open(store)
+    manifest = opened.manifest()
+    tasks = [
+        {
+            "name": t["name"],
+            "plugin": t.get("plugin"),
+            "output": t["output"],
+            "sources": t["sources"],
+            "primary_metric": t.get("primary_metric"),
+            "metric": t.get("metrics", {}).get(t.get("primary_metric")),
+        }
+        for t in manifest["tasks"]
+    ]
+    payload = {
+        "store": str(store),
+        "name": manifest["name"],
+        "version": manifest["version"],
+        "created": manifest["created"],
+        "input_spec": manifest["input_spec"],
+        "backbone": manifest["backbone"],
+        "connection": manifest["connection"],
+        "tasks": tasks,
+    }
+
+    def human() -> None:
+        spec = (
+            "x".join(map(str, manifest["input_spec"]))
+            if manifest["input_spec"]
+            else "not fixed yet"
+        )
+        click.echo(
+            f"Store {store} ({manifest['name']}), version {manifest['version']} of {manifest['created']}"
+        )
+        click.echo(
+            f"Input {spec}, backbone {manifest['backbone']['name']}, connection {manifest['connection']['name']}"
+        )
+        if not tasks:
+            click.echo("No tasks yet: add one with 'dmt add-task NAME' (see 'dmt tasks').")
+            return
+        _table(
+            [
+                (
+                    t["name"],
+                    t["plugin"],
+                    f"{t['output']['kind']}/{t['output']['size']}",
+                    len(t["sources"]),
+                    t["primary_metric"],
+                    t["metric"],
+                )
+                for t in tasks
+            ],
+            ("task", "plugin", "output", "sources", "metric", "value"),
+        )
+
+    _emit(as_json, payload, human)
+
+
+@cli.command("eval")
+@click.argument("task_names", nargs=-1, metavar="[TASK]...")
+@store_option
+@click.option(
+    "--split", type=click.Choice(["train", "val", "test"]), default="val", show_default=True
+)
+@data_options
+@plugin_options
+@json_option
+def eval_command(
+    task_names: tuple[str, ...],
+    store: Path,
+    split: str,
+    plugins: tuple[str, ...],
+    no_plugin_autoload: bool,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Evaluate stored tasks (all by default) on a split of their data."""
+    from dmtcore.operations import DataOptions, evaluate_store
+
+    settings = _settings(
+        batch_size=options["batch_size"], seed=options["seed"], device=options["device"]
+    )
+    data = DataOptions(options["data_dir"], options["download"])
+    results = evaluate_store(
+        store, _host(plugins, no_plugin_autoload), task_names, split, settings, data
+    )
+    metric_names = sorted({m for values in results.values() for m in values})
+    _emit(
+        as_json,
+        {"store": str(store), "split": split, "metrics": results},
+        lambda: _table(
+            [(t, *(values.get(m, "") for m in metric_names)) for t, values in results.items()],
+            ("task", *metric_names),
+        ),
+    )
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@store_option
+@click.option(
+    "--task", "task_names", multiple=True, help="Only these tasks (repeatable) [default: all]."
+)
+@click.option("--device", default="auto", show_default=True)
+@json_option
+def predict(
+    inputs: tuple[Path, ...], store: Path, task_names: tuple[str, ...], device: str, as_json: bool
+) -> None:
+    """Predict every task for image files (PNG, JPEG, ...) or .npy arrays."""
+    from dmtcore.data import resolve_device
+    from dmtcore.operations import load_current, select_tasks
+    from dmtcore.plugins import create_plugin_host
+    from dmtcore.predict import predict as run_predict
+    from dmtcore.predict import read_inputs
+
+    host = create_plugin_host(autoload=False)  # loading a store needs no task plugin
+    model, manifest = load_current(store, host)
+    names = select_tasks(manifest, task_names)
+    images, labels = read_inputs(inputs, model.input_spec)
+    model.to(resolve_device(device))
+    outputs = {
+        t["name"]: {"kind": t["output"]["kind"], "class_names": t.get("class_names")}
+        for t in manifest["tasks"]
+    }
+    result = run_predict(model, images, names, outputs)
+    rows = [
+        {"input": label, **{t: result[t]["prediction"][i] for t in names}}
+        for i, label in enumerate(labels)
+    ]
+    _emit(
+        as_json,
+        {"store": str(store), "version": manifest["version"], "inputs": labels, "tasks": result},
+        lambda: _table([tuple(r.values()) for r in rows], ("input", *names)),
+    )
+
+
+@cli.command()
+@store_option
+@json_option
+def history(store: Path, as_json: bool) -> None:
+    """List the store's versions, newest first."""
+    entries = Store.open(store).history()
+    _emit(
+        as_json,
+        entries,
+        lambda: _table(
+            [
+                (
+                    e["version"],
+                    e["created"],
+                    f"{e['operation']['name']} {' '.join(e['operation']['tasks'])}".strip(),
+                    ", ".join(e["tasks"]) or "-",
+                )
+                for e in entries
+            ],
+            ("version", "created", "operation", "tasks"),
+        ),
+    )
+
+
+@cli.command()
+@click.argument("version", type=int)
+@store_option
+@json_option
+def rollback(version: int, store: Path, as_json: bool) -> None:
+    """Make an earlier VERSION current again (as a new version: history is never rewritten)."""
+    opened = Store.open(store)
+    with opened.writer(f"rollback {version}"):
+        manifest = opened.manifest(version)
+        for task in manifest["tasks"]:
+            for ref in task["weights"].values():
+                opened.read_blob(ref["sha256"])
+        manifest["operation"] = {"name": "rollback", "tasks": [], "to_version": version}
+        new_version = opened.commit(manifest)
+    _emit(
+        as_json,
+        {"store": str(store), "version": new_version, "rolled_back_to": version},
+        lambda: click.echo(
+            f"Rolled back to version {version}; the store is now at version {new_version}"
+        ),
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

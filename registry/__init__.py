@@ -1,0 +1,1 @@
+"""MLflow integration of dmt: the tracking plugin (and, later, the registry model)."""

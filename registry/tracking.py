@@ -1,0 +1,121 @@
+"""MLflow tracking as a plugin of dmt's lifecycle hooks: one MLflow run per operation.
+
+The run gets the operation's parameters, per-epoch training loss and validation metrics of
+every trained task, the connection weights as time series (`alpha.<task>.stage<l>.<source>`),
+the final metrics and the committed manifest as an artifact. Each epoch is one batched
+request, so tracking stays off the training step itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from dmtcore.errors import TrackingError
+from dmtcore.hookspecs import hookimpl
+from dmtcore.runinfo import EpochReport, RunInfo, RunResult
+
+DATABASE = "mlflow.db"
+ARTIFACTS = "mlartifacts"
+
+
+def default_tracking_uri(store: Path) -> str:
+    """The embedded tracking store: a SQLite database inside the dmt store, never the cwd."""
+    return f"sqlite:///{(Path(store).resolve() / DATABASE)}"
+
+
+class MlflowTracker:
+    """Logs each operation to the experiment named after the store."""
+
+    def __init__(self, tracking_uri: str, embedded: bool = False) -> None:
+        self.tracking_uri = tracking_uri
+        self.embedded = embedded
+        self.client: Any = None
+        self.run_id: str | None = None
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # no database-migration chatter
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+
+    def _connect(self, run: RunInfo) -> str:
+        """The experiment id, created on first use; fails fast when the server does not answer."""
+        # A server that is down must be reported in seconds, not after minutes of retries.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        from mlflow.tracking import MlflowClient
+
+        try:
+            self.client = MlflowClient(tracking_uri=self.tracking_uri)
+            experiment = self.client.get_experiment_by_name(run.store_name)
+            if experiment is not None:
+                return experiment.experiment_id
+            location = (
+                (Path(run.store_path).resolve() / ARTIFACTS).as_uri() if self.embedded else None
+            )
+            return self.client.create_experiment(run.store_name, artifact_location=location)
+        except Exception as exc:
+            raise TrackingError(
+                f"cannot use MLflow tracking at {self.tracking_uri!r}: {type(exc).__name__}: "
+                f"{str(exc).splitlines()[0][:300]}; start the server, fix --tracking-uri, or pass --no-tracking"
+            ) from exc
+
+    @hookimpl
+    def dmt_run_started(self, run: RunInfo) -> None:
+        from mlflow.entities import Param
+
+        experiment_id = self._connect(run)
+        tags = {
+            "dmt.operation": run.operation,
+            "dmt.tasks": ",".join(run.tasks),
+            "dmt.store": str(Path(run.store_path).resolve()),
+            "dmt.parent_version": str(run.parent_version),
+        }
+        mlflow_run = self.client.create_run(
+            experiment_id, run_name=f"{run.operation} {' '.join(run.tasks)}", tags=tags
+        )
+        self.run_id = mlflow_run.info.run_id
+        self.client.log_batch(
+            self.run_id, params=[Param(k, str(v)[:6000]) for k, v in run.params.items()]
+        )
+
+    @hookimpl
+    def dmt_epoch_end(self, run: RunInfo, report: EpochReport) -> None:
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        values = {f"{task}.train_loss": loss for task, loss in report.train_loss.items()}
+        values.update(
+            {
+                f"{task}.val.{name}": value
+                for task, metrics in report.val_metrics.items()
+                for name, value in metrics.items()
+            }
+        )
+        values.update(report.connection_weights)
+        values["epoch_seconds"] = report.seconds
+        metrics = [Metric(key, float(value), stamp, report.epoch) for key, value in values.items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    @hookimpl
+    def dmt_run_finished(self, run: RunInfo, result: RunResult) -> None:
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        metrics = [
+            Metric(f"{task}.{name}", float(value), stamp, 0)
+            for task, values in result.metrics.items()
+            for name, value in values.items()
+        ]
+        self.client.log_batch(self.run_id, metrics=metrics)
+        self.client.set_tag(self.run_id, "dmt.version", str(result.version))
+        self.client.log_artifact(self.run_id, str(result.manifest_path), artifact_path="manifest")
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+    @hookimpl
+    def dmt_run_failed(self, run: RunInfo, error: BaseException) -> None:
+        if self.run_id is None:
+            return
+        interrupted = isinstance(error, KeyboardInterrupt)
+        self.client.set_tag(self.run_id, "dmt.error", f"{type(error).__name__}: {error}"[:5000])
+        self.client.set_terminated(self.run_id, "KILLED" if interrupted else "FAILED")
