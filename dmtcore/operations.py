@@ -58,11 +58,13 @@ def init_store(
     """Create an empty store. Without `input_spec`, the first task's native shape fixes it."""
     backbone_kind = host.registry.backbone(backbone)
     connection_kind = host.registry.connection(connection)
+    options = connection_kind.resolve_options(connection_options)
+    connection_kind.build(0, 2, (4, 2, 2), options)  # a trial build checks the option values
     manifest = new_manifest(
         name or Path(path).resolve().name,
         list(input_spec.shape) if input_spec else None,
         {"name": backbone, "options": dict(backbone_kind.default_options)},
-        {"name": connection, "options": connection_kind.resolve_options(connection_options)},
+        {"name": connection, "options": options},
     )
     return Store.create(Path(path), manifest)
 

@@ -32,6 +32,9 @@ from dmtcore.manifest import validate_manifest
 CURRENT = "CURRENT"
 VERSION_FILE = re.compile(r"^v(\d{6})\.json$")
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
+# A directory holding only the embedded tracking database may become a store (e.g. a copy of a
+# migrated template database, which saves MLflow's schema migrations).
+TRACKING_FILES = {"mlflow.db"}
 
 
 def now_iso() -> str:
@@ -71,11 +74,12 @@ class Store:
 
     @classmethod
     def create(cls, path: Path, manifest: dict[str, Any]) -> Store:
-        """Create a store whose version 1 is `manifest`; the directory must be new or empty."""
+        """Create a store whose version 1 is `manifest`; the directory must be new or empty
+        (or hold only an embedded tracking database)."""
         path = Path(path)
         if cls.exists(path):
             raise StoreError(f"a store already exists at {str(path)!r}")
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if path.exists() and (not path.is_dir() or set(os.listdir(path)) - TRACKING_FILES):
             raise StoreError(
                 f"{str(path)!r} exists and is not an empty directory; choose another --store"
             )

@@ -35,8 +35,6 @@ class MlflowTracker:
         self.embedded = embedded
         self.client: Any = None
         self.run_id: str | None = None
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # no database-migration chatter
-        logging.getLogger("alembic").setLevel(logging.WARNING)
 
     def _connect(self, run: RunInfo) -> str:
         """The experiment id, created on first use; fails fast when the server does not answer."""
@@ -45,6 +43,8 @@ class MlflowTracker:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         from mlflow.tracking import MlflowClient
 
+        # After the import: mlflow sets its own logger up when first imported.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # no database-migration chatter
         try:
             self.client = MlflowClient(tracking_uri=self.tracking_uri)
             experiment = self.client.get_experiment_by_name(run.store_name)

@@ -1,0 +1,171 @@
+"""Shared fixtures: a migrated MLflow template database, a trained digits store, helpers to
+run the CLI in-process and to fingerprint a store byte for byte."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+# Everything dmt loads must work without unpickling anything.
+os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "false"
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("DMT_STORE", None)
+os.environ.pop("DMT_PLUGINS", None)
+os.environ.pop("DMT_DISABLE_PLUGIN_AUTOLOAD", None)
+
+FAST = ["--epochs", "2", "--batch-size", "128"]
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated MLflow SQLite database per session (migrations cost seconds); copy it."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow") / "template.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture
+def new_store_dir(tmp_path: Path, mlflow_template: Path) -> Path:
+    """A store path whose embedded tracking database is already migrated."""
+    store = tmp_path / "store"
+    store.mkdir()
+    shutil.copy(mlflow_template, store / "mlflow.db")
+    return store
+
+
+@pytest.fixture(scope="session")
+def host():
+    from dmtcore.plugins import create_plugin_host
+
+    return create_plugin_host()
+
+
+@pytest.fixture(scope="session")
+def digits_store(tmp_path_factory: pytest.TempPathFactory, host) -> Path:
+    """A store with digits.class then digits.even (2 epochs each), built once; copy to mutate."""
+    from dmtcore.operations import add_task
+    from dmtcore.training import TrainSettings
+
+    path = tmp_path_factory.mktemp("digits") / "store"
+    for task in ("digits.class", "digits.even"):
+        add_task(path, task, host, TrainSettings(epochs=2, batch_size=128), notify=lambda m: None)
+    return path
+
+
+@pytest.fixture
+def store_copy(digits_store: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "store"
+    shutil.copytree(digits_store, path)
+    return path
+
+
+def fingerprint(path: Path) -> dict[str, str]:
+    """sha256 of every file under `path` (the lock file's holder line excluded)."""
+    return {
+        str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def run_cli() -> Callable[..., object]:
+    """Run `dmt ARGS` in-process; returns click's Result (exit_code, stdout, stderr)."""
+    from click.testing import CliRunner
+
+    from dmtcore.cli import cli
+
+    def run(*args: str, expect: int | None = 0):
+        result = CliRunner().invoke(cli, [str(a) for a in args])
+        if expect is not None and result.exit_code != expect:
+            raise AssertionError(
+                f"dmt {' '.join(map(str, args))} exited {result.exit_code}, expected {expect}\n"
+                f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}\n{result.exception!r}"
+            )
+        return result
+
+    return run
+
+
+@pytest.fixture
+def write_plugin(tmp_path: Path) -> Iterator[Callable[[str, str], Path]]:
+    """Write a throwaway plugin file; it is forgotten from sys.modules afterwards."""
+    import sys
+
+    written: list[str] = []
+
+    def write(name: str, source: str) -> Path:
+        path = tmp_path / f"{name}.py"
+        path.write_text(source)
+        written.append(f"dmt_plugin_{name}")
+        return path
+
+    yield write
+    for module in written:
+        sys.modules.pop(module, None)
+
+
+TOY_PLUGIN = '''
+"""A throwaway task plugin: is an 8x8 noise image bright? Optionally broken on purpose."""
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+from dmtcore import TaskData, TaskSpec, hookimpl
+
+PROBLEM = {problem!r}
+
+
+class LaterNaN(Dataset):
+    """Finite for the first batch the engine checks, NaN afterwards."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels, self.calls = images, labels, 0
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        self.calls += 1
+        image = self.images[index] if self.calls <= 64 else torch.full_like(self.images[index], float("nan"))
+        return image, self.labels[index]
+
+
+def make(seed, n):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(n, 1, 8, 8, generator=g) * torch.rand(n, 1, 1, 1, generator=g)
+    labels = (images.mean((1, 2, 3)) > 0.25).long()
+    return images, labels
+
+
+def datasets(request):
+    if PROBLEM == "factory-raises":
+        raise RuntimeError("the disk is on fire")
+    train, val = make(1, 1024), make(2, 256)
+    if PROBLEM == "empty":
+        return TaskData(TensorDataset(train[0][:0], train[1][:0]), TensorDataset(*val))
+    if PROBLEM == "labels-out-of-range":
+        train = (train[0], train[1] * 7)
+    if PROBLEM == "labels-shape":
+        train = (train[0], torch.stack([train[1], train[1]], 1))
+    if PROBLEM == "nan-later":
+        return TaskData(LaterNaN(*train), TensorDataset(*val))
+    return TaskData(TensorDataset(*train), TensorDataset(*val))
+
+
+@hookimpl
+def dmt_register_tasks(registry):
+    registry.add_task(
+        TaskSpec(name={task!r}, description="bright noise", input_shape=(1, 8, 8), output="binary", datasets=datasets)
+    )
+'''
+
+
+def toy_plugin(problem: str | None = None, task: str = "toy.bright") -> str:
+    return TOY_PLUGIN.format(problem=problem, task=task)

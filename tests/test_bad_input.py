@@ -1,0 +1,219 @@
+"""Every bad input: one clear message naming the value, its own exit code, the store untouched."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import fingerprint, toy_plugin
+
+NO_TRACK = ["--no-tracking", "--epochs", "2"]
+
+# (arguments after the store, expected exit code, fragment of the message)
+ON_DIGITS_STORE = [
+    (["add-task", "digits.evn", *NO_TRACK], 3, "Did you mean 'digits.even'"),
+    (["add-task", "digits.even", *NO_TRACK], 4, "task 'digits.even' is already in store"),
+    (["remove-task", "digits.prime", *NO_TRACK], 3, "unknown task 'digits.prime' in store"),
+    (
+        ["add-task", "digits.prime", "--no-tracking", "--epochs", "0"],
+        11,
+        "epochs must be a positive integer, got 0",
+    ),
+    (["add-task", "digits.prime", "--no-tracking", "--epochs", "-3"], 11, "got -3"),
+    (
+        ["add-task", "digits.prime", "--no-tracking", "--batch-size", "0"],
+        11,
+        "batch size must be a positive integer, got 0",
+    ),
+    (
+        ["add-task", "digits.prime", "--no-tracking", "--lr", "-1"],
+        11,
+        "learning rate must be a positive number",
+    ),
+    (["add-task", "digits.prime", "--no-tracking", "--device", "tpu"], 11, "invalid device 'tpu'"),
+    (["eval", "digits.nope"], 3, "unknown task 'digits.nope' in this store"),
+    (["predict", "missing.png"], 7, "input 'missing.png' does not exist"),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    ON_DIGITS_STORE,
+    ids=lambda v: " ".join(v) if isinstance(v, list) else None,
+)
+def test_bad_input_on_a_store(
+    store_copy: Path, run_cli, args, code, message, monkeypatch, tmp_path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    before = fingerprint(store_copy)
+    result = run_cli(*args, "--store", store_copy, expect=code)
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert fingerprint(store_copy) == before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_cuda_without_gpu(store_copy: Path, run_cli) -> None:
+    result = run_cli(
+        "add-task",
+        "digits.prime",
+        "--store",
+        store_copy,
+        "--device",
+        "cuda",
+        "--no-tracking",
+        expect=11,
+    )
+    assert "no CUDA GPU is available; use --device cpu" in result.stderr
+
+
+BROKEN_PLUGINS = [
+    (
+        "labels-out-of-range",
+        7,
+        "labels in the first batch range 0..7, but the task has 2 outputs (valid labels: 0..1)",
+    ),
+    ("labels-shape", 7, "labels must be one class index per image, got shape (64, 2)"),
+    ("factory-raises", 7, "its dataset factory failed: RuntimeError: the disk is on fire"),
+    ("empty", 7, "the train split is empty"),
+    ("nan-later", 8, "the training loss became nan in epoch 1"),
+]
+
+
+@pytest.mark.parametrize(("problem", "code", "message"), BROKEN_PLUGINS)
+def test_broken_task_data_leaves_store_unchanged(
+    store_copy: Path, run_cli, write_plugin, problem, code, message
+) -> None:
+    plugin = write_plugin(f"broken_{problem.replace('-', '_')}", toy_plugin(problem))
+    before = fingerprint(store_copy)
+    result = run_cli(
+        "add-task", "toy.bright", "-p", plugin, "--store", store_copy, *NO_TRACK, expect=code
+    )
+    assert message in result.stderr
+    assert fingerprint(store_copy) == before
+
+
+def test_failed_first_task_leaves_no_store_behind(tmp_path: Path, run_cli, write_plugin) -> None:
+    plugin = write_plugin("broken_first", toy_plugin("labels-out-of-range"))
+    store = tmp_path / "never"
+    result = run_cli("add-task", "toy.bright", "-p", plugin, "--store", store, *NO_TRACK, expect=7)
+    assert "removed the store created at" in result.stderr
+    assert not store.exists()
+
+
+def test_path_that_is_not_a_store(tmp_path: Path, run_cli) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    for args in (
+        ["status"],
+        ["history"],
+        ["eval"],
+        ["remove-task", "digits.even", "--no-tracking"],
+    ):
+        result = run_cli(*args, "--store", tmp_path, expect=5)
+        assert "is not a dmt store" in result.stderr
+    result = run_cli("add-task", "digits.even", "--store", tmp_path, "--no-tracking", expect=5)
+    assert "exists and is not an empty directory" in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (
+            ["--input", "3x0x32"],
+            11,
+            "invalid input spec 3x0x32: height and width must be 4 to 4096",
+        ),
+        (["--input", "abc"], 11, "invalid input spec 'abc': expected CxHxW"),
+        (["--input", "99x8x8"], 11, "channels must be 1 to 16"),
+        (["--backbone", "resnet19"], 3, "unknown backbone 'resnet19'. Did you mean 'resnet18'?"),
+        (["--connection", "cross"], 3, "unknown connection kind 'cross'"),
+        (
+            ["--connection-option", "alpha=1"],
+            11,
+            "connection kind 'ttc' has no option 'alpha'; valid: init_alpha, lr_mult",
+        ),
+        (["--connection-option", "init_alpha=2"], 11, "ttc init_alpha must be in (0, 1), got 2"),
+    ],
+)
+def test_bad_init_options(tmp_path: Path, run_cli, args, code, message) -> None:
+    store = tmp_path / "s"
+    result = run_cli("init", "--store", store, *args, expect=code)
+    assert message in result.stderr
+    assert not (store / "CURRENT").exists()
+
+
+def test_ctrl_c_during_training_marks_run_killed(
+    store_copy: Path, run_cli, write_plugin, mlflow_template
+) -> None:
+    import shutil
+
+    shutil.copy(mlflow_template, store_copy / "mlflow.db")
+    plugin = write_plugin(
+        "interrupter",
+        "from dmtcore import hookimpl\n\n@hookimpl\ndef dmt_epoch_end(run, report):\n    raise KeyboardInterrupt\n",
+    )
+    before = {k: v for k, v in fingerprint(store_copy).items() if k != "mlflow.db"}
+    result = run_cli(
+        "add-task", "digits.prime", "-p", plugin, "--store", store_copy, "--epochs", "2", expect=130
+    )
+    assert "Interrupted: nothing was committed" in result.stderr
+    assert {k: v for k, v in fingerprint(store_copy).items() if k != "mlflow.db"} == before
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{store_copy / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("store").experiment_id])
+    assert [r.info.status for r in runs] == ["KILLED"]
+
+
+def test_tracking_server_down_fails_fast(store_copy: Path, run_cli) -> None:
+    before = fingerprint(store_copy)
+    started = time.perf_counter()
+    result = run_cli(
+        "add-task",
+        "digits.prime",
+        "--store",
+        store_copy,
+        "--tracking-uri",
+        "http://127.0.0.1:9",
+        expect=10,
+    )
+    assert time.perf_counter() - started < 60
+    assert "http://127.0.0.1:9" in result.stderr and "--no-tracking" in result.stderr
+    assert fingerprint(store_copy) == before
+
+
+def test_second_writer_is_refused_naming_the_holder(store_copy: Path, run_cli) -> None:
+    from dmtcore.store import Store
+
+    before = fingerprint(store_copy)
+    with Store.open(store_copy).writer("add-task something"):
+        result = run_cli(
+            "add-task", "digits.prime", "--store", store_copy, "--no-tracking", expect=6
+        )
+        assert f"locked by PID {os.getpid()} running 'add-task something' since" in result.stderr
+        assert run_cli("status", "--store", store_copy).exit_code == 0  # readers never block
+    assert fingerprint(store_copy) == before
+
+
+def test_damaged_weight_file_is_refused(store_copy: Path, run_cli, tmp_path: Path) -> None:
+    blob = next((store_copy / "blobs").iterdir())
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", np.zeros((8, 8), np.float32))
+    result = run_cli("predict", tmp_path / "x.npy", "--store", store_copy, expect=5)
+    assert blob.name in result.stderr and "sha256 does not match" in result.stderr
+
+
+def test_not_an_image(store_copy: Path, run_cli, tmp_path: Path) -> None:
+    (tmp_path / "fake.png").write_text("not a png")
+    result = run_cli("predict", tmp_path / "fake.png", "--store", store_copy, expect=7)
+    assert "is not a readable image" in result.stderr
