@@ -93,8 +93,6 @@ def validate_manifest(data: Any, where: str) -> dict[str, Any]:
             )
         name = task["name"]
         _require(name in task["sources"], at, f"task {name!r} is not in its own source set")
-        unknown = [s for s in task["sources"] if s != name and s not in names]
-        _require(not unknown, at, f"task {name!r} reads {unknown}, which are not earlier tasks")
         for part in WEIGHT_PARTS:
             ref = task["weights"].get(part)
             _require(
@@ -106,4 +104,9 @@ def validate_manifest(data: Any, where: str) -> dict[str, Any]:
             )
         names.append(name)
     _require(len(set(names)) == len(names), where, "a task name appears twice")
+    for task in data["tasks"]:
+        unknown = [s for s in task["sources"] if s not in names]
+        _require(
+            not unknown, where, f"task {task['name']!r} reads {unknown}, not tasks of this version"
+        )
     return data

@@ -1,8 +1,9 @@
 """The multi-task model: one column, one connection per stage boundary, and one head per task.
 
 Forward for task i (DESIGN.md §1): h_i^0 = x, h_i^l = s_i^l(c_i^{l-1}({h_j^{l-1}} for j in S(i))),
-y_i = head_i(h_i^L). A task's sources are itself and tasks added before it, so computing the
-needed tasks stage by stage, in model order, does every column's work exactly once per batch.
+y_i = head_i(h_i^L). A task's sources are itself, tasks added before it and the other members of
+its jointly trained group. Features only flow from stage l to l+1, so computing the needed tasks
+stage by stage does every column's work exactly once per batch, mutual links included.
 
 Modules are keyed by a task's *slot* ('t0', 't1', ...), never by its name: names may contain
 dots, which module keys may not, and slots make weight files independent of what users type.
@@ -25,8 +26,6 @@ from dmtcore.names import InputSpec
 from dmtcore.registry import BackboneKind, ConnectionKind
 from dmtcore.taskspec import HeadSpec
 
-PARTS = ("column", "connections", "head")
-
 
 @dataclass
 class TaskSlot:
@@ -37,6 +36,22 @@ class TaskSlot:
     sources: list[str]
     head: HeadSpec
     num_outputs: int
+
+
+class TaskConnections(nn.Module):
+    """A task's connections: one after every stage but the last, and optionally a shortcut
+    that merges all of their outputs into the last stage's input (NDDR-CNN-Shortcut)."""
+
+    def __init__(self, stages: list[TransferConnection], shortcut: nn.Module | None = None) -> None:
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+        self.shortcut = shortcut
+
+    def param_groups(self) -> list[ParamGroup]:
+        groups = [g for connection in self.stages for g in connection.param_groups()]
+        if self.shortcut is not None:
+            groups.extend(self.shortcut.param_groups())
+        return groups
 
 
 @dataclass(frozen=True)
@@ -79,47 +94,61 @@ class MultiTaskModel(nn.Module):
     def add_task(
         self, name: str, slot: str, sources: Sequence[str], head: HeadSpec, num_outputs: int
     ) -> None:
-        """Build a new column, its connections and its head (fresh weights from torch's RNG)."""
-        unknown = [s for s in sources if s != name and s not in self.tasks]
-        if name in self.tasks or name not in sources or unknown:
+        """Build a new column, its connections and its head (fresh weights from torch's RNG).
+
+        Sources are tasks already in the model or, for a jointly trained group, the group's
+        other members (added right after): `check_sources` verifies a completed group."""
+        if name in self.tasks or name not in sources or len(set(sources)) != len(sources):
             raise ValueError(f"bad source set {list(sources)} for task {name!r}")
         column: Column = self.backbone.build(self.input_spec, self.backbone_options)
         own = list(sources).index(name)
-        connections = nn.ModuleList(
+        boundaries = column.feature_shapes[:-1]
+        stages = [
             self.connection.build(own, len(sources), shape, self.connection_options)
-            for shape in column.feature_shapes[:-1]
-        )
+            for shape in boundaries
+        ]
+        shortcut = None
+        if self.connection.build_shortcut is not None and boundaries:
+            shortcut = self.connection.build_shortcut(boundaries, self.connection_options)
         self.tasks[name] = TaskSlot(name, slot, list(sources), head, num_outputs)
         self.columns[slot] = column
-        self.connections[slot] = connections
+        self.connections[slot] = TaskConnections(stages, shortcut)
         self.heads[slot] = build_head(head, column.out_features, num_outputs)
+
+    def check_sources(self) -> None:
+        unknown = {s for t in self.tasks.values() for s in t.sources if s not in self.tasks}
+        if unknown:
+            raise ValueError(f"tasks read unknown sources {sorted(unknown)}")
 
     def remove_task(self, name: str) -> list[str]:
         """Cut a task out; every connection that read it loses that input. Returns the tasks
-        whose source sets changed, directly or through a source that changed."""
+        whose features change: those that read it, and those that read one of them."""
         removed = self.tasks.pop(name)
         for part in (self.columns, self.connections, self.heads):
             del part[removed.slot]
-        affected: list[str] = []
+        affected: set[str] = set()
         for task in self.tasks.values():
             if name in task.sources:
                 position = task.sources.index(name)
                 for connection in self.connection_modules(task.name):
                     connection.drop_source(position)
                 task.sources.remove(name)
-                affected.append(task.name)
-            elif any(s in affected for s in task.sources if s != task.name):
-                affected.append(task.name)
-        return affected
+                affected.add(task.name)
+        changed = True
+        while changed:  # a group's members read each other: iterate to a fixpoint
+            changed = False
+            for task in self.tasks.values():
+                if task.name not in affected and affected.intersection(task.sources):
+                    affected.add(task.name)
+                    changed = True
+        return [t for t in self.tasks if t in affected]
 
     def part(self, name: str, part: str) -> nn.Module:
-        slot = self.tasks[name].slot
-        return {"column": self.columns, "connections": self.connections, "head": self.heads}[part][
-            slot
-        ]
+        table = {"column": self.columns, "connections": self.connections, "head": self.heads}
+        return table[part][self.tasks[name].slot]
 
     def connection_modules(self, name: str) -> list[TransferConnection]:
-        return list(self.connections[self.tasks[name].slot])
+        return list(self.connections[self.tasks[name].slot].stages)
 
     def closure(self, names: Iterable[str]) -> list[str]:
         """Every task whose features the given tasks need, in model order."""
@@ -138,24 +167,19 @@ class MultiTaskModel(nn.Module):
         """Freeze everything except the parts the plan trains (frozen parts: no grad, eval mode)."""
         self.plan = plan
         for name in self.tasks:
-            for part, trained in (
-                ("column", plan.columns),
-                ("connections", plan.connections),
-                ("head", plan.heads),
-            ):
+            for part, trained in self._planned_parts():
                 self.part(name, part).requires_grad_(name in trained)
+
+    def _planned_parts(self) -> list[tuple[str, frozenset[str]]]:
+        plan = self.plan
+        return [("column", plan.columns), ("connections", plan.connections), ("head", plan.heads)]
 
     def train_mode(self) -> None:
         """Training mode for the planned parts only: frozen BatchNorm statistics never move."""
         self.eval()
-        for name in self.tasks:
-            for part, trained in (
-                ("column", self.plan.columns),
-                ("connections", self.plan.connections),
-                ("head", self.plan.heads),
-            ):
-                if name in trained:
-                    self.part(name, part).train()
+        for part, trained in self._planned_parts():
+            for name in trained:
+                self.part(name, part).train()
 
     def param_groups(self, connection_lr_mult: float | None = None) -> list[ParamGroup]:
         """Trainable parameters grouped by learning-rate multiplier and weight decay;
@@ -167,12 +191,25 @@ class MultiTaskModel(nn.Module):
             if name in self.plan.heads:
                 groups.append(ParamGroup(list(self.part(name, "head").parameters())))
             if name in self.plan.connections:
-                for connection in self.connection_modules(name):
-                    for group in connection.param_groups():
-                        if connection_lr_mult is not None:
-                            group.lr_mult = connection_lr_mult
-                        groups.append(group)
+                for group in self.connections[self.tasks[name].slot].param_groups():
+                    if connection_lr_mult is not None:
+                        group.lr_mult = connection_lr_mult
+                    groups.append(group)
         return [g for g in groups if g.params]
+
+    def trained_state(self) -> dict[tuple[str, str], dict[str, torch.Tensor]]:
+        """Copies of the planned parts' weights and BatchNorm statistics (best-epoch snapshot)."""
+        return {
+            (name, part): {
+                k: v.detach().clone() for k, v in self.part(name, part).state_dict().items()
+            }
+            for part, trained in self._planned_parts()
+            for name in trained
+        }
+
+    def load_trained_state(self, state: dict[tuple[str, str], dict[str, torch.Tensor]]) -> None:
+        for (name, part), values in state.items():
+            self.part(name, part).load_state_dict(values)
 
     def _frozen_tasks(self) -> set[str]:
         """Tasks whose features depend on no trainable part: computed without autograd."""
@@ -190,6 +227,7 @@ class MultiTaskModel(nn.Module):
         frozen = self._frozen_tasks() if torch.is_grad_enabled() else set()
         num_stages = len(self.columns[self.tasks[needed[0]].slot].stages) if needed else 0
         previous: dict[str, torch.Tensor] = {}
+        fused: dict[str, list[torch.Tensor]] = {name: [] for name in needed}
         for stage in range(num_stages):
             current: dict[str, torch.Tensor] = {}
             for name in needed:
@@ -198,8 +236,12 @@ class MultiTaskModel(nn.Module):
                     if stage == 0:
                         inputs = x
                     else:
-                        connection = self.connections[task.slot][stage - 1]
-                        inputs = connection([previous[s] for s in task.sources])
+                        connections = self.connections[task.slot]
+                        inputs = connections.stages[stage - 1]([previous[s] for s in task.sources])
+                        if connections.shortcut is not None:
+                            fused[name].append(inputs)
+                            if stage == num_stages - 1:
+                                inputs = connections.shortcut(fused[name])
                     current[name] = self.columns[task.slot].stages[stage](inputs)
             previous = current
         return {name: self.heads[self.tasks[name].slot](previous[name]) for name in wanted}

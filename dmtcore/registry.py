@@ -35,6 +35,9 @@ class ConnectionKind:
     build: Callable[..., Any] = field(repr=False)
     default_options: dict[str, Any] = field(default_factory=dict)
     isolated: bool = False  # True: a task reads only its own column, S(i) = {i}
+    # Optional `build_shortcut(boundary_shapes, options)`: a module merging all of a task's
+    # connection outputs into its last stage's input (NDDR-CNN-Shortcut).
+    build_shortcut: Callable[..., Any] | None = field(default=None, repr=False)
 
     def resolve_options(self, given: dict[str, Any] | None) -> dict[str, Any]:
         """The kind's defaults overridden by `given`; unknown option names are refused."""

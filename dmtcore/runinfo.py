@@ -23,8 +23,9 @@ class RunInfo:
 
 @dataclass
 class EpochReport:
-    """One epoch: the mean training loss per trained task, validation metrics per task, and
-    connection weights as flat `name -> value` pairs (e.g. 'alpha.stage1.digits.class')."""
+    """One validation point (after an epoch, or every N steps): mean training loss per trained
+    task since the last point, validation metrics per task, and connection weights as flat
+    `name -> value` pairs (e.g. 'alpha.digits.even.stage1.digits.class')."""
 
     epoch: int
     train_loss: dict[str, float]
@@ -32,6 +33,7 @@ class EpochReport:
     connection_weights: dict[str, float]
     seconds: float
     is_best: bool
+    step: int = 0  # optimiser steps so far
 
 
 @dataclass

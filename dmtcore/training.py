@@ -13,15 +13,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from tqdm import tqdm
 
 from dmtcore.data import Batches
 from dmtcore.errors import InvalidValueError, TrainingError
-from dmtcore.manifest import WEIGHT_PARTS
 from dmtcore.metrics import compute_metrics, loss_function
-from dmtcore.model import MultiTaskModel
 from dmtcore.runinfo import EpochReport
 from dmtcore.taskspec import TaskSpec
 
@@ -36,6 +35,7 @@ class TrainSettings:
     connection_lr_mult: float | None = None
     seed: int = 0
     device: str = "auto"
+    eval_every: int | None = None  # validate every N steps instead of after every epoch
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -46,6 +46,12 @@ class TrainSettings:
             )
         if not (isinstance(self.lr, float | int) and math.isfinite(self.lr) and self.lr > 0):
             raise InvalidValueError(f"learning rate must be a positive number, got {self.lr!r}")
+        if self.eval_every is not None and (
+            not isinstance(self.eval_every, int) or self.eval_every < 1
+        ):
+            raise InvalidValueError(
+                f"eval_every must be a positive number of steps, got {self.eval_every!r}"
+            )
         mult = self.connection_lr_mult
         if mult is not None and not (math.isfinite(mult) and mult > 0):
             raise InvalidValueError(
@@ -69,7 +75,7 @@ class FitResult:
     epochs: list[EpochReport]
 
 
-def evaluate(model: MultiTaskModel, spec: TaskSpec, batches: Batches) -> dict[str, float]:
+def evaluate(model: Any, spec: TaskSpec, batches: Batches) -> dict[str, float]:
     """The task's metrics over a whole split, in eval mode."""
     was_training = model.training
     model.eval()
@@ -95,25 +101,39 @@ def _turns(targets: list[Target]) -> Iterator[tuple[Target, torch.Tensor, torch.
         iterators = still_running
 
 
-def flat_relation_weights(model: MultiTaskModel, tasks: list[str]) -> dict[str, float]:
+def flat_relation_weights(model: Any, tasks: list[str]) -> dict[str, float]:
     """'alpha.<task>.stage<l>.<source>' -> weight, for the tasks being trained."""
     weights = model.relation_weights()
     return {
         f"alpha.{task}.stage{stage}.{source}": value
         for task in tasks
-        for stage, row in enumerate(weights[task], start=1)
+        for stage, row in enumerate(weights.get(task, []), start=1)
         for source, value in row.items()
         if source != task
     }
 
 
+class Trainable(Protocol):
+    """What `fit` needs of a model: `MultiTaskModel`, and the hard-sharing baseline."""
+
+    def __call__(self, x: torch.Tensor, tasks: list[str]) -> dict[str, torch.Tensor]: ...
+    def param_groups(self, connection_lr_mult: float | None = None) -> list[Any]: ...
+    def train_mode(self) -> None: ...
+    def eval(self) -> Any: ...
+    def train(self, mode: bool = True) -> Any: ...
+    def trained_state(self) -> Any: ...
+    def load_trained_state(self, state: Any) -> None: ...
+    def relation_weights(self) -> dict[str, list[dict[str, float]]]: ...
+
+
 def fit(
-    model: MultiTaskModel,
+    model: Trainable,
     targets: list[Target],
     settings: TrainSettings,
     on_epoch: Callable[[EpochReport], None] = lambda report: None,
 ) -> FitResult:
-    """Train the model's planned parts on `targets`; returns the best epoch's metrics."""
+    """Train the model's planned parts on `targets`, validating after every epoch (or every
+    `settings.eval_every` steps); the best validation point is restored at the end."""
     groups = model.param_groups(settings.connection_lr_mult)
     optimizer = torch.optim.Adam(
         [
@@ -124,15 +144,35 @@ def fit(
     names = [t.spec.name for t in targets]
     losses = {t.spec.name: loss_function(t.spec.loss) for t in targets}
     best_score = -math.inf
-    best_state: dict[tuple[str, str], dict[str, torch.Tensor]] | None = None
+    best_state: Any = None
     best: tuple[int, dict[str, dict[str, float]]] | None = None
     reports: list[EpochReport] = []
     steps_per_epoch = sum(len(t.train) for t in targets)
-    for epoch in range(1, settings.epochs + 1):
-        started = time.perf_counter()
+    step = 0
+    totals: dict[str, torch.Tensor] = {}
+    counts = dict.fromkeys(names, 0)
+    started = time.perf_counter()
+
+    def validate(epoch: int) -> None:
+        nonlocal best_score, best_state, best, totals, counts, started
+        train_loss = {n: float(totals[n]) / counts[n] for n in names if counts[n]}
+        for name, value in train_loss.items():
+            _check_finite(name, value, epoch, settings)
+        metrics = {t.spec.name: evaluate(model, t.spec, t.val) for t in targets}
+        score = sum(metrics[t.spec.name][t.spec.primary_metric] for t in targets) / len(targets)
+        is_best = score > best_score
+        if is_best:
+            best_score, best_state, best = score, model.trained_state(), (epoch, metrics)
+        seconds = time.perf_counter() - started
+        weights = flat_relation_weights(model, names)
+        report = EpochReport(epoch, train_loss, metrics, weights, seconds, is_best, step)
+        reports.append(report)
+        on_epoch(report)
+        totals, counts, started = {}, dict.fromkeys(names, 0), time.perf_counter()
         model.train_mode()
-        totals: dict[str, torch.Tensor] = {}
-        counts = dict.fromkeys(names, 0)
+
+    for epoch in range(1, settings.epochs + 1):
+        model.train_mode()
         bar = tqdm(
             total=steps_per_epoch,
             desc=f"epoch {epoch}/{settings.epochs}",
@@ -140,7 +180,7 @@ def fit(
             disable=None,
             file=sys.stderr,
         )
-        for step, (target, images, labels) in enumerate(_turns(targets)):
+        for target, images, labels in _turns(targets):
             name = target.spec.name
             loss = losses[name](model(images, [name])[name], labels)
             optimizer.zero_grad(set_to_none=True)
@@ -148,30 +188,19 @@ def fit(
             optimizer.step()
             totals[name] = totals[name] + loss.detach() if name in totals else loss.detach()
             counts[name] += 1
-            if step == 0:
+            step += 1
+            if step == 1:
                 _check_finite(name, loss.item(), epoch, settings)
+            if settings.eval_every and step % settings.eval_every == 0:
+                validate(epoch)
             bar.update()
         bar.close()
-        train_loss = {name: float(totals[name]) / counts[name] for name in names if counts[name]}
-        for name, value in train_loss.items():
-            _check_finite(name, value, epoch, settings)
-        metrics = {t.spec.name: evaluate(model, t.spec, t.val) for t in targets}
-        score = sum(metrics[t.spec.name][t.spec.primary_metric] for t in targets) / len(targets)
-        is_best = score > best_score
-        if is_best:
-            best_score, best_state, best = score, _snapshot(model), (epoch, metrics)
-        report = EpochReport(
-            epoch,
-            train_loss,
-            metrics,
-            flat_relation_weights(model, names),
-            time.perf_counter() - started,
-            is_best,
-        )
-        reports.append(report)
-        on_epoch(report)
-    assert best_state is not None and best is not None
-    _restore(model, best_state)
+        if not settings.eval_every:
+            validate(epoch)
+    if best_state is None:  # eval_every larger than the whole run: validate once at the end
+        validate(settings.epochs)
+    assert best is not None
+    model.load_trained_state(best_state)
     model.eval()
     return FitResult(best[0], best[1], reports)
 
@@ -182,23 +211,3 @@ def _check_finite(task: str, value: float, epoch: int, settings: TrainSettings) 
             f"task {task!r}: the training loss became {value} in epoch {epoch}; "
             f"lower the learning rate (now {settings.lr}) or check the data for NaN/inf values"
         )
-
-
-def _snapshot(model: MultiTaskModel) -> dict[tuple[str, str], dict[str, torch.Tensor]]:
-    """Copies of the trained parts' weights and BatchNorm statistics."""
-    plan = model.plan
-    trained = {"column": plan.columns, "connections": plan.connections, "head": plan.heads}
-    return {
-        (name, part): {
-            k: v.detach().clone() for k, v in model.part(name, part).state_dict().items()
-        }
-        for part in WEIGHT_PARTS
-        for name in trained[part]
-    }
-
-
-def _restore(
-    model: MultiTaskModel, snapshot: dict[tuple[str, str], dict[str, torch.Tensor]]
-) -> None:
-    for (name, part), state in snapshot.items():
-        model.part(name, part).load_state_dict(state)
