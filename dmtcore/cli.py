@@ -365,6 +365,119 @@ def add_task(
     _emit(as_json, payload, human)
 
 
+@cli.command()
+@click.argument("names", nargs=-1, required=True, metavar="TASK...")
+@store_option
+@click.option(
+    "--connection",
+    default=None,
+    help="Connection kind when the store is created here [default: ttc]; must match otherwise.",
+)
+@train_options(default_epochs=5)
+@plugin_options
+@json_option
+def train(
+    names: tuple[str, ...],
+    store: Path,
+    connection: str | None,
+    plugins: tuple[str, ...],
+    no_plugin_autoload: bool,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Train a group of new tasks jointly, all mutually connected (DMT §4.1).
+
+    Each step takes turns over the tasks, each on its own data and loss. Existing tasks stay
+    frozen; later add-task calls connect to the whole group.
+    """
+    from dmtcore.operations import DataOptions, train_tasks
+
+    settings, data, tracking = _split_options(options)
+    host = _host(plugins, no_plugin_autoload)
+    for name in names:
+        host.registry.task(name)
+    if connection is not None:
+        host.registry.connection(connection)
+    uri = _attach_tracker(host, store, *tracking)
+    _attach_epoch_printer(host, as_json)
+    started = time.perf_counter()
+    result = train_tasks(
+        store, names, host, settings, DataOptions(**data), connection, notify=_progress
+    )
+    seconds = time.perf_counter() - started
+    payload = {
+        "store": str(store),
+        "version": result.version,
+        "tasks": list(names),
+        "metrics": result.metrics,
+        "best_epoch": result.summary["best_epoch"],
+        "seconds": round(seconds, 2),
+        "tracking_uri": uri,
+    }
+
+    def human() -> None:
+        click.echo(f"Trained {', '.join(names)} as version {result.version} in {seconds:.1f}s")
+        metric_names = sorted({m for values in result.metrics.values() for m in values})
+        _table(
+            [(t, *(v.get(m, "") for m in metric_names)) for t, v in result.metrics.items()],
+            ("task", *metric_names),
+        )
+
+    _emit(as_json, payload, human)
+
+
+@cli.command()
+@store_option
+@click.option("--stage", type=int, default=None, help="Only this stage boundary (from 1).")
+@click.option(
+    "--plot",
+    "plot_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Also draw the matrices as heatmaps into this PNG file.",
+)
+@json_option
+def connections(store: Path, stage: int | None, plot_path: Path | None, as_json: bool) -> None:
+    """Show what the connections learned: per stage, how much each task draws from each other.
+
+    TTC: the gate α_ij; NDDR: the norm of each source's block relative to the own block;
+    cross-stitch: the mean per-source weight. Rows read from columns; '-' means no link.
+    """
+    from dmtcore.relations import plot, relation_matrices, select_stage
+
+    manifest = Store.open(store).manifest()
+    names = [t["name"] for t in manifest["tasks"]]
+    stages = select_stage(relation_matrices(manifest), stage)
+    if plot_path is not None:
+        plot(manifest, stages, plot_path)
+    payload = {
+        "store": str(store),
+        "version": manifest["version"],
+        "connection": manifest["connection"]["name"],
+        "tasks": names,
+        "stages": [{"stage": number, "matrix": matrix} for number, matrix in stages],
+        "plot": str(plot_path) if plot_path else None,
+    }
+
+    def human() -> None:
+        click.echo(
+            f"{manifest['connection']['name']} relations, store {store} v{manifest['version']}"
+        )
+        for number, matrix in stages:
+            click.echo(f"\nstage {number} → {number + 1} (row: task, column: source)")
+            _table(
+                [
+                    (n, *("-" if v is None else v for v in row))
+                    for n, row in zip(names, matrix, strict=True)
+                ],
+                ("task", *names),
+            )
+        if plot_path is not None:
+            click.echo(f"\nHeatmaps written to {plot_path}")
+
+    _emit(as_json, payload, human)
+
+
 @cli.command("remove-task")
 @click.argument("name")
 @store_option

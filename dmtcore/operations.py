@@ -19,7 +19,7 @@ import torch
 
 from dmtcore.checkpoint import empty_model, load_model, save_weights
 from dmtcore.data import Batches, load_splits, resolve_device
-from dmtcore.errors import ConflictError, DmtError, PluginError, StoreError
+from dmtcore.errors import ConflictError, DmtError, InvalidValueError, PluginError, StoreError
 from dmtcore.manifest import new_manifest
 from dmtcore.model import MultiTaskModel, TrainingPlan
 from dmtcore.names import InputSpec, unknown_name
@@ -147,77 +147,106 @@ def add_task(
 ) -> RunResult:
     """Train task `name` as a new column connected to every existing one; old tasks stay frozen.
     A missing store is created with the defaults (and removed again if the operation fails)."""
-    spec = host.registry.task(name)
+    return train_tasks(path, [name], host, settings, data, notify=notify)
+
+
+def train_tasks(
+    path: Path,
+    names: Sequence[str],
+    host: PluginHost,
+    settings: TrainSettings = TrainSettings(),
+    data: DataOptions = DataOptions(),
+    connection: str | None = None,
+    notify: Notify = _stderr,
+) -> RunResult:
+    """Train a group of new tasks together (DMT §4.1): each gets a column connected to every
+    existing task and to the other members; each step takes turns over the tasks, each on its
+    own data and loss. With one task this is add-task. `connection` picks the kind when the
+    store is created here, and must match the store's kind otherwise."""
+    names = list(names)
+    if not names or len(set(names)) != len(names):
+        raise InvalidValueError(f"give one or more distinct tasks to train, got {names}")
+    specs = [host.registry.task(name) for name in names]
     device = resolve_device(settings.device)
     created = False
     if not Store.exists(path):
-        init_store(path, host)
+        kind = connection or DEFAULT_CONNECTION
+        init_store(path, host, connection=kind)
         created = True
         notify(
-            f"initialised a new store at {path} (backbone {DEFAULT_BACKBONE}, connection "
-            f"{DEFAULT_CONNECTION}, input {InputSpec.from_shape(spec.input_shape)} from {name})"
+            f"initialised a new store at {path} (backbone {DEFAULT_BACKBONE}, connection {kind}, "
+            f"input {InputSpec.from_shape(specs[0].input_shape)} from {names[0]})"
         )
     try:
-        return _add_task(Store.open(path), spec, host, settings, data, device)
+        store = Store.open(path)
+        operation = "add-task" if len(names) == 1 else "train"
+        with store.writer(f"{operation} {' '.join(names)}"):
+            return _train_tasks(store, specs, host, settings, data, device, connection, operation)
     except BaseException:
         if created:
             shutil.rmtree(path, ignore_errors=True)
-            notify(f"removed the store created at {path}: the first task could not be added")
+            notify(f"removed the store created at {path}: its first tasks could not be trained")
         raise
 
 
-def _add_task(
+def _train_tasks(
     store: Store,
-    spec: TaskSpec,
+    specs: list[TaskSpec],
     host: PluginHost,
     settings: TrainSettings,
     data: DataOptions,
     device: torch.device,
+    connection: str | None,
+    operation: str,
 ) -> RunResult:
-    name = spec.name
-    with store.writer(f"add-task {name}"):
-        manifest = store.manifest()
-        if any(t["name"] == name for t in manifest["tasks"]):
+    names = [spec.name for spec in specs]
+    manifest = store.manifest()
+    stored = [t["name"] for t in manifest["tasks"]]
+    for name in names:
+        if name in stored:
             raise ConflictError(
                 f"task {name!r} is already in store {str(store.path)!r} (version {manifest['version']}); "
                 f"remove it first with 'dmt remove-task {name}'"
             )
-        input_spec = InputSpec.from_shape(manifest["input_spec"] or spec.input_shape)
-        model = load_model(store, manifest, host.registry) or empty_model(
-            manifest, host.registry, input_spec
+    kind = manifest["connection"]["name"]
+    if connection is not None and connection != kind:
+        raise InvalidValueError(
+            f"store {str(store.path)!r} uses connection kind {kind!r}, not {connection!r}; "
+            "a store has one kind: create another store for it"
         )
-        target = make_target(spec, input_spec, settings, data, device)
-        sources = [name] if model.connection.isolated else [*model.tasks, name]
-        slot = f"t{manifest['next_slot']}"
-        torch.manual_seed(settings.seed)
-        model.add_task(name, slot, sources, spec.head, spec.num_outputs)
-        model.to(device)
-        model.configure_training(
-            TrainingPlan(frozenset({name}), frozenset({name}), frozenset({name}))
-        )
-        run = _run_info(
-            "add-task",
-            [name],
-            store,
-            manifest,
-            {"task": name, **asdict(settings), "device": str(device)},
-        )
+    input_spec = InputSpec.from_shape(manifest["input_spec"] or specs[0].input_shape)
+    model = load_model(store, manifest, host.registry) or empty_model(
+        manifest, host.registry, input_spec
+    )
+    targets = [make_target(spec, input_spec, settings, data, device) for spec in specs]
+    torch.manual_seed(settings.seed)
+    slots = {}
+    for index, spec in enumerate(specs):
+        sources = [spec.name] if model.connection.isolated else [*stored, *names]
+        slots[spec.name] = f"t{manifest['next_slot'] + index}"
+        model.add_task(spec.name, slots[spec.name], sources, spec.head, spec.num_outputs)
+    model.check_sources()
+    model.to(device)
+    group = frozenset(names)
+    model.configure_training(TrainingPlan(group, group, group))
+    params = {"tasks": ",".join(names), **asdict(settings), "device": str(device)}
+    run = _run_info(operation, names, store, manifest, params)
 
-        def work() -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
-            result = fit(
-                model, [target], settings, lambda r: host.hook.dmt_epoch_end(run=run, report=r)
+    def work() -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+        result = fit(model, targets, settings, lambda r: host.hook.dmt_epoch_end(run=run, report=r))
+        new = copy.deepcopy(manifest)
+        new["input_spec"] = list(input_spec.shape)
+        new["next_slot"] += len(specs)
+        for spec in specs:
+            sources = model.tasks[spec.name].sources
+            new["tasks"].append(
+                _task_entry(spec, host, slots[spec.name], sources, result.metrics[spec.name])
             )
-            new = copy.deepcopy(manifest)
-            new["input_spec"] = list(input_spec.shape)
-            new["next_slot"] += 1
-            new["tasks"].append(_task_entry(spec, host, slot, sources, result.metrics[name]))
-            new["operation"] = _operation(
-                "add-task", [name], settings, result, {name: result.metrics[name]}
-            )
-            _commit_weights(store, model, new, {name})
-            return new, result.metrics
+        new["operation"] = _operation(operation, names, settings, result, result.metrics)
+        _commit_weights(store, model, new, set(names))
+        return new, result.metrics
 
-        return _tracked(host, run, store, work)
+    return _tracked(host, run, store, work)
 
 
 def _operation(
@@ -239,11 +268,14 @@ def _operation(
 def _commit_weights(
     store: Store, model: MultiTaskModel, manifest: dict[str, Any], trained: set[str]
 ) -> None:
-    """Write the blobs of every task into `manifest`, checking frozen tasks kept theirs."""
+    """Write the blobs and relation weights of every task into `manifest`, checking that
+    frozen tasks kept their blobs."""
     refs = save_weights(store, model)
+    relations = model.relation_weights()
     for task in manifest["tasks"]:
         old = task["weights"]
         task["weights"] = refs[task["name"]]
+        task["relations"] = relations[task["name"]]
         if task["name"] not in trained and old and old != task["weights"]:
             raise StoreError(f"refusing to commit: the frozen task {task['name']!r} changed")
 

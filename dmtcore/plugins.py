@@ -32,6 +32,8 @@ BUILTIN_PLUGINS = (
     "dmtcore.backbones.resnet",
     "dmtcore.connections.none",
     "dmtcore.connections.ttc",
+    "dmtcore.connections.nddr",
+    "dmtcore.connections.cross_stitch",
 )
 REGISTRATION_HOOKS = ("dmt_register_backbones", "dmt_register_connections", "dmt_register_tasks")
 

@@ -8,8 +8,10 @@ request, so tracking stays off the training step itself.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -110,7 +112,23 @@ class MlflowTracker:
         self.client.log_batch(self.run_id, metrics=metrics)
         self.client.set_tag(self.run_id, "dmt.version", str(result.version))
         self.client.log_artifact(self.run_id, str(result.manifest_path), artifact_path="manifest")
+        self._log_relations(result)
         self.client.set_terminated(self.run_id, "FINISHED")
+
+    def _log_relations(self, result: RunResult) -> None:
+        """The final relation matrices of every stage, as JSON and as a heatmap PNG."""
+        from dmtcore.relations import plot, relation_matrices, select_stage
+
+        manifest = json.loads(Path(result.manifest_path).read_text())
+        stages = select_stage(relation_matrices(manifest), None)
+        if not stages or not manifest["tasks"]:
+            return
+        names = [t["name"] for t in manifest["tasks"]]
+        with tempfile.TemporaryDirectory() as folder:
+            data = {"tasks": names, "stages": [{"stage": n, "matrix": m} for n, m in stages]}
+            (Path(folder) / "relations.json").write_text(json.dumps(data, indent=2))
+            plot(manifest, stages, Path(folder) / "relations.png")
+            self.client.log_artifacts(self.run_id, folder, artifact_path="relations")
 
     @hookimpl
     def dmt_run_failed(self, run: RunInfo, error: BaseException) -> None:

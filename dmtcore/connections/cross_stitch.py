@@ -1,0 +1,70 @@
+"""`cross-stitch`: cross-stitch units (Misra et al., CVPR 2016, §3–5).
+
+One unit per channel: out_c = Σ_j a_{j,c} · h_{j,c}. The weights start as a convex
+combination, (α_S, α_D) = (0.9, 0.1) with α_D spread evenly over the other sources (§5.1), and
+learn at 100× the base learning rate (the paper's best range is 10²–10³, §5.2).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from dmtcore.connections import TransferConnection
+from dmtcore.connections.nddr import diagonal_init
+from dmtcore.errors import InvalidValueError
+from dmtcore.hookspecs import hookimpl
+from dmtcore.registry import ConnectionKind, Registry
+
+DEFAULTS = {"alpha": 0.9, "beta": 0.1, "lr_mult": 100.0}
+
+
+class CrossStitchUnit(TransferConnection):
+    """A (sources × channels) matrix of weights mixing same-position channels."""
+
+    def __init__(
+        self, own: int, num_sources: int, shape: tuple[int, ...], options: dict[str, Any]
+    ) -> None:
+        super().__init__(own, num_sources, options["lr_mult"])
+        start = diagonal_init(own, num_sources, float(options["alpha"]), float(options["beta"]))
+        self.weights = nn.Parameter(torch.tensor(start).unsqueeze(1).repeat(1, shape[0]))
+        self.spatial_dims = len(shape) - 1
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        stacked = torch.stack(features)  # K × N × C × ...
+        weights = self.weights.view(*self.weights.shape[:1], 1, -1, *([1] * self.spatial_dims))
+        return (weights * stacked).sum(0)
+
+    def drop_source(self, position: int) -> None:
+        super().drop_source(position)
+        keep = [j for j in range(self.weights.shape[0]) if j != position]
+        self.weights = nn.Parameter(self.weights.detach()[keep].clone())
+
+    def relation_weights(self) -> list[float]:
+        """The mean weight of each source over the channels."""
+        return self.weights.detach().mean(1).tolist()
+
+
+def build(
+    own: int, num_sources: int, shape: tuple[int, ...], options: dict[str, Any]
+) -> CrossStitchUnit:
+    for key in ("alpha", "beta"):
+        if not 0.0 <= float(options[key]) <= 1.0:
+            raise InvalidValueError(f"cross-stitch {key} must be in [0, 1], got {options[key]}")
+    if float(options["lr_mult"]) <= 0:
+        raise InvalidValueError(f"cross-stitch lr_mult must be positive, got {options['lr_mult']}")
+    return CrossStitchUnit(own, num_sources, shape, options)
+
+
+@hookimpl
+def dmt_register_connections(registry: Registry) -> None:
+    registry.add_connection(
+        ConnectionKind(
+            name="cross-stitch",
+            description="cross-stitch units: per-channel linear combination of the sources",
+            build=build,
+            default_options=dict(DEFAULTS),
+        )
+    )

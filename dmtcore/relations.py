@@ -1,0 +1,78 @@
+"""What the gates learned: per stage, how much each task draws from each other task.
+
+The numbers come from the manifest (each task's `relations`, written at every commit), so they
+are read without torch: TTC gates α_ij, NDDR block norms relative to the own block, mean
+cross-stitch weights. `plot` draws them as heatmaps, one per stage boundary.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from dmtcore.errors import InvalidValueError
+
+Matrix = list[list[float | None]]
+
+
+def relation_matrices(manifest: dict[str, Any]) -> list[Matrix]:
+    """One matrix per stage boundary: row = reading task, column = source, None = no link."""
+    names = [t["name"] for t in manifest["tasks"]]
+    stages = max((len(t.get("relations") or []) for t in manifest["tasks"]), default=0)
+    matrices: list[Matrix] = []
+    for stage in range(stages):
+        matrix: Matrix = []
+        for task in manifest["tasks"]:
+            rows = task.get("relations") or []
+            row = rows[stage] if stage < len(rows) else {}
+            matrix.append([row.get(source) for source in names])
+        matrices.append(matrix)
+    return matrices
+
+
+def select_stage(matrices: list[Matrix], stage: int | None) -> list[tuple[int, Matrix]]:
+    """(stage number from 1, matrix) pairs: all, or the one asked for."""
+    numbered = list(enumerate(matrices, start=1))
+    if stage is None:
+        return numbered
+    if not 1 <= stage <= len(matrices):
+        raise InvalidValueError(f"stage {stage} does not exist; valid: 1 to {len(matrices)}")
+    return [numbered[stage - 1]]
+
+
+def plot(manifest: dict[str, Any], stages: list[tuple[int, Matrix]], path: Path) -> Path:
+    """Heatmaps of the selected stages in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    names = [t["name"] for t in manifest["tasks"]]
+    size = max(3.0, 0.55 * len(names) + 1.5)
+    figure, axes = plt.subplots(1, len(stages), figsize=(size * len(stages), size), squeeze=False)
+    for axis, (stage, matrix) in zip(axes[0], stages, strict=True):
+        values = np.array(
+            [[np.nan if v is None else v for v in row] for row in matrix], dtype=float
+        )
+        image = axis.imshow(values, cmap="viridis", vmin=0.0, vmax=max(1.0, np.nanmax(values)))
+        axis.set_title(f"stage {stage} → {stage + 1}")
+        axis.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+        axis.set_yticks(range(len(names)), names, fontsize=7)
+        axis.set_xlabel("source")
+        axis.set_ylabel("task")
+        for i, row in enumerate(matrix):
+            for j, value in enumerate(row):
+                if value is not None:
+                    colour = "black" if value > 0.6 * max(1.0, np.nanmax(values)) else "white"
+                    axis.text(
+                        j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color=colour
+                    )
+        figure.colorbar(image, ax=axis, fraction=0.046)
+    kind = manifest["connection"]["name"]
+    figure.suptitle(f"{manifest['name']} v{manifest['version']}: {kind} relations")
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return path
