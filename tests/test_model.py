@@ -1,8 +1,6 @@
-"""Connections against their formulas on hand-made tensors, columns' shapes, and freezing."""
+"""Columns' shapes, freezing, the forward pass over source sets, and removal."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
@@ -10,68 +8,6 @@ import torch
 from dmtcore.model import MultiTaskModel, TrainingPlan
 from dmtcore.names import InputSpec
 from dmtcore.taskspec import HeadSpec
-
-
-def identity_norm(connection) -> None:
-    """Make the connection's BatchNorm an identity in eval mode, so only the mixing is tested."""
-    connection.eval()
-
-
-def test_ttc_matches_the_paper_formula(host) -> None:
-    kind = host.registry.connection("ttc")
-    connection = kind.build(1, 3, (2, 3, 3), {"init_alpha": 0.1, "lr_mult": 10.0})
-    with torch.no_grad():
-        connection.beta.copy_(torch.tensor([0.5, -2.0]))  # sources 0 and 2
-    identity_norm(connection)
-    h = [torch.full((1, 2, 3, 3), v) for v in (1.0, 10.0, 100.0)]
-    expected = 10.0 + 1.0 / (1 + math.exp(-0.5)) * 1.0 + 1.0 / (1 + math.exp(2.0)) * 100.0
-    out = connection(h)
-    assert torch.allclose(out, torch.full_like(out, expected / math.sqrt(1 + 1e-5)), atol=1e-5)
-    weights = connection.relation_weights()
-    assert weights[1] == 1.0  # alpha_ii is fixed at 1
-    assert weights[0] == pytest.approx(1 / (1 + math.exp(-0.5)))
-
-
-def test_ttc_initial_alpha_and_learning_rate_group(host) -> None:
-    connection = host.registry.connection("ttc").build(
-        0, 4, (8,), {"init_alpha": 0.2, "lr_mult": 7.0}
-    )
-    assert connection.relation_weights() == pytest.approx([1.0, 0.2, 0.2, 0.2])
-    (group,) = connection.param_groups()
-    assert group.lr_mult == 7.0 and any(p is connection.beta for p in group.params)
-
-
-def test_ttc_drop_source_keeps_the_other_gates(host) -> None:
-    connection = host.registry.connection("ttc").build(
-        2, 4, (2,), {"init_alpha": 0.1, "lr_mult": 1.0}
-    )
-    with torch.no_grad():
-        connection.beta.copy_(torch.tensor([1.0, 2.0, 3.0]))  # sources 0, 1, 3
-    connection.drop_source(1)
-    assert connection.own == 1 and connection.num_sources == 3
-    assert connection.beta.tolist() == [1.0, 3.0]
-    assert connection.relation_weights()[1] == 1.0
-
-
-def test_ttc_with_all_gates_one_and_equal_columns_is_hard_sharing(host) -> None:
-    """DMT §3: with every α = 1 each task gets the same sum of features."""
-    kind = host.registry.connection("ttc")
-    h = [torch.randn(4, 3, 2, 2) for _ in range(3)]
-    outs = []
-    for own in range(3):
-        connection = kind.build(own, 3, (3, 2, 2), {"init_alpha": 0.5, "lr_mult": 1.0})
-        with torch.no_grad():
-            connection.beta.fill_(50.0)  # sigmoid(50) == 1 in float32
-        identity_norm(connection)
-        outs.append(connection(h))
-    assert torch.allclose(outs[0], outs[1]) and torch.allclose(outs[1], outs[2])
-
-
-def test_none_connection_passes_own_features(host) -> None:
-    connection = host.registry.connection("none").build(1, 2, (3,), {})
-    h = [torch.randn(2, 3), torch.randn(2, 3)]
-    assert connection(h) is h[1]
-    assert connection.param_groups() == []
 
 
 @pytest.mark.parametrize(

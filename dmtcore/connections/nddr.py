@@ -99,6 +99,7 @@ class NddrLayer(TransferConnection):
         self.project = _projection(len(keep), c, self.spatial)
         with torch.no_grad():
             self.project.weight.copy_(old_weight[:, keep])
+        self.train(self.training)  # the new modules take the layer's mode
 
     def relation_weights(self) -> list[float]:
         """Frobenius norm of each source's block of W, relative to the own block's."""

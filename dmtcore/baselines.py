@@ -1,0 +1,61 @@
+"""The hard-sharing baseline (MT CNN): one trunk shared by every task, one head per task.
+
+It exists for side-by-side comparison in examples and benchmarks. It cannot grow: adding a task
+means retraining the trunk, which changes every old task's outputs — exactly what dmt avoids.
+It offers what `dmtcore.training.fit` needs, so it trains with the same loop and data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from dmtcore.connections import ParamGroup
+from dmtcore.heads import build_head
+from dmtcore.names import InputSpec
+from dmtcore.registry import BackboneKind
+from dmtcore.taskspec import TaskSpec
+
+
+class HardSharingModel(nn.Module):
+    """A shared column and a head per task; forward returns the requested tasks' logits."""
+
+    def __init__(
+        self,
+        input_spec: InputSpec,
+        backbone: BackboneKind,
+        backbone_options: dict[str, Any],
+        specs: Sequence[TaskSpec],
+    ) -> None:
+        super().__init__()
+        self.trunk = backbone.build(input_spec, backbone_options)
+        self.names = [spec.name for spec in specs]
+        self.heads = nn.ModuleList(
+            build_head(spec.head, self.trunk.out_features, spec.num_outputs) for spec in specs
+        )
+
+    def forward(
+        self, x: torch.Tensor, tasks: Sequence[str] | None = None
+    ) -> dict[str, torch.Tensor]:
+        for stage in self.trunk.stages:
+            x = stage(x)
+        wanted = self.names if tasks is None else list(tasks)
+        return {name: self.heads[self.names.index(name)](x) for name in wanted}
+
+    def param_groups(self, connection_lr_mult: float | None = None) -> list[ParamGroup]:
+        return [ParamGroup(list(self.parameters()))]
+
+    def train_mode(self) -> None:
+        self.train()
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.state_dict().items()}
+
+    def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.load_state_dict(state)
+
+    def relation_weights(self) -> dict[str, list[dict[str, float]]]:
+        return {}
