@@ -70,8 +70,8 @@ def test_add_status_eval_predict_history_remove(
     )
     assert removed["report"]["digits.even"]["reconnected"] is True
     assert removed["report"]["digits.even"]["after"] > 0.85
-    history = json.loads(run_cli("history", "--store", store, "--json").stdout)
-    assert [h["version"] for h in history] == [4, 3, 2, 1]
+    versions = json.loads(run_cli("history", "--store", store, "--json").stdout)
+    assert [h["version"] for h in versions] == [4, 3, 2, 1]
 
     runs = tracked_runs(store)
     assert sorted(r.data.tags["dmt.operation"] for r in runs) == [
@@ -84,13 +84,25 @@ def test_add_status_eval_predict_history_remove(
     assert add_even.data.metrics["digits.even.balanced_accuracy"] > 0.85
     assert add_even.data.params["epochs"] == "2"
     assert "alpha.digits.even.stage1.digits.class" in add_even.data.metrics
+    history = client_for(store).get_metric_history(
+        add_even.info.run_id, "alpha.digits.even.stage1.digits.class"
+    )
+    assert [m.step for m in history] == [1, 2]  # a gate's time series, one point per epoch
+    artifacts = {
+        a.path for a in client_for(store).list_artifacts(add_even.info.run_id, "relations")
+    }
+    assert artifacts == {"relations/relations.json", "relations/relations.png"}
     assert not (tmp_path / "mlruns").exists() and not (tmp_path / "mlflow.db").exists()
 
 
-def tracked_runs(store: Path):
+def client_for(store: Path):
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    return MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+
+
+def tracked_runs(store: Path):
+    client = client_for(store)
     experiment = client.get_experiment_by_name(store.name)
     return client.search_runs([experiment.experiment_id])
 
