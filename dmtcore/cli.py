@@ -86,47 +86,55 @@ def plugin_options(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
-def data_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    f = click.option(
+def _apply(f: Callable[..., Any], options: list[Callable[..., Any]]) -> Callable[..., Any]:
+    """Apply option decorators so that `--help` lists them in the order given."""
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+DATA_OPTIONS = [
+    click.option("--batch-size", type=int, default=64, show_default=True),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option(
         "--data-dir",
         type=click.Path(path_type=Path, file_okay=False),
         default="data",
         show_default=True,
         envvar="DMT_DATA_DIR",
         help="Where plugins look for datasets on disk.",
-    )(f)
-    f = click.option(
-        "--download", is_flag=True, help="Allow plugins to download missing datasets."
-    )(f)
-    f = click.option("--batch-size", type=int, default=64, show_default=True)(f)
-    f = click.option(
-        "--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."
-    )(f)
-    return click.option("--seed", type=int, default=0, show_default=True)(f)
+    ),
+    click.option("--download", is_flag=True, help="Allow plugins to download missing datasets."),
+]
+
+
+def data_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    return _apply(f, DATA_OPTIONS)
 
 
 def train_options(default_epochs: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
-        f = click.option("--epochs", type=int, default=default_epochs, show_default=True)(f)
-        f = click.option(
+    options = [
+        click.option("--epochs", type=int, default=default_epochs, show_default=True),
+        click.option(
             "--lr", type=float, default=1e-3, show_default=True, help="Learning rate (Adam)."
-        )(f)
-        f = click.option(
+        ),
+        click.option(
             "--connection-lr-mult",
             type=float,
             default=None,
             help="Learning-rate multiplier of connection weights [default: the kind's own].",
-        )(f)
-        f = click.option(
+        ),
+        *DATA_OPTIONS,
+        click.option(
             "--tracking-uri",
             envvar="MLFLOW_TRACKING_URI",
             default=None,
             help="MLflow tracking URI [default: sqlite database inside the store].",
-        )(f)
-        f = click.option("--no-tracking", is_flag=True, help="Do not log this run to MLflow.")(f)
-        return data_options(f)
-
-    return decorate
+        ),
+        click.option("--no-tracking", is_flag=True, help="Do not log this run to MLflow."),
+    ]
+    return lambda f: _apply(f, options)
 
 
 def _host(plugins: Sequence[str], no_plugin_autoload: bool) -> Any:
