@@ -19,14 +19,23 @@ from dmtcore.taskspec import HeadSpec
 
 
 def empty_model(
-    manifest: dict[str, Any], registry: Registry, input_spec: InputSpec | None = None
+    manifest: dict[str, Any],
+    registry: Registry,
+    input_spec: InputSpec | None = None,
+    restoring: bool = False,
 ) -> MultiTaskModel:
-    """A model with the manifest's recipe and no tasks."""
+    """A model with the manifest's recipe and no tasks. When `restoring` stored columns, the
+    backbone's initialisation-only options (e.g. a pretrained weights file) are left out: the
+    store's blobs hold every weight."""
     spec = input_spec or InputSpec.from_shape(manifest["input_spec"])
+    backbone = registry.backbone(manifest["backbone"]["name"])
+    options = dict(manifest["backbone"]["options"])
+    if restoring:
+        options.update(dict.fromkeys(backbone.init_only_options))
     return MultiTaskModel(
         spec,
-        registry.backbone(manifest["backbone"]["name"]),
-        manifest["backbone"]["options"],
+        backbone,
+        options,
         registry.connection(manifest["connection"]["name"]),
         manifest["connection"]["options"],
     )
@@ -37,15 +46,18 @@ def load_model(store: Store, manifest: dict[str, Any], registry: Registry) -> Mu
     Returns None for a store whose input spec is not fixed yet (no task ever added)."""
     if manifest["input_spec"] is None:
         return None
-    model = empty_model(manifest, registry)
+    model = empty_model(manifest, registry, restoring=True)
     for task in manifest["tasks"]:
-        model.add_task(
-            task["name"],
-            task["slot"],
-            task["sources"],
-            HeadSpec.from_dict(task["head"]),
-            task["output"]["size"],
-        )
+        try:
+            head = HeadSpec.from_dict(task["head"])
+            model.add_task(
+                task["name"], task["slot"], task["sources"], head, task["output"]["size"]
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise StoreError(
+                f"version {manifest['version']} of {str(store.path)!r} cannot be rebuilt at task "
+                f"{task['name']!r}: {type(exc).__name__}: {exc}"
+            ) from exc
         for part in WEIGHT_PARTS:
             sha256 = task["weights"][part]["sha256"]
             try:
@@ -60,15 +72,18 @@ def load_model(store: Store, manifest: dict[str, Any], registry: Registry) -> Mu
     return model
 
 
-def save_weights(store: Store, model: MultiTaskModel) -> dict[str, dict[str, dict[str, str]]]:
-    """Write every part of every task as a blob; returns task name -> part -> {'sha256': ...}."""
-    refs: dict[str, dict[str, dict[str, str]]] = {}
-    for name in model.tasks:
-        refs[name] = {}
-        for part in WEIGHT_PARTS:
-            state = {
-                k: v.detach().cpu().contiguous()
-                for k, v in model.part(name, part).state_dict().items()
-            }
-            refs[name][part] = {"sha256": store.write_blob(save_safetensors(state))}
-    return refs
+def serialise_weights(model: MultiTaskModel) -> dict[str, dict[str, bytes]]:
+    """Every part of every task as safetensors bytes: task name -> part -> bytes. Frozen parts
+    give the very bytes (and so the very blob) they were loaded from."""
+    return {
+        name: {
+            part: save_safetensors(
+                {
+                    k: v.detach().cpu().contiguous()
+                    for k, v in model.part(name, part).state_dict().items()
+                }
+            )
+            for part in WEIGHT_PARTS
+        }
+        for name in model.tasks
+    }

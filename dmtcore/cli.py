@@ -156,8 +156,9 @@ def _attach_tracker(
         return None
     from dmt_registry.tracking import MlflowTracker, default_tracking_uri
 
-    uri = tracking_uri or default_tracking_uri(store)
-    host.register(MlflowTracker(uri, embedded=tracking_uri is None), "mlflow-tracker")
+    embedded_uri = default_tracking_uri(store)
+    uri = tracking_uri or embedded_uri
+    host.register(MlflowTracker(uri, embedded=uri == embedded_uri), "mlflow-tracker")
     return uri
 
 
@@ -215,6 +216,13 @@ def cli() -> None:
 @click.option(
     "--name", default=None, help="Store name used in MLflow [default: the directory name]."
 )
+@click.option(
+    "--backbone-option",
+    "backbone_option",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override an option of the backbone (repeatable), e.g. weights_file=r18.safetensors.",
+)
 @plugin_options
 @json_option
 def init(
@@ -223,6 +231,7 @@ def init(
     backbone: str,
     connection: str,
     connection_option: tuple[str, ...],
+    backbone_option: tuple[str, ...],
     name: str | None,
     plugins: tuple[str, ...],
     no_plugin_autoload: bool,
@@ -234,9 +243,9 @@ def init(
 
     spec = InputSpec.parse(input_spec) if input_spec else None
     options = dict(_parse_option(o) for o in connection_option)
-    created = init_store(
-        store, _host(plugins, no_plugin_autoload), spec, backbone, connection, options, name
-    )
+    column_options = dict(_parse_option(o) for o in backbone_option)
+    host = _host(plugins, no_plugin_autoload)
+    created = init_store(store, host, spec, backbone, connection, options, name, column_options)
     manifest = created.manifest()
     _emit(
         as_json,
@@ -250,7 +259,7 @@ def init(
 def _parse_option(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise InvalidValueError(f"invalid --connection-option {text!r}: expected KEY=VALUE")
+        raise InvalidValueError(f"invalid option {text!r}: expected KEY=VALUE")
     try:
         return key, json.loads(value)
     except ValueError:
@@ -455,9 +464,16 @@ def connections(store: Path, stage: int | None, plot_path: Path | None, as_json:
 
     manifest = Store.open(store).manifest()
     names = [t["name"] for t in manifest["tasks"]]
+    if not names:
+        raise DmtError(f"store {str(store)!r} has no tasks yet: no connections to show")
     stages = select_stage(relation_matrices(manifest), stage)
     if plot_path is not None:
-        plot(manifest, stages, plot_path)
+        try:
+            plot(manifest, stages, plot_path)
+        except OSError as exc:
+            raise InvalidValueError(
+                f"cannot write the plot to {str(plot_path)!r}: {exc.strerror}"
+            ) from exc
     payload = {
         "store": str(store),
         "version": manifest["version"],
@@ -686,9 +702,22 @@ def eval_command(
     "--task", "task_names", multiple=True, help="Only these tasks (repeatable) [default: all]."
 )
 @click.option("--device", default="auto", show_default=True)
+@click.option(
+    "-p",
+    "--plugin",
+    "plugins",
+    multiple=True,
+    metavar="MODULE_OR_FILE",
+    help="Load a plugin, e.g. one providing the store's backbone or connection kind.",
+)
 @json_option
 def predict(
-    inputs: tuple[Path, ...], store: Path, task_names: tuple[str, ...], device: str, as_json: bool
+    inputs: tuple[Path, ...],
+    store: Path,
+    task_names: tuple[str, ...],
+    device: str,
+    plugins: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Predict every task for image files (PNG, JPEG, ...) or .npy arrays."""
     from dmtcore.data import resolve_device
@@ -697,9 +726,10 @@ def predict(
     from dmtcore.predict import predict as run_predict
     from dmtcore.predict import read_inputs
 
-    host = create_plugin_host(autoload=False)  # loading a store needs no task plugin
+    # Loading a store needs no task plugin: only a third-party backbone or connection kind.
+    host = create_plugin_host(plugins, autoload=False)
     model, manifest = load_current(store, host)
-    names = select_tasks(manifest, task_names)
+    names = select_tasks(manifest, list(dict.fromkeys(task_names)))
     images, labels = read_inputs(inputs, model.input_spec)
     model.to(resolve_device(device))
     outputs = {

@@ -66,6 +66,10 @@ def load_splits(spec: TaskSpec, request: DataRequest) -> TaskData:
             raise DataError(f"task {spec.name!r}: the {split} split has no length") from exc
         if size == 0:
             raise DataError(f"task {spec.name!r}: the {split} split is empty")
+        if split == "train" and size < 2:
+            raise DataError(
+                f"task {spec.name!r}: the train split has {size} sample; at least 2 are needed"
+            )
     return data
 
 
@@ -156,6 +160,9 @@ class Batches:
     generator: torch.Generator | None = None
 
     def __post_init__(self) -> None:
+        # Training drops a last partial batch: a batch of one breaks BatchNorm, and a tiny
+        # batch gives a noisy step. A split smaller than one batch is kept whole.
+        drop_last = self.shuffle and len(self.dataset) > self.batch_size
         if isinstance(self.dataset, TensorDataset):
             # Index a whole batch at once instead of collating single samples.
             sampler = (
@@ -163,15 +170,15 @@ class Batches:
                 if self.shuffle
                 else SequentialSampler(self.dataset)
             )
-            self.loader = DataLoader(
-                self.dataset, batch_size=None, sampler=BatchSampler(sampler, self.batch_size, False)
-            )
+            batches = BatchSampler(sampler, self.batch_size, drop_last)
+            self.loader = DataLoader(self.dataset, batch_size=None, sampler=batches)
         else:
             self.loader = DataLoader(
                 self.dataset,
                 batch_size=self.batch_size,
                 shuffle=self.shuffle,
                 generator=self.generator,
+                drop_last=drop_last,
                 pin_memory=self.device.type == "cuda",
             )
 

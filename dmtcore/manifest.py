@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from dmtcore.errors import StoreError
+from dmtcore.taskspec import HEAD_KINDS, OUTPUT_KINDS
 
 FORMAT = 1
 WEIGHT_PARTS = ("column", "connections", "head")
@@ -63,6 +64,13 @@ def validate_manifest(data: Any, where: str) -> dict[str, Any]:
             where,
             f"field {key!r} is missing or not a {kind.__name__}",
         )
+    for key in ("backbone", "connection"):
+        part = data[key]
+        _require(
+            isinstance(part.get("name"), str) and isinstance(part.get("options"), dict),
+            where,
+            f"{key} must have a name and an options object",
+        )
     spec = data.get("input_spec")
     _require(
         spec is None
@@ -93,6 +101,22 @@ def validate_manifest(data: Any, where: str) -> dict[str, Any]:
             )
         name = task["name"]
         _require(name in task["sources"], at, f"task {name!r} is not in its own source set")
+        _require(
+            len(set(task["sources"])) == len(task["sources"]),
+            at,
+            f"task {name!r} lists a source twice",
+        )
+        output = task["output"]
+        _require(
+            output.get("kind") in OUTPUT_KINDS
+            and isinstance(output.get("size"), int)
+            and output["size"] > 0,
+            at,
+            f"output {output!r} is not a known kind with a positive size",
+        )
+        _require(
+            task["head"].get("kind") in HEAD_KINDS, at, f"head {task['head']!r} has an unknown kind"
+        )
         for part in WEIGHT_PARTS:
             ref = task["weights"].get(part)
             _require(
@@ -104,6 +128,8 @@ def validate_manifest(data: Any, where: str) -> dict[str, Any]:
             )
         names.append(name)
     _require(len(set(names)) == len(names), where, "a task name appears twice")
+    slots = [task["slot"] for task in data["tasks"]]
+    _require(len(set(slots)) == len(slots), where, "two tasks share a slot")
     for task in data["tasks"]:
         unknown = [s for s in task["sources"] if s not in names]
         _require(

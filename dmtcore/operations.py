@@ -8,6 +8,7 @@ that (bad data, NaN loss, Ctrl-C) leaves the store as it was.
 from __future__ import annotations
 
 import copy
+import hashlib
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from dmtcore.checkpoint import empty_model, load_model, save_weights
+from dmtcore.checkpoint import empty_model, load_model, serialise_weights
 from dmtcore.data import Batches, load_splits, resolve_device
 from dmtcore.errors import ConflictError, DmtError, InvalidValueError, PluginError, StoreError
 from dmtcore.manifest import new_manifest
@@ -54,16 +55,26 @@ def init_store(
     connection: str = DEFAULT_CONNECTION,
     connection_options: dict[str, Any] | None = None,
     name: str | None = None,
+    backbone_options: dict[str, Any] | None = None,
 ) -> Store:
     """Create an empty store. Without `input_spec`, the first task's native shape fixes it."""
     backbone_kind = host.registry.backbone(backbone)
     connection_kind = host.registry.connection(connection)
     options = connection_kind.resolve_options(connection_options)
-    connection_kind.build(0, 2, (4, 2, 2), options)  # a trial build checks the option values
+    column_options = backbone_kind.resolve_options(backbone_options)
+    try:  # trial builds check the option values before anything is written
+        connection_kind.build(0, 2, (4, 2, 2), options)
+        backbone_kind.build(input_spec or InputSpec(3, 32, 32), column_options)
+    except DmtError:
+        raise
+    except Exception as exc:
+        raise InvalidValueError(
+            f"{backbone!r} with {connection!r} rejected the options given: {type(exc).__name__}: {exc}"
+        ) from exc
     manifest = new_manifest(
         name or Path(path).resolve().name,
         list(input_spec.shape) if input_spec else None,
-        {"name": backbone, "options": dict(backbone_kind.default_options)},
+        {"name": backbone, "options": column_options},
         {"name": connection, "options": options},
     )
     return Store.create(Path(path), manifest)
@@ -82,6 +93,7 @@ def make_target(
     train = Batches(spec, splits.train, input_spec, settings.batch_size, True, device, generator)
     val = Batches(spec, splits.val, input_spec, settings.batch_size, False, device)
     train.validate()
+    val.validate()
     return Target(spec, train, val)
 
 
@@ -104,18 +116,26 @@ def _tracked(
     run: RunInfo,
     store: Store,
     work: Callable[[], tuple[dict[str, Any], dict[str, dict[str, float]]]],
+    notify: Notify = _stderr,
 ) -> RunResult:
     """Run `work` (train, then return the manifest to commit and final metrics) between the
-    lifecycle hooks; on any failure the run is reported failed and nothing is committed."""
+    lifecycle hooks. Before the commit any failure is reported to the hooks and re-raised,
+    nothing committed; after it, the version stands and a failing hook is only a warning."""
     host.hook.dmt_run_started(run=run)
     try:
         manifest, metrics = work()
         version = store.commit(manifest)
     except BaseException as exc:
-        host.hook.dmt_run_failed(run=run, error=exc)
+        try:
+            host.hook.dmt_run_failed(run=run, error=exc)
+        except Exception as hook_error:  # never hide the real failure behind a tracking one
+            notify(f"warning: could not report the failed run: {hook_error}")
         raise
     result = RunResult(version, metrics, store.version_path(version), manifest["operation"])
-    host.hook.dmt_run_finished(run=run, result=result)
+    try:
+        host.hook.dmt_run_finished(run=run, result=result)
+    except (Exception, KeyboardInterrupt) as exc:
+        notify(f"warning: version {version} is committed, but reporting it failed: {exc!r}")
     return result
 
 
@@ -168,25 +188,33 @@ def train_tasks(
         raise InvalidValueError(f"give one or more distinct tasks to train, got {names}")
     specs = [host.registry.task(name) for name in names]
     device = resolve_device(settings.device)
-    created = False
+    created = not Path(path).exists()
     if not Store.exists(path):
         kind = connection or DEFAULT_CONNECTION
-        init_store(path, host, connection=kind)
-        created = True
-        notify(
-            f"initialised a new store at {path} (backbone {DEFAULT_BACKBONE}, connection {kind}, "
-            f"input {InputSpec.from_shape(specs[0].input_shape)} from {names[0]})"
-        )
-    try:
-        store = Store.open(path)
-        operation = "add-task" if len(names) == 1 else "train"
-        with store.writer(f"{operation} {' '.join(names)}"):
-            return _train_tasks(store, specs, host, settings, data, device, connection, operation)
-    except BaseException:
-        if created:
-            shutil.rmtree(path, ignore_errors=True)
-            notify(f"removed the store created at {path}: its first tasks could not be trained")
-        raise
+        try:
+            init_store(path, host, connection=kind)
+        except StoreError:
+            if not Store.exists(path):  # not a race with another init: a real problem
+                raise
+        else:
+            notify(
+                f"initialised a new store at {path} (backbone {DEFAULT_BACKBONE}, connection "
+                f"{kind}, input {InputSpec.from_shape(specs[0].input_shape)} from {names[0]})"
+            )
+    store = Store.open(path)
+    operation = "add-task" if len(names) == 1 else "train"
+    with store.writer(f"{operation} {' '.join(names)}"):
+        try:
+            return _train_tasks(
+                store, specs, host, settings, data, device, connection, operation, notify
+            )
+        except BaseException:
+            # A store this command created, still empty, goes again (under the lock, so no other
+            # writer can have used it); anything committed or pre-existing stays.
+            if created and store.current_version() == 1:
+                shutil.rmtree(path, ignore_errors=True)
+                notify(f"removed the store created at {path}: its first tasks could not be trained")
+            raise
 
 
 def _train_tasks(
@@ -198,6 +226,7 @@ def _train_tasks(
     device: torch.device,
     connection: str | None,
     operation: str,
+    notify: Notify,
 ) -> RunResult:
     names = [spec.name for spec in specs]
     manifest = store.manifest()
@@ -246,7 +275,7 @@ def _train_tasks(
         _commit_weights(store, model, new, set(names))
         return new, result.metrics
 
-    return _tracked(host, run, store, work)
+    return _tracked(host, run, store, work, notify)
 
 
 def _operation(
@@ -268,16 +297,23 @@ def _operation(
 def _commit_weights(
     store: Store, model: MultiTaskModel, manifest: dict[str, Any], trained: set[str]
 ) -> None:
-    """Write the blobs and relation weights of every task into `manifest`, checking that
-    frozen tasks kept their blobs."""
-    refs = save_weights(store, model)
+    """Write the blobs and relation weights of every task into `manifest`. Frozen tasks must
+    serialise to the very blobs they had: if one did not, something changed an old task, and
+    nothing at all is written."""
+    payloads = serialise_weights(model)
     relations = model.relation_weights()
     for task in manifest["tasks"]:
-        old = task["weights"]
-        task["weights"] = refs[task["name"]]
-        task["relations"] = relations[task["name"]]
-        if task["name"] not in trained and old and old != task["weights"]:
+        refs = {
+            part: {"sha256": hashlib.sha256(data).hexdigest()}
+            for part, data in payloads[task["name"]].items()
+        }
+        if task["name"] not in trained and task["weights"] and task["weights"] != refs:
             raise StoreError(f"refusing to commit: the frozen task {task['name']!r} changed")
+        task["weights"] = refs
+        task["relations"] = relations[task["name"]]
+    for parts in payloads.values():
+        for data in parts.values():
+            store.write_blob(data)
 
 
 def specs_for(
@@ -302,6 +338,7 @@ def remove_task(
     host: PluginHost,
     settings: TrainSettings = TrainSettings(epochs=3),
     data: DataOptions = DataOptions(),
+    notify: Notify = _stderr,
 ) -> RunResult:
     """Cut task `name` out, then retrain the connections of the tasks that read it (DMT §4.3).
     The result's summary holds every remaining task's primary metric before, cut, and after."""
@@ -321,6 +358,7 @@ def remove_task(
         targets = {t: make_target(specs[t], input_spec, settings, data, device) for t in remaining}
         before = {t: evaluate(model, specs[t], targets[t].val) for t in remaining}
         affected = model.remove_task(name)
+        model.to(device)  # some kinds rebuild modules when they drop a source
         cut = {t: evaluate(model, specs[t], targets[t].val) for t in affected}
         model.configure_training(TrainingPlan(connections=frozenset(affected)))
         run = _run_info(
@@ -367,7 +405,7 @@ def remove_task(
             _commit_weights(store, model, new, set(affected))
             return new, after
 
-        return _tracked(host, run, store, work)
+        return _tracked(host, run, store, work, notify)
 
 
 def load_current(

@@ -32,6 +32,8 @@ def read_inputs(paths: Sequence[Path], input_spec: InputSpec) -> tuple[torch.Ten
             if path.suffix.lower() == ".npy"
             else _read_image(path, input_spec.channels)
         )
+        if len(batch) == 0:
+            raise DataError(f"input {str(path)!r} holds no images")
         if not torch.isfinite(batch).all():
             raise DataError(f"input {str(path)!r} has NaN or infinite values")
         images.append(adapt_images(batch, input_spec))

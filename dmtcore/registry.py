@@ -6,6 +6,7 @@ which plugin added what, and a duplicate is refused with a message naming both o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,11 @@ class BackboneKind:
     description: str
     build: Callable[..., Any] = field(repr=False)
     default_options: dict[str, Any] = field(default_factory=dict)
+    # Options used only to initialise a new column (restoring a stored one ignores them).
+    init_only_options: tuple[str, ...] = ()
+
+    def resolve_options(self, given: dict[str, Any] | None) -> dict[str, Any]:
+        return _resolve("backbone", self.name, self.default_options, given)
 
 
 @dataclass(frozen=True)
@@ -40,15 +46,44 @@ class ConnectionKind:
     build_shortcut: Callable[..., Any] | None = field(default=None, repr=False)
 
     def resolve_options(self, given: dict[str, Any] | None) -> dict[str, Any]:
-        """The kind's defaults overridden by `given`; unknown option names are refused."""
-        given = dict(given or {})
-        unknown = sorted(set(given) - set(self.default_options))
-        if unknown:
-            valid = ", ".join(sorted(self.default_options)) or "none"
-            raise InvalidValueError(
-                f"connection kind {self.name!r} has no option {unknown[0]!r}; valid: {valid}"
-            )
-        return {**self.default_options, **given}
+        return _resolve("connection kind", self.name, self.default_options, given)
+
+
+def _resolve(
+    what: str, name: str, defaults: dict[str, Any], given: dict[str, Any] | None
+) -> dict[str, Any]:
+    """The defaults overridden by `given`; unknown names and values of the wrong type are refused."""
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        valid = ", ".join(sorted(defaults)) or "none"
+        raise InvalidValueError(f"{what} {name!r} has no option {unknown[0]!r}; valid: {valid}")
+    return {
+        key: _coerce(f"{what} {name!r}", key, given[key], default) if key in given else default
+        for key, default in defaults.items()
+    }
+
+
+def _coerce(kind: str, key: str, value: Any, default: Any) -> Any:
+    """`value` converted to the type of the option's default, or a clear error."""
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if isinstance(default, bool):
+        valid, expected = isinstance(value, bool), "true or false"
+    elif isinstance(default, float):
+        valid, expected = number and math.isfinite(value), "a finite number"
+        value = float(value) if valid else value
+    elif isinstance(default, int):
+        valid, expected = number and float(value).is_integer(), "an integer"
+        value = int(value) if valid else value
+    elif isinstance(default, str) or default is None:
+        valid, expected = isinstance(value, str) or value is None, "a string"
+    else:
+        valid, expected = True, ""
+    if not valid:
+        raise InvalidValueError(
+            f"connection kind {kind!r} option {key!r} must be {expected}, got {value!r}"
+        )
+    return value
 
 
 class Registry:

@@ -35,6 +35,7 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # A directory holding only the embedded tracking database may become a store (e.g. a copy of a
 # migrated template database, which saves MLflow's schema migrations).
 TRACKING_FILES = {"mlflow.db"}
+SKELETON = {"versions", "blobs", "tmp", "writer.lock"}  # what an interrupted init leaves
 
 
 def now_iso() -> str:
@@ -74,12 +75,12 @@ class Store:
 
     @classmethod
     def create(cls, path: Path, manifest: dict[str, Any]) -> Store:
-        """Create a store whose version 1 is `manifest`; the directory must be new or empty
-        (or hold only an embedded tracking database)."""
+        """Create a store whose version 1 is `manifest`. The directory must be new, empty, or
+        hold only an embedded tracking database or the skeleton of an init that never finished."""
         path = Path(path)
         if cls.exists(path):
             raise StoreError(f"a store already exists at {str(path)!r}")
-        if path.exists() and (not path.is_dir() or set(os.listdir(path)) - TRACKING_FILES):
+        if path.exists() and not cls._may_become_store(path):
             raise StoreError(
                 f"{str(path)!r} exists and is not an empty directory; choose another --store"
             )
@@ -90,8 +91,21 @@ class Store:
             raise StoreError(f"cannot create a store at {str(path)!r}: {exc.strerror}") from exc
         store = cls(path)
         with store.writer("init"):
+            if cls.exists(path):  # another process initialised it meanwhile
+                raise StoreError(f"a store already exists at {str(path)!r}")
             store.commit(manifest)
         return store
+
+    @staticmethod
+    def _may_become_store(path: Path) -> bool:
+        if not path.is_dir():
+            return False
+        entries = set(os.listdir(path))
+        if entries - TRACKING_FILES - SKELETON:
+            return False
+        return not any(
+            (path / sub).is_dir() and any((path / sub).iterdir()) for sub in ("versions", "blobs")
+        )
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -131,6 +145,10 @@ class Store:
         """Committed versions, oldest first (files newer than CURRENT are unfinished writes)."""
         current = self.current_version()
         found = []
+        if not (self.path / "versions").is_dir():
+            raise StoreError(
+                f"store {str(self.path)!r} is damaged: its versions/ directory is missing"
+            )
         for path in (self.path / "versions").iterdir():
             match = VERSION_FILE.match(path.name)
             if match and int(match.group(1)) <= current:
@@ -175,10 +193,10 @@ class Store:
             except BlockingIOError:
                 raise StoreLockedError(self._describe_holder(lock_path)) from None
             holder = {"pid": os.getpid(), "command": command, "started": now_iso()}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(holder).encode(), 0)
-            self.remove_unfinished_writes()
             try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(holder).encode(), 0)
+                self.remove_unfinished_writes()
                 yield
             finally:
                 os.ftruncate(fd, 0)

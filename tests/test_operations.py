@@ -14,7 +14,7 @@ from dmtcore.operations import add_task, remove_task
 from dmtcore.store import Store
 from dmtcore.training import TrainSettings
 
-FAST = TrainSettings(epochs=2, batch_size=128)
+FAST = TrainSettings(epochs=2, batch_size=64)
 
 
 def quiet(message: str) -> None:
@@ -112,7 +112,7 @@ def test_same_seed_gives_identical_weights(tmp_path: Path, host) -> None:
             tmp_path / run,
             "digits.even",
             host,
-            TrainSettings(epochs=1, batch_size=128, seed=3),
+            TrainSettings(epochs=1, batch_size=64, seed=3),
             notify=quiet,
         )
         shas.append(
@@ -141,3 +141,20 @@ def test_history_and_rollback(store_copy: Path, host, run_cli) -> None:
         "add-task",
         "init",
     ]
+
+
+def test_leftovers_of_a_crashed_writer_are_removed(store_copy: Path, host) -> None:
+    store = Store.open(store_copy)
+    kept = {p.name for p in (store_copy / "blobs").iterdir()}
+    (store_copy / "tmp" / "v000004.json.123.part").write_text("half")
+    (store_copy / "versions" / "v000004.json").write_text("{never committed}")
+    orphan = store_copy / "blobs" / ("ab" * 32 + ".safetensors")
+    orphan.write_bytes(b"orphan")
+    assert store.current_version() == 3 and store.versions() == [1, 2, 3]
+    add_task(store_copy, "digits.prime", host, FAST, notify=quiet)
+    assert store.current_version() == 4
+    assert not orphan.exists() and not list((store_copy / "tmp").iterdir())
+    assert json.loads((store_copy / "versions" / "v000004.json").read_text())["operation"][
+        "tasks"
+    ] == ["digits.prime"]
+    assert kept <= {p.name for p in (store_copy / "blobs").iterdir()}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dmtcore.errors import InvalidValueError
 from dmtcore.hookspecs import hookimpl
 from dmtcore.registry import BackboneKind, Registry
 
@@ -49,6 +50,8 @@ def build(input_spec: Any, options: dict[str, Any]) -> Any:
         stages.append(nn.Sequential(*layers))
         channels = out_channels
     fc_width = int(options.get("fc_width", FC_WIDTH))
+    if fc_width < 1:
+        raise InvalidValueError(f"dmt-cnn fc_width must be positive, got {fc_width}")
     stages.append(
         nn.Sequential(
             nn.Flatten(),

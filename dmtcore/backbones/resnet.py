@@ -66,5 +66,6 @@ def dmt_register_backbones(registry: Registry) -> None:
             description="torchvision ResNet-18 in 4 stages (random init; optional local weights)",
             build=build,
             default_options={"weights_file": None},
+            init_only_options=("weights_file",),
         )
     )

@@ -91,12 +91,13 @@ class NddrLayer(TransferConnection):
         ]
         super().drop_source(position)
         old_norm, old_weight = self.norm, self.project.weight.detach()
-        self.norm = _norm(len(keep), self.spatial)
+        where = {"device": old_weight.device, "dtype": old_weight.dtype}
+        self.norm = _norm(len(keep), self.spatial).to(**where)
         with torch.no_grad():
             for name in ("weight", "bias", "running_mean", "running_var"):
                 getattr(self.norm, name).copy_(getattr(old_norm, name)[keep])
             self.norm.num_batches_tracked.copy_(old_norm.num_batches_tracked)
-        self.project = _projection(len(keep), c, self.spatial)
+        self.project = _projection(len(keep), c, self.spatial).to(**where)
         with torch.no_grad():
             self.project.weight.copy_(old_weight[:, keep])
         self.train(self.training)  # the new modules take the layer's mode

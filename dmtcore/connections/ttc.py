@@ -36,6 +36,8 @@ class TaskTransferConnection(TransferConnection):
         super().__init__(own, num_sources, lr_mult)
         if not 0.0 < init_alpha < 1.0:
             raise InvalidValueError(f"ttc init_alpha must be in (0, 1), got {init_alpha}")
+        if not lr_mult > 0:
+            raise InvalidValueError(f"ttc lr_mult must be positive, got {lr_mult}")
         beta = math.log(init_alpha / (1.0 - init_alpha))
         self.beta = nn.Parameter(torch.full((num_sources - 1,), beta))
         self.norm = feature_norm(feature_shape)
