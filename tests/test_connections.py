@@ -7,14 +7,6 @@ import math
 import pytest
 import torch
 
-NDDR = {
-    "init": "diagonal",
-    "alpha": 0.9,
-    "beta": 0.1,
-    "lr_mult": 100.0,
-    "weight_decay": 1e-4,
-    "relu": True,
-}
 EPS_SCALE = 1 / math.sqrt(1 + 1e-5)  # BatchNorm in eval mode with fresh statistics
 
 
