@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from dmtcore.errors import DmtError, Interrupted, InvalidValueError
+from dmtcore.errors import DmtError, Interrupted, InvalidValueError, TrackingError
 from dmtcore.store import Store
 
 STORE_ENV = "DMT_STORE"
@@ -133,6 +133,11 @@ def train_options(default_epochs: int) -> Callable[[Callable[..., Any]], Callabl
             help="MLflow tracking URI [default: sqlite database inside the store].",
         ),
         click.option("--no-tracking", is_flag=True, help="Do not log this run to MLflow."),
+        click.option(
+            "--no-register",
+            is_flag=True,
+            help="Track the run but do not publish the new version to the Model Registry.",
+        ),
     ]
     return lambda f: _apply(f, options)
 
@@ -149,16 +154,24 @@ def _settings(**kwargs: Any) -> Any:
     return TrainSettings(**kwargs)
 
 
-def _attach_tracker(
-    host: Any, store: Path, tracking_uri: str | None, no_tracking: bool
-) -> str | None:
-    if no_tracking:
-        return None
-    from dmt_registry.tracking import MlflowTracker, default_tracking_uri
+def _tracking_uri(store: Path, tracking_uri: str | None) -> tuple[str, bool]:
+    """The URI to use and whether it is the store's embedded database."""
+    from dmt_registry.tracking import default_tracking_uri
 
     embedded_uri = default_tracking_uri(store)
     uri = tracking_uri or embedded_uri
-    host.register(MlflowTracker(uri, embedded=uri == embedded_uri), "mlflow-tracker")
+    return uri, uri == embedded_uri
+
+
+def _attach_tracker(
+    host: Any, store: Path, tracking_uri: str | None, no_tracking: bool, no_register: bool
+) -> str | None:
+    if no_tracking:
+        return None
+    from dmt_registry.tracking import MlflowTracker
+
+    uri, embedded = _tracking_uri(store, tracking_uri)
+    host.register(MlflowTracker(uri, embedded, register=not no_register), "mlflow-tracker")
     return uri
 
 
@@ -217,6 +230,11 @@ def cli() -> None:
     "--name", default=None, help="Store name used in MLflow [default: the directory name]."
 )
 @click.option(
+    "--model-name",
+    default=None,
+    help="Registered model in the MLflow Model Registry [default: the store name].",
+)
+@click.option(
     "--backbone-option",
     "backbone_option",
     multiple=True,
@@ -232,6 +250,7 @@ def init(
     connection: str,
     connection_option: tuple[str, ...],
     backbone_option: tuple[str, ...],
+    model_name: str | None,
     name: str | None,
     plugins: tuple[str, ...],
     no_plugin_autoload: bool,
@@ -245,7 +264,9 @@ def init(
     options = dict(_parse_option(o) for o in connection_option)
     column_options = dict(_parse_option(o) for o in backbone_option)
     host = _host(plugins, no_plugin_autoload)
-    created = init_store(store, host, spec, backbone, connection, options, name, column_options)
+    created = init_store(
+        store, host, spec, backbone, connection, options, name, column_options, model_name
+    )
     manifest = created.manifest()
     _emit(
         as_json,
@@ -569,7 +590,7 @@ def _split_options(options: dict[str, Any]) -> tuple[Any, dict[str, Any], tuple[
         device=options["device"],
     )
     data = {"data_dir": options["data_dir"], "download": options["download"]}
-    return settings, data, (options["tracking_uri"], options["no_tracking"])
+    return settings, data, (options["tracking_uri"], options["no_tracking"], options["no_register"])
 
 
 def _attach_epoch_printer(host: Any, as_json: bool) -> None:
@@ -592,6 +613,152 @@ def _attach_epoch_printer(host: Any, as_json: bool) -> None:
             )
 
     host.register(EpochPrinter(), "epoch-printer")
+
+
+def _registry_client(store: Path | None, tracking_uri: str | None) -> tuple[Any, str]:
+    from mlflow.tracking import MlflowClient
+
+    if tracking_uri is None and store is None:
+        raise InvalidValueError(
+            "say where the registry is: --tracking-uri URI (or MLFLOW_TRACKING_URI), e.g. "
+            "sqlite:///path/to/store/mlflow.db or http://host:5000"
+        )
+    uri = tracking_uri or _tracking_uri(store, None)[0]
+    return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
+
+
+def tracking_uri_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--tracking-uri",
+        envvar="MLFLOW_TRACKING_URI",
+        default=None,
+        help="MLflow tracking and registry URI [default: sqlite database inside the store].",
+    )(f)
+
+
+@cli.command()
+@store_option
+@tracking_uri_option
+@json_option
+def register(store: Path, tracking_uri: str | None, as_json: bool) -> None:
+    """Publish the store's current version to the Model Registry (e.g. after --no-register).
+
+    Logs it in a run of its own, tags it, and points the alias 'current' at it.
+    """
+    from dmt_registry.publish import model_name
+    from dmt_registry.publish import register as publish
+    from dmtcore.runinfo import RunInfo
+
+    opened = Store.open(store)
+    manifest = opened.manifest()
+    uri, embedded = _tracking_uri(store, tracking_uri)
+    from dmt_registry.tracking import MlflowTracker
+
+    tracker = MlflowTracker(uri, embedded, register=False)
+    run = RunInfo(
+        "register",
+        [t["name"] for t in manifest["tasks"]],
+        store,
+        manifest["name"],
+        manifest["version"],
+        {},
+    )
+    tracker.dmt_run_started(run=run)
+    try:
+        version = _reported_call(
+            uri, lambda: publish(tracker.client, opened, manifest["version"], tracker.run_id)
+        )
+    except BaseException as exc:
+        tracker.dmt_run_failed(run=run, error=exc)
+        raise
+    tracker.client.set_terminated(tracker.run_id, "FINISHED")
+    name = model_name(manifest)
+    _emit(
+        as_json,
+        {
+            "model": name,
+            "version": version,
+            "store_version": manifest["version"],
+            "tracking_uri": uri,
+        },
+        lambda: click.echo(
+            f"Registered store version {manifest['version']} as models:/{name}/{version} (alias current)"
+        ),
+    )
+
+
+def _reported_call(uri: str, call: Callable[[], Any]) -> Any:
+    """Run a registry call; MLflow's own failures become one TrackingError naming the URI."""
+    try:
+        return call()
+    except DmtError:
+        raise
+    except Exception as exc:
+        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise TrackingError(f"MLflow registry at {uri!r} failed: {first}") from exc
+
+
+@cli.command()
+@click.argument("version")
+@click.option("--alias", required=True, help="Alias to point at VERSION, e.g. production.")
+@store_option
+@click.option("--model-name", default=None, help="[default: the store's registered model]")
+@tracking_uri_option
+@json_option
+def promote(
+    version: str,
+    alias: str,
+    store: Path,
+    model_name: str | None,
+    tracking_uri: str | None,
+    as_json: bool,
+) -> None:
+    """Point ALIAS of the registered model at VERSION (aliases only: stages are deprecated)."""
+    from dmt_registry.publish import model_name as store_model_name
+    from dmt_registry.publish import promote as set_alias
+
+    name = model_name or store_model_name(Store.open(store).manifest())
+    client, uri = _registry_client(store, tracking_uri)
+    _reported_call(uri, lambda: set_alias(client, name, version, alias))
+    _emit(
+        as_json,
+        {"model": name, "version": version, "alias": alias},
+        lambda: click.echo(f"models:/{name}@{alias} now points at version {version}"),
+    )
+
+
+@cli.command()
+@click.argument("model_uri")
+@store_option
+@tracking_uri_option
+@json_option
+def pull(model_uri: str, store: Path, tracking_uri: str | None, as_json: bool) -> None:
+    """Rebuild a working store from a registered version: models:/NAME/3 or models:/NAME@current.
+
+    Its predictions equal the original's exactly; add tasks to it and the lineage goes on.
+    """
+    from dmt_registry.publish import pull as pull_store
+
+    if not tracking_uri:
+        raise InvalidValueError(
+            "say which registry to pull from: --tracking-uri URI (or MLFLOW_TRACKING_URI), e.g. "
+            "sqlite:///path/to/store/mlflow.db or http://host:5000"
+        )
+    pulled = pull_store(model_uri, tracking_uri, store)
+    manifest = pulled.manifest()
+    _emit(
+        as_json,
+        {
+            "store": str(store),
+            "model_uri": model_uri,
+            "version": manifest["version"],
+            "tasks": [t["name"] for t in manifest["tasks"]],
+        },
+        lambda: click.echo(
+            f"Pulled {model_uri} into {store}: version {manifest['version']}, tasks "
+            f"{', '.join(t['name'] for t in manifest['tasks'])}"
+        ),
+    )
 
 
 @cli.command()

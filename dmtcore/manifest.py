@@ -7,6 +7,7 @@ loaded without any plugin code. Parsing checks the structure and names the first
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from dmtcore.errors import StoreError
@@ -21,11 +22,15 @@ def new_manifest(
     input_spec: list[int] | None,
     backbone: dict[str, Any],
     connection: dict[str, Any],
+    model_name: str | None = None,
 ) -> dict[str, Any]:
-    """The manifest of an empty store (version 1)."""
+    """The manifest of an empty store (version 1). `store_id` identifies the store's lineage
+    across copies and pulls; `model_name` is its registered model in MLflow."""
     return {
         "format": FORMAT,
         "name": name,
+        "store_id": uuid.uuid4().hex,
+        "model_name": model_name or name,
         "version": 1,
         "parent": None,
         "created": None,

@@ -56,6 +56,7 @@ def init_store(
     connection_options: dict[str, Any] | None = None,
     name: str | None = None,
     backbone_options: dict[str, Any] | None = None,
+    model_name: str | None = None,
 ) -> Store:
     """Create an empty store. Without `input_spec`, the first task's native shape fixes it."""
     backbone_kind = host.registry.backbone(backbone)
@@ -76,6 +77,7 @@ def init_store(
         list(input_spec.shape) if input_spec else None,
         {"name": backbone, "options": column_options},
         {"name": connection, "options": options},
+        model_name,
     )
     return Store.create(Path(path), manifest)
 

@@ -18,12 +18,28 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dmtcore.errors import TrackingError
+from dmtcore.errors import DmtError, TrackingError
 from dmtcore.hookspecs import hookimpl
 from dmtcore.runinfo import EpochReport, RunInfo, RunResult
 
 DATABASE = "mlflow.db"
 ARTIFACTS = "mlartifacts"
+
+
+def system_info() -> dict[str, str]:
+    """Where a run ran: logged as parameters next to the operation's own."""
+    import platform
+
+    import torch
+
+    return {
+        "system.python": platform.python_version(),
+        "system.platform": platform.platform(),
+        "system.torch": torch.__version__,
+        "system.cuda": torch.version.cuda or "none",
+        "system.gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "system.cpu_threads": str(torch.get_num_threads()),
+    }
 
 
 def default_tracking_uri(store: Path) -> str:
@@ -38,7 +54,7 @@ def _reported(method: Callable[..., None]) -> Callable[..., None]:
     def wrapper(self: MlflowTracker, *args: Any, **kwargs: Any) -> None:
         try:
             method(self, *args, **kwargs)
-        except TrackingError:
+        except DmtError:
             raise
         except Exception as exc:
             first_line = str(exc).splitlines()[0][:300] if str(exc) else ""
@@ -53,9 +69,10 @@ def _reported(method: Callable[..., None]) -> Callable[..., None]:
 class MlflowTracker:
     """Logs each operation to the experiment named after the store."""
 
-    def __init__(self, tracking_uri: str, embedded: bool = False) -> None:
+    def __init__(self, tracking_uri: str, embedded: bool = False, register: bool = True) -> None:
         self.tracking_uri = tracking_uri
         self.embedded = embedded
+        self.register = register
         self.client: Any = None
         self.run_id: str | None = None
 
@@ -89,6 +106,11 @@ class MlflowTracker:
         from mlflow.entities import Param
 
         experiment_id = self._connect(run)
+        if self.register:  # refuse a conflicting model name before any training
+            from dmt_registry.publish import check_model_name
+            from dmtcore.store import Store
+
+            check_model_name(self.client, Store.open(run.store_path).manifest())
         tags = {
             "dmt.operation": run.operation,
             "dmt.tasks": ",".join(run.tasks),
@@ -99,8 +121,9 @@ class MlflowTracker:
             experiment_id, run_name=f"{run.operation} {' '.join(run.tasks)}", tags=tags
         )
         self.run_id = mlflow_run.info.run_id
+        params = {**run.params, **system_info()}
         self.client.log_batch(
-            self.run_id, params=[Param(k, str(v)[:6000]) for k, v in run.params.items()]
+            self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()]
         )
 
     @hookimpl
@@ -137,6 +160,12 @@ class MlflowTracker:
         self.client.set_tag(self.run_id, "dmt.version", str(result.version))
         self.client.log_artifact(self.run_id, str(result.manifest_path), artifact_path="manifest")
         self._log_relations(result)
+        if self.register:
+            from dmt_registry.publish import register
+            from dmtcore.store import Store
+
+            version = register(self.client, Store.open(run.store_path), result.version, self.run_id)
+            self.client.set_tag(self.run_id, "dmt.registered_version", version)
         self.client.set_terminated(self.run_id, "FINISHED")
 
     def _log_relations(self, result: RunResult) -> None:

@@ -1,0 +1,62 @@
+"""The dmt model as an MLflow pyfunc, in MLflow's "models from code" form.
+
+MLflow runs this file to load a registered dmt model; nothing is unpickled. The model's only
+artifact is `store`: a one-version dmt store (CURRENT, the version's manifest, and the
+safetensors blobs it names), loaded with checksums verified. Loading needs dmt installed, but no
+task plugin.
+
+Input: a float32 batch N×C×H×W in the store's input spec (what `mlflow models serve` receives as
+`{"inputs": [...]}`). Output: one row per image with, for every task, the prediction (class name
+or index, 0/1 labels, or values) and `<task>.probabilities`. The optional param `tasks`
+(comma-separated) selects tasks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.pyfunc import PythonModel
+
+
+class DmtModel(PythonModel):
+    """Every task of one store version, computed together in one pass per batch."""
+
+    def load_context(self, context: Any) -> None:
+        from dmtcore.operations import load_current
+        from dmtcore.plugins import create_plugin_host
+
+        self.model, self.manifest = load_current(
+            Path(context.artifacts["store"]), create_plugin_host(autoload=False)
+        )
+        self.outputs = {
+            t["name"]: {"kind": t["output"]["kind"], "class_names": t.get("class_names")}
+            for t in self.manifest["tasks"]
+        }
+
+    def predict(self, context, model_input, params=None):
+        # No type hints on purpose: MLflow would try (and fail) to derive a schema from them;
+        # the logged signature is the schema.
+        import numpy as np
+        import pandas as pd
+        import torch
+
+        from dmtcore.data import adapt_images
+        from dmtcore.operations import select_tasks
+        from dmtcore.predict import predict
+
+        requested = [t for t in str((params or {}).get("tasks") or "").split(",") if t]
+        tasks = select_tasks(self.manifest, requested)
+        images = adapt_images(
+            torch.from_numpy(np.asarray(model_input, dtype=np.float32)), self.model.input_spec
+        )
+        result = predict(self.model, images, tasks, self.outputs)
+        columns: dict[str, list[Any]] = {}
+        for task in tasks:
+            columns[task] = result[task]["prediction"]
+            columns[f"{task}.probabilities"] = result[task]["probabilities"]
+        return pd.DataFrame(columns)
+
+
+mlflow.models.set_model(DmtModel())
