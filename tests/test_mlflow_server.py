@@ -1,0 +1,146 @@
+"""Against real MLflow processes on loopback: a tracking server, and `mlflow models serve`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+MLFLOW = str(Path(sys.executable).with_name("mlflow"))
+FAST = ["--epochs", "1", "--batch-size", "64"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(url: str, process: subprocess.Popen, log: Path, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{url} exited early:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"{url} did not come up in {seconds}s:\n{log.read_text()[-3000:]}")
+
+
+def start(
+    args: list[str], url: str, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen:
+    with open(log, "w") as handle:
+        process = subprocess.Popen(
+            args, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
+    wait_until_up(url, process, log)
+    return process
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop a server by its PID: SIGTERM, then SIGKILL if it lingers."""
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def mlflow_server(tmp_path: Path, mlflow_template: Path) -> Iterator[str]:
+    database = tmp_path / "server.db"
+    shutil.copy(mlflow_template, database)
+    port = free_port()
+    args = [
+        MLFLOW, "server", "--backend-store-uri", f"sqlite:///{database}",
+        "--artifacts-destination", str(tmp_path / "server-artifacts"),
+        "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    process = start(args, f"http://127.0.0.1:{port}/health", tmp_path / "server.log")
+    yield f"http://127.0.0.1:{port}"
+    stop(process)
+
+
+def predict_json(run_cli, store: Path, batch: Path) -> dict:
+    return json.loads(run_cli("predict", batch, "--store", store, "--json").stdout)["tasks"]
+
+
+@pytest.mark.slow
+def test_tracking_server_end_to_end(mlflow_server: str, run_cli, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    store, pulled = tmp_path / "store", tmp_path / "pulled"
+    run_cli("add-task", "digits.class", "--store", store, *FAST, "--tracking-uri", mlflow_server)
+    run_cli("add-task", "digits.even", "--store", store, *FAST, "--tracking-uri", mlflow_server)
+    client = MlflowClient(tracking_uri=mlflow_server, registry_uri=mlflow_server)
+    current = client.get_model_version_by_alias("store", "current")
+    assert int(current.version) == 2 and current.tags["dmt.parent_version"] == "1"
+    runs = client.search_runs([client.get_experiment_by_name("store").experiment_id])
+    assert sorted(r.info.status for r in runs) == ["FINISHED", "FINISHED"]
+    assert not (store / "mlflow.db").exists()  # everything went to the server
+    run_cli("pull", "models:/store@current", "--store", pulled, "--tracking-uri", mlflow_server)
+    np.save(tmp_path / "batch.npy", np.random.default_rng(1).random((8, 1, 8, 8), dtype=np.float32))
+    assert predict_json(run_cli, pulled, tmp_path / "batch.npy") == predict_json(
+        run_cli, store, tmp_path / "batch.npy"
+    )
+
+
+@pytest.mark.slow
+def test_models_serve_answers_like_dmt_predict(
+    store_copy: Path, mlflow_template: Path, run_cli, tmp_path: Path
+) -> None:
+    shutil.copy(mlflow_template, store_copy / "mlflow.db")
+    run_cli("register", "--store", store_copy)
+    uri = f"sqlite:///{store_copy / 'mlflow.db'}"
+    port = free_port()
+    args = [
+        MLFLOW,
+        "models",
+        "serve",
+        "-m",
+        "models:/store@current",
+        "--env-manager",
+        "local",
+        "--host",
+        "127.0.0.1",
+        "-p",
+        str(port),
+    ]
+    # The scoring server runs `uvicorn` from PATH: the one next to this Python.
+    env = {
+        "MLFLOW_TRACKING_URI": uri,
+        "PATH": f"{Path(MLFLOW).parent}{os.pathsep}{os.environ['PATH']}",
+    }
+    process = start(args, f"http://127.0.0.1:{port}/ping", tmp_path / "serve.log", env)
+    try:
+        batch = np.random.default_rng(2).random((6, 1, 8, 8), dtype=np.float32)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": batch.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            served = json.loads(response.read())["predictions"]
+    finally:
+        stop(process)
+    np.save(tmp_path / "batch.npy", batch)
+    expected = predict_json(run_cli, store_copy, tmp_path / "batch.npy")
+    for task, result in expected.items():
+        assert [row[task] for row in served] == result["prediction"]
+        assert np.allclose(
+            [row[f"{task}.probabilities"] for row in served], result["probabilities"], atol=1e-6
+        )
