@@ -50,12 +50,17 @@ def plot(manifest: dict[str, Any], stages: list[tuple[int, Matrix]], path: Path)
 
     names = [t["name"] for t in manifest["tasks"]]
     size = max(3.0, 0.55 * len(names) + 1.5)
-    figure, axes = plt.subplots(1, len(stages), figsize=(size * len(stages), size), squeeze=False)
+    top = max(
+        1.0, max((v for _, m in stages for row in m for v in row if v is not None), default=1.0)
+    )
+    figure, axes = plt.subplots(
+        1, len(stages), figsize=(size * len(stages), size), squeeze=False, layout="constrained"
+    )
     for axis, (stage, matrix) in zip(axes[0], stages, strict=True):
         values = np.array(
             [[np.nan if v is None else v for v in row] for row in matrix], dtype=float
         )
-        image = axis.imshow(values, cmap="viridis", vmin=0.0, vmax=max(1.0, np.nanmax(values)))
+        image = axis.imshow(values, cmap="viridis", vmin=0.0, vmax=top)
         axis.set_title(f"stage {stage} → {stage + 1}")
         axis.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
         axis.set_yticks(range(len(names)), names, fontsize=7)
@@ -64,15 +69,16 @@ def plot(manifest: dict[str, Any], stages: list[tuple[int, Matrix]], path: Path)
         for i, row in enumerate(matrix):
             for j, value in enumerate(row):
                 if value is not None:
-                    colour = "black" if value > 0.6 * max(1.0, np.nanmax(values)) else "white"
+                    colour = "black" if value > 0.6 * top else "white"
                     axis.text(
                         j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color=colour
                     )
-        figure.colorbar(image, ax=axis, fraction=0.046)
+    figure.colorbar(image, ax=list(axes[0]), fraction=0.02)  # one scale for every stage
     kind = manifest["connection"]["name"]
-    figure.suptitle(f"{manifest['name']} v{manifest['version']}: {kind} relations")
-    figure.tight_layout()
+    figure.text(
+        0.005, 0.995, f"{manifest['name']} v{manifest['version']}: {kind} relations", va="top"
+    )
     path = Path(path)
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
