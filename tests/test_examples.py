@@ -32,7 +32,9 @@ def test_compare_methods_prints_every_method(tmp_path: Path) -> None:
         assert f"\n{method} " in out
     results = json.loads((tmp_path / "r.json").read_text())["results"]
     assert len(results) == 6
-    assert all(score > 0.5 for r in results for score in r["scores"].values())  # above chance
+    chance = {"digits.class": 0.1, "digits.even": 0.5, "digits.prime": 0.5}
+    for row in results:  # one epoch: every method above chance on every task
+        assert all(score > chance[task] + 0.1 for task, score in row["scores"].items()), row
 
 
 @pytest.mark.slow
