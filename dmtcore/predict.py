@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -57,22 +60,55 @@ def _read_npy(path: Path) -> torch.Tensor:
 
 
 def _read_image(path: Path, channels: int) -> torch.Tensor:
+    return decode_image(path, channels, str(path))
+
+
+def decode_image(source: Path | io.BytesIO, channels: int, label: str) -> torch.Tensor:
+    """One encoded image (a file, or bytes in a BytesIO) as a 1×C×H×W float batch in [0, 1],
+    refusing anything above a sane pixel count before decoding it (decompression bombs)."""
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise DataError(
-                    f"input {str(path)!r} is {image.width}×{image.height} pixels, above the limit of "
+                    f"input {label!r} is {image.width}×{image.height} pixels, above the limit of "
                     f"{MAX_IMAGE_PIXELS}"
                 )
             image = image.convert("L" if channels == 1 else "RGB")
             array = np.asarray(image, dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise DataError(f"input {str(path)!r} is not a readable image: {exc}") from exc
+        raise DataError(f"input {label!r} is not a readable image: {exc}") from exc
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
     return torch.from_numpy(np.ascontiguousarray(array))[None]
+
+
+def decode_images(values: Sequence[Any], input_spec: InputSpec) -> torch.Tensor:
+    """Images given as file paths, raw bytes, or base64 text (what JSON requests carry),
+    adapted to the store's input spec."""
+    batches = []
+    for index, value in enumerate(values):
+        label = f"image #{index}"
+        if isinstance(value, bytes | bytearray):
+            source: Path | io.BytesIO = io.BytesIO(value)
+        elif isinstance(value, str) and Path(value).is_file():
+            source, label = Path(value), value
+        elif isinstance(value, str):
+            try:
+                source = io.BytesIO(base64.b64decode(value, validate=True))
+            except (binascii.Error, ValueError) as exc:
+                raise DataError(
+                    f"{label} is neither an existing file nor base64-encoded image bytes"
+                ) from exc
+        else:
+            raise DataError(
+                f"{label} is a {type(value).__name__}; expected a path, bytes or base64 text"
+            )
+        batches.append(adapt_images(decode_image(source, input_spec.channels, label), input_spec))
+    if not batches:
+        raise DataError("no images given")
+    return torch.cat(batches)
 
 
 def predict(

@@ -119,7 +119,7 @@ def register(client: Any, store: Store, version: int, run_id: str) -> str:
     import mlflow.pyfunc
     import numpy as np
     from mlflow.models import ModelSignature
-    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
+    from mlflow.types import ParamSchema, ParamSpec
 
     manifest = store.manifest(version)
     if not manifest["tasks"] or manifest["input_spec"] is None:
@@ -127,10 +127,9 @@ def register(client: Any, store: Store, version: int, run_id: str) -> str:
     check_model_name(client, manifest)
     name = model_name(manifest)
     shape = tuple(manifest["input_spec"])
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *shape))]),
-        params=ParamSchema([ParamSpec("tasks", "string", "")]),
-    )
+    # Params only: the input may be a float batch or a DataFrame of encoded images, and MLflow's
+    # schema enforcement accepts one form; the model checks its input itself.
+    signature = ModelSignature(inputs=None, params=ParamSchema([ParamSpec("tasks", "string", "")]))
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MLflow's advice on type hints: the signature is explicit
         snapshot = write_snapshot(store, version, Path(folder) / "store")
@@ -141,6 +140,9 @@ def register(client: Any, store: Store, version: int, run_id: str) -> str:
             artifacts={"store": str(snapshot)},
             signature=signature,
             input_example=np.zeros((1, *shape), dtype=np.float32),
+            metadata={
+                "dmt_input": f"float32 N×{'×'.join(map(str, shape))}, or a DataFrame column 'image' of paths/bytes/base64"
+            },
             pip_requirements=_requirements(),
         )
         client.log_artifacts(run_id, str(model_dir), artifact_path="model")

@@ -5,10 +5,15 @@ artifact is `store`: a one-version dmt store (CURRENT, the version's manifest, a
 safetensors blobs it names), loaded with checksums verified. Loading needs dmt installed, but no
 task plugin.
 
-Input: a float32 batch N×C×H×W in the store's input spec (what `mlflow models serve` receives as
-`{"inputs": [...]}`). Output: one row per image with, for every task, the prediction (class name
-or index, 0/1 labels, or values) and `<task>.probabilities`. The optional param `tasks`
-(comma-separated) selects tasks.
+Input, either:
+- a float32 batch N×C×H×W (`{"inputs": [...]}` to `mlflow models serve`), adapted to the store's
+  input spec like `dmt predict` adapts `.npy` arrays; or
+- a DataFrame whose `image` column (or only column) holds image file paths, raw bytes, or base64
+  text of encoded images (`{"dataframe_split": {"columns": ["image"], "data": [["iVBOR..."]]}}`).
+Output: one row per image with, for every task, the prediction (class name or index, 0/1 labels,
+or values) and `<task>.probabilities`. The optional param `tasks` (comma-separated) selects tasks.
+The logged signature declares the `tasks` param and leaves the input open, since MLflow's schema
+enforcement cannot accept both input forms; `predict` checks its input itself.
 """
 
 from __future__ import annotations
@@ -43,14 +48,24 @@ class DmtModel(PythonModel):
         import torch
 
         from dmtcore.data import adapt_images
+        from dmtcore.errors import DataError
         from dmtcore.operations import select_tasks
-        from dmtcore.predict import predict
+        from dmtcore.predict import decode_images, predict
 
         requested = [t for t in str((params or {}).get("tasks") or "").split(",") if t]
         tasks = select_tasks(self.manifest, requested)
-        images = adapt_images(
-            torch.from_numpy(np.asarray(model_input, dtype=np.float32)), self.model.input_spec
-        )
+        if isinstance(model_input, pd.DataFrame):
+            if "image" not in model_input.columns and len(model_input.columns) != 1:
+                raise DataError(
+                    f"expected an 'image' column, got columns {list(model_input.columns)}"
+                )
+            column = (
+                model_input["image"] if "image" in model_input.columns else model_input.iloc[:, 0]
+            )
+            images = decode_images(list(column), self.model.input_spec)
+        else:
+            array = np.asarray(model_input, dtype=np.float32)
+            images = adapt_images(torch.from_numpy(array), self.model.input_spec)
         result = predict(self.model, images, tasks, self.outputs)
         columns: dict[str, list[Any]] = {}
         for task in tasks:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 FAST = ["--epochs", "1", "--batch-size", "64"]
@@ -135,12 +137,26 @@ def test_models_serve_answers_like_dmt_predict(
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             served = json.loads(response.read())["predictions"]
+        png = tmp_path / "first.png"
+        Image.fromarray((batch[0, 0] * 255).astype(np.uint8)).save(png)
+        encoded = base64.b64encode(png.read_bytes()).decode()
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps(
+                {"dataframe_split": {"columns": ["image"], "data": [[encoded]]}}
+            ).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            served_png = json.loads(response.read())["predictions"]
     finally:
         stop(process)
     np.save(tmp_path / "batch.npy", batch)
     expected = predict_json(run_cli, store_copy, tmp_path / "batch.npy")
+    from_png = predict_json(run_cli, store_copy, png)
     for task, result in expected.items():
         assert [row[task] for row in served] == result["prediction"]
+        assert served_png[0][task] == from_png[task]["prediction"][0]
         assert np.allclose(
             [row[f"{task}.probabilities"] for row in served], result["probabilities"], atol=1e-6
         )

@@ -76,6 +76,37 @@ def test_registered_model_predicts_like_dmt_predict(
     assert list(only.columns) == ["digits.even", "digits.even.probabilities"]
 
 
+def test_registered_model_takes_image_files_and_base64(
+    tracked_store, run_cli, tmp_path: Path, monkeypatch
+) -> None:
+    import base64
+
+    import mlflow.pyfunc
+    import pandas as pd
+    from PIL import Image
+
+    store, uri = tracked_store
+    paths = []
+    for index, image in enumerate(images(4)):
+        paths.append(tmp_path / f"{index}.png")
+        Image.fromarray((image[0] * 255).astype(np.uint8)).save(paths[-1])
+    expected = json.loads(run_cli("predict", *paths, "--store", store, "--json").stdout)["tasks"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    model = mlflow.pyfunc.load_model("models:/store@current")
+    encoded = [base64.b64encode(p.read_bytes()).decode() for p in paths]
+    for column in ([str(p) for p in paths], encoded, [p.read_bytes() for p in paths]):
+        frame = model.predict(pd.DataFrame({"image": column}))
+        for task, result in expected.items():
+            assert list(frame[task]) == result["prediction"]
+            assert np.array_equal(
+                np.array(list(frame[f"{task}.probabilities"])), np.array(result["probabilities"])
+            )
+    from dmtcore.errors import DataError
+
+    with pytest.raises(DataError, match="neither an existing file nor base64"):
+        model.predict(pd.DataFrame({"image": ["not an image!"]}))
+
+
 def test_pull_rebuilds_an_identical_store_whose_lineage_goes_on(
     tracked_store, run_cli, tmp_path: Path
 ) -> None:
