@@ -9,6 +9,7 @@ request, so tracking stays off the training step itself.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -86,14 +87,21 @@ class MlflowTracker:
         # After the import: mlflow sets its own logger up when first imported.
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no database-migration chatter
         try:
-            self.client = MlflowClient(tracking_uri=self.tracking_uri)
-            experiment = self.client.get_experiment_by_name(run.store_name)
+            self.client = MlflowClient(
+                tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
+            )
+            name, location = run.store_name, None
+            if self.embedded:
+                location = (Path(run.store_path).resolve() / ARTIFACTS).as_uri()
+                experiment = self.client.get_experiment_by_name(name)
+                if experiment is not None and experiment.artifact_location != location:
+                    # The store was moved or copied: its artifacts belong inside it, where it is
+                    # now, so its runs go on in an experiment of its own location.
+                    name = f"{name} ({hashlib.sha256(location.encode()).hexdigest()[:8]})"
+            experiment = self.client.get_experiment_by_name(name)
             if experiment is not None:
                 return experiment.experiment_id
-            location = (
-                (Path(run.store_path).resolve() / ARTIFACTS).as_uri() if self.embedded else None
-            )
-            return self.client.create_experiment(run.store_name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location)
         except Exception as exc:
             raise TrackingError(
                 f"cannot use MLflow tracking at {self.tracking_uri!r}: {type(exc).__name__}: "

@@ -173,3 +173,20 @@ def test_help_and_status_do_not_import_torch_or_mlflow(digits_store: Path) -> No
         check=True,
     )
     assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_moved_store_keeps_its_artifacts_inside(
+    new_store_dir: Path, run_cli, tmp_path: Path
+) -> None:
+    import shutil
+
+    run_cli("add-task", "digits.class", "--store", new_store_dir, *FAST, "--no-register")
+    moved = tmp_path / "moved"
+    shutil.move(new_store_dir, moved)
+    run_cli("add-task", "digits.even", "--store", moved, *FAST, "--no-register")
+    assert not new_store_dir.exists()  # nothing written at the old place
+    client = client_for(moved)
+    runs = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
+    newest = max(runs, key=lambda r: r.info.start_time)
+    assert newest.info.artifact_uri.startswith(moved.resolve().as_uri())
