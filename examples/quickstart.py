@@ -2,7 +2,7 @@
 
 Adds three digits tasks one after another (each new column connected to the frozen earlier
 ones), shows the store, evaluates it, removes a task and reconnects the rest, and lists the
-runs MLflow recorded in the store's embedded database. Every command it runs is printed, so
+runs and registered model versions MLflow recorded in the store's embedded database. Every command it runs is printed, so
 the output doubles as a walkthrough. Usage: python examples/quickstart.py [--store DIR]
 """
 
@@ -39,6 +39,12 @@ def show_mlflow_runs(store: Path) -> None:
         print(
             f"  {run.info.run_name:<28} {run.info.status:<9} store v{run.data.tags.get('dmt.version')}  {summary}"
         )
+    name = experiment.name
+    print(f"\nRegistered versions of models:/{name} (alias 'current' -> the newest):")
+    for version in sorted(
+        client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)
+    ):
+        print(f"  v{version.version}  {version.description}")
     print(f"\nBrowse them with:  mlflow ui --backend-store-uri {uri}")
 
 
