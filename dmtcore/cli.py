@@ -117,7 +117,14 @@ def train_options(default_epochs: int) -> Callable[[Callable[..., Any]], Callabl
     options = [
         click.option("--epochs", type=int, default=default_epochs, show_default=True),
         click.option(
-            "--lr", type=float, default=1e-3, show_default=True, help="Learning rate (Adam)."
+            "--lr", type=float, default=1e-3, show_default=True, help="Base learning rate."
+        ),
+        click.option(
+            "--optimizer",
+            type=click.Choice(["adam", "sgd"]),
+            default="adam",
+            show_default=True,
+            help="sgd: momentum 0.9, as in the papers (their connection LR multipliers assume it).",
         ),
         click.option(
             "--connection-lr-mult",
@@ -585,6 +592,7 @@ def _split_options(options: dict[str, Any]) -> tuple[Any, dict[str, Any], tuple[
         epochs=options["epochs"],
         batch_size=options["batch_size"],
         lr=options["lr"],
+        optimizer=options["optimizer"],
         connection_lr_mult=options["connection_lr_mult"],
         seed=options["seed"],
         device=options["device"],

@@ -24,6 +24,11 @@ from dmtcore.metrics import compute_metrics, loss_function
 from dmtcore.runinfo import EpochReport
 from dmtcore.taskspec import TaskSpec
 
+OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]]], torch.optim.Optimizer]] = {
+    "adam": lambda groups: torch.optim.Adam(groups),
+    "sgd": lambda groups: torch.optim.SGD(groups, momentum=0.9),
+}
+
 
 @dataclass(frozen=True)
 class TrainSettings:
@@ -36,6 +41,7 @@ class TrainSettings:
     seed: int = 0
     device: str = "auto"
     eval_every: int | None = None  # validate every N steps instead of after every epoch
+    optimizer: str = "adam"  # or "sgd" (momentum 0.9), the papers' optimiser
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -51,6 +57,10 @@ class TrainSettings:
         ):
             raise InvalidValueError(
                 f"eval_every must be a positive number of steps, got {self.eval_every!r}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise InvalidValueError(
+                f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}"
             )
         mult = self.connection_lr_mult
         if mult is not None and not (math.isfinite(mult) and mult > 0):
@@ -135,7 +145,7 @@ def fit(
     """Train the model's planned parts on `targets`, validating after every epoch (or every
     `settings.eval_every` steps); the best validation point is restored at the end."""
     groups = model.param_groups(settings.connection_lr_mult)
-    optimizer = torch.optim.Adam(
+    optimizer = OPTIMIZERS[settings.optimizer](
         [
             {"params": g.params, "lr": settings.lr * g.lr_mult, "weight_decay": g.weight_decay}
             for g in groups

@@ -35,6 +35,11 @@ ON_DIGITS_STORE = [
         "learning rate must be a positive number",
     ),
     (["add-task", "digits.prime", "--no-tracking", "--device", "tpu"], 11, "invalid device 'tpu'"),
+    (
+        ["add-task", "digits.prime", "--no-tracking", "--optimizer", "rmsprop"],
+        2,
+        "'rmsprop' is not one of 'adam', 'sgd'",
+    ),
     (["eval", "digits.nope"], 3, "unknown task 'digits.nope' in this store"),
     (["predict", "missing.png"], 7, "input 'missing.png' does not exist"),
     (["connections", "--stage", "0"], 11, "stage 0 does not exist; valid: 1 to 5"),

@@ -154,3 +154,14 @@ def test_gates_into_a_composite_favour_its_parents(tmp_path: Path, host) -> None
     }
     assert mean["shapes.kind"] > mean["shapes.position"]
     assert (mean["shapes.kind"] + mean["shapes.colour"]) / 2 > mean["shapes.position"]
+
+
+def test_sgd_with_the_papers_multipliers_trains_nddr(tmp_path: Path, host) -> None:
+    """The papers' ×100 NDDR learning rate was tuned for SGD: with it, NDDR learns well."""
+    path = tmp_path / "store"
+    init_store(path, host, InputSpec(1, 8, 8), connection="nddr")
+    result = add_task(
+        path, "digits.class", host, TrainSettings(epochs=2, optimizer="sgd"), notify=quiet
+    )
+    assert result.metrics["digits.class"]["accuracy"] > 0.8
+    assert Store.open(path).manifest()["operation"]["settings"]["optimizer"] == "sgd"
