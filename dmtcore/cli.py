@@ -948,6 +948,46 @@ def history(store: Path, as_json: bool) -> None:
 
 
 @cli.command()
+@store_option
+@click.option(
+    "--all", "every_version", is_flag=True, help="Rebuild every version, not only the current one."
+)
+@click.option(
+    "-p",
+    "--plugin",
+    "plugins",
+    multiple=True,
+    metavar="MODULE_OR_FILE",
+    help="Load a plugin providing the store's backbone or connection kind.",
+)
+@json_option
+def verify(store: Path, every_version: bool, plugins: tuple[str, ...], as_json: bool) -> None:
+    """Check the whole store and report every problem: manifests, weight files and their
+    checksums, and that the model rebuilds. Exits 5 when anything is wrong."""
+    from dmtcore.errors import StoreError
+    from dmtcore.plugins import create_plugin_host
+    from dmtcore.verify import verify_store
+
+    host = create_plugin_host(plugins, autoload=False)
+    versions, problems = verify_store(store, host.registry, every_version)
+    payload = {
+        "store": str(store),
+        "ok": not problems,
+        "versions": versions,
+        "problems": [vars(p) for p in problems],
+    }
+    if as_json:
+        click.echo(json.dumps(payload, indent=2))
+    elif not problems:
+        click.echo(f"Store {store} is sound: {len(versions)} versions checked.")
+    else:
+        for problem in problems:
+            click.echo(f"{problem.file}: {problem.message}")
+    if problems:
+        raise StoreError(f"{len(problems)} problem(s) found in store {str(store)!r}")
+
+
+@cli.command()
 @click.argument("version", type=int)
 @store_option
 @json_option

@@ -158,3 +158,40 @@ def test_leftovers_of_a_crashed_writer_are_removed(store_copy: Path, host) -> No
         "tasks"
     ] == ["digits.prime"]
     assert kept <= {p.name for p in (store_copy / "blobs").iterdir()}
+
+
+def test_verify_reports_every_problem(store_copy: Path, run_cli) -> None:
+    sound = json.loads(run_cli("verify", "--store", store_copy, "--all", "--json").stdout)
+    assert sound["ok"] and sound["versions"] == [1, 2, 3]
+    manifest = json.loads((store_copy / "versions" / "v000003.json").read_text())
+    class_blob = (
+        store_copy / "blobs" / f"{manifest['tasks'][0]['weights']['head']['sha256']}.safetensors"
+    )
+    even_blob = (
+        store_copy / "blobs" / f"{manifest['tasks'][1]['weights']['column']['sha256']}.safetensors"
+    )
+    data = bytearray(class_blob.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit
+    class_blob.write_bytes(bytes(data))
+    even_blob.unlink()
+    (store_copy / "versions" / "v000001.json").write_text('{"format": 1, "name": ')  # truncated
+    result = run_cli("verify", "--store", store_copy, "--json", expect=5)
+    problems = json.loads(result.stdout)["problems"]
+    files = {Path(p["file"]).name for p in problems}
+    assert files == {class_blob.name, even_blob.name, "v000001.json"}
+    messages = " ".join(p["message"] for p in problems)
+    assert (
+        "sha256 does not match" in messages
+        and "is missing" in messages
+        and "is damaged" in messages
+    )
+    assert "3 problem(s) found" in result.stderr
+
+
+def test_verify_catches_a_manifest_that_does_not_fit_its_weights(store_copy: Path, run_cli) -> None:
+    path = store_copy / "versions" / "v000003.json"
+    manifest = json.loads(path.read_text())
+    manifest["tasks"][1]["output"]["size"] = 3  # the head's weights have 2 outputs
+    path.write_text(json.dumps(manifest))
+    result = run_cli("verify", "--store", store_copy, expect=5)
+    assert "v000003.json" in result.stdout and "does not fit the manifest" in result.stdout
