@@ -21,6 +21,7 @@ import torch
 from dmtcore.checkpoint import empty_model, load_model, serialise_weights
 from dmtcore.data import Batches, load_splits, resolve_device
 from dmtcore.errors import ConflictError, DmtError, InvalidValueError, PluginError, StoreError
+from dmtcore.faults import crash_point
 from dmtcore.manifest import new_manifest
 from dmtcore.model import MultiTaskModel, TrainingPlan
 from dmtcore.names import InputSpec, unknown_name
@@ -250,6 +251,7 @@ def _train_tasks(
         manifest, host.registry, input_spec
     )
     targets = [make_target(spec, input_spec, settings, data, device) for spec in specs]
+    crash_point("data-loaded")
     torch.manual_seed(settings.seed)
     slots = {}
     for index, spec in enumerate(specs):
@@ -360,6 +362,7 @@ def remove_task(
         targets = {t: make_target(specs[t], input_spec, settings, data, device) for t in remaining}
         before = {t: evaluate(model, specs[t], targets[t].val) for t in remaining}
         affected = model.remove_task(name)
+        crash_point("cut")
         model.to(device)  # some kinds rebuild modules when they drop a source
         cut = {t: evaluate(model, specs[t], targets[t].val) for t in affected}
         model.configure_training(TrainingPlan(connections=frozenset(affected)))

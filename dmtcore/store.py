@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from dmtcore.errors import StoreError, StoreLockedError, UnknownNameError
+from dmtcore.faults import crash_point
 from dmtcore.manifest import validate_manifest
 
 CURRENT = "CURRENT"
@@ -197,6 +198,7 @@ class Store:
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, json.dumps(holder).encode(), 0)
                 self.remove_unfinished_writes()
+                crash_point("locked")
                 yield
             finally:
                 os.ftruncate(fd, 0)
@@ -243,7 +245,9 @@ class Store:
             with open(tmp, "wb") as handle:
                 handle.write(data)
                 handle.flush()
+                crash_point("file-half-written")
                 os.fsync(handle.fileno())
+            crash_point("file-before-rename")
             os.replace(tmp, target)
             _fsync_dir(target.parent)
         except OSError as exc:
@@ -258,6 +262,7 @@ class Store:
         path = self.blob_path(sha256)
         if not path.exists():
             self._write_atomically(path, data)
+            crash_point("blob-written")
         return sha256
 
     def commit(self, manifest: dict[str, Any]) -> int:
@@ -277,7 +282,9 @@ class Store:
                         f"refusing to commit: weight file {ref['sha256']} was not written"
                     )
         self._write_atomically(self.version_path(version), json.dumps(manifest, indent=2).encode())
+        crash_point("manifest-written")
         self._write_atomically(self.path / CURRENT, f"{version}\n".encode())
+        crash_point("committed")
         return version
 
     def history(self) -> list[dict[str, Any]]:

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from dmtcore.data import Batches
 from dmtcore.errors import InvalidValueError, TrainingError
+from dmtcore.faults import crash_point
 from dmtcore.metrics import compute_metrics, loss_function
 from dmtcore.runinfo import EpochReport
 from dmtcore.taskspec import TaskSpec
@@ -178,6 +179,7 @@ def fit(
         report = EpochReport(epoch, train_loss, metrics, weights, seconds, is_best, step)
         reports.append(report)
         on_epoch(report)
+        crash_point("validated")
         totals, counts, started = {}, dict.fromkeys(names, 0), time.perf_counter()
         model.train_mode()
 
@@ -199,6 +201,7 @@ def fit(
             totals[name] = totals[name] + loss.detach() if name in totals else loss.detach()
             counts[name] += 1
             step += 1
+            crash_point("step")
             if step == 1:
                 _check_finite(name, loss.item(), epoch, settings)
             if settings.eval_every and step % settings.eval_every == 0:
@@ -212,6 +215,7 @@ def fit(
     assert best is not None
     model.load_trained_state(best_state)
     model.eval()
+    crash_point("fitted")
     return FitResult(best[0], best[1], reports)
 
 
