@@ -50,6 +50,13 @@ def _require(condition: bool, where: str, what: str) -> None:
 
 def validate_manifest(data: Any, where: str) -> dict[str, Any]:
     """Return `data` if it is a well-formed manifest, else raise naming the file and the problem."""
+    try:
+        return _validate(data, where)
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:  # a shape no check foresaw
+        raise StoreError(f"{where}: malformed manifest ({type(exc).__name__}: {exc})") from exc
+
+
+def _validate(data: Any, where: str) -> dict[str, Any]:
     _require(isinstance(data, dict), where, "manifest is not a JSON object")
     _require(
         data.get("format") == FORMAT,
@@ -105,6 +112,7 @@ def validate_manifest(data: Any, where: str) -> dict[str, Any]:
                 f"field {key!r} is missing or not a {kind.__name__}",
             )
         name = task["name"]
+        _require(all(isinstance(s, str) for s in task["sources"]), at, "sources must be task names")
         _require(name in task["sources"], at, f"task {name!r} is not in its own source set")
         _require(
             len(set(task["sources"])) == len(task["sources"]),
