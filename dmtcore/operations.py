@@ -130,6 +130,10 @@ def _tracked(
         version = store.commit(manifest)
     except BaseException as exc:
         try:
+            store.remove_unfinished_writes()  # weight files of a commit that never happened
+        except Exception as cleanup_error:
+            notify(f"warning: could not clean up the unfinished write: {cleanup_error}")
+        try:
             host.hook.dmt_run_failed(run=run, error=exc)
         except Exception as hook_error:  # never hide the real failure behind a tracking one
             notify(f"warning: could not report the failed run: {hook_error}")

@@ -154,6 +154,8 @@ def datasets(request):
         train = (train[0], train[1] * 7)
     if PROBLEM == "labels-shape":
         train = (train[0], torch.stack([train[1], train[1]], 1))
+    if PROBLEM == "nan-first":
+        train = (torch.full_like(train[0], float("nan")), train[1])
     if PROBLEM == "nan-later":
         return TaskData(LaterNaN(*train), TensorDataset(*val))
     return TaskData(TensorDataset(*train), TensorDataset(*val))

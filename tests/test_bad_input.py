@@ -43,6 +43,12 @@ ON_DIGITS_STORE = [
     (["eval", "digits.nope"], 3, "unknown task 'digits.nope' in this store"),
     (["predict", "missing.png"], 7, "input 'missing.png' does not exist"),
     (["connections", "--stage", "0"], 11, "stage 0 does not exist; valid: 1 to 5"),
+    (["add-task", "../etc/passwd", "--no-tracking"], 3, "unknown task '../etc/passwd'"),
+    (["add-task", "a/b", "--no-tracking"], 3, "unknown task 'a/b'"),
+    (["add-task", "has space", "--no-tracking"], 3, "unknown task 'has space'"),
+    (["add-task", "x" * 300, "--no-tracking"], 3, "unknown task 'xxxx"),
+    (["add-task", "dïgits.évén", "--no-tracking"], 3, "unknown task 'dïgits.évén'"),
+    (["remove-task", "..", "--no-tracking"], 3, "unknown task '..' in store"),
     (
         ["connections", "--plot", "no/such/dir/r.png"],
         11,
@@ -92,6 +98,7 @@ BROKEN_PLUGINS = [
     ("factory-raises", 7, "its dataset factory failed: RuntimeError: the disk is on fire"),
     ("empty", 7, "the train split is empty"),
     ("nan-later", 8, "the training loss became nan in epoch 1"),
+    ("nan-first", 7, "the first batch has NaN or infinite pixel values"),
 ]
 
 
@@ -317,3 +324,74 @@ def test_batch_size_leaving_a_single_sample_trains(tmp_path: Path, run_cli) -> N
         "4",
         "--no-tracking",
     )
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        ("npy-channels", "images have 5 channels; the store takes 1"),
+        ("truncated-png", "is not a readable image"),
+        ("bomb-png", "above the limit of 50000000"),
+        ("npy-object", "is not a readable .npy array"),
+    ],
+)
+def test_bad_files_to_predict(
+    store_copy: Path, run_cli, tmp_path: Path, make: str, message: str
+) -> None:
+    import numpy as np
+    from PIL import Image
+
+    path = tmp_path / ("input.npy" if make.startswith("npy") else "input.png")
+    if make == "npy-channels":
+        np.save(path, np.zeros((2, 5, 8, 8), np.float32))
+    elif make == "npy-object":
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif make == "truncated-png":
+        Image.new("L", (8, 8), 128).save(path)
+        path.write_bytes(path.read_bytes()[:30])
+    else:  # 8000 × 8000 = 64 Mpx of zeros: a few KB compressed
+        Image.new("1", (8000, 8000)).save(path)
+    before = fingerprint(store_copy)
+    result = run_cli("predict", path, "--store", store_copy, expect=7)
+    assert message in result.stderr
+    assert fingerprint(store_copy) == before
+
+
+@pytest.mark.parametrize("failing_write", [1, 2, 4])
+def test_full_disk_leaves_the_store_as_it_was(
+    store_copy: Path, run_cli, monkeypatch, failing_write: int
+) -> None:
+    """The n-th file write of add-task fails with ENOSPC: blobs, then the manifest."""
+    import errno
+    import os
+
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd: int) -> None:
+        calls.append(fd)
+        if len(calls) == failing_write:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    before = fingerprint(store_copy)
+    result = run_cli("add-task", "digits.prime", "--store", store_copy, *NO_TRACK, expect=5)
+    assert "No space left on device; the store is unchanged" in result.stderr
+    assert fingerprint(store_copy) == before
+
+
+def test_unwritable_store(store_copy: Path, run_cli, monkeypatch) -> None:
+    import os
+
+    real_open = os.open
+
+    def deny_lock(path, flags, *args):
+        if str(path).endswith("writer.lock"):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", deny_lock)
+    before = fingerprint(store_copy)
+    result = run_cli("add-task", "digits.prime", "--store", store_copy, *NO_TRACK, expect=5)
+    assert "cannot write to store" in result.stderr and "Permission denied" in result.stderr
+    assert fingerprint(store_copy) == before
