@@ -12,7 +12,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -877,6 +877,7 @@ def eval_command(
     "--task", "task_names", multiple=True, help="Only these tasks (repeatable) [default: all]."
 )
 @click.option("--device", default="auto", show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True)
 @click.option(
     "-p",
     "--plugin",
@@ -891,27 +892,37 @@ def predict(
     store: Path,
     task_names: tuple[str, ...],
     device: str,
+    batch_size: int,
     plugins: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Predict every task for image files (PNG, JPEG, ...) or .npy arrays."""
+    """Predict every task for image files (PNG, JPEG, ...) or .npy arrays, streaming them in
+    batches (arrays are memory-mapped) so memory stays flat on large inputs."""
+    if batch_size < 1:
+        raise InvalidValueError(f"batch size must be a positive integer, got {batch_size}")
     from dmtcore.data import resolve_device
     from dmtcore.operations import load_current, select_tasks
     from dmtcore.plugins import create_plugin_host
+    from dmtcore.predict import iter_batches
     from dmtcore.predict import predict as run_predict
-    from dmtcore.predict import read_inputs
 
     # Loading a store needs no task plugin: only a third-party backbone or connection kind.
     host = create_plugin_host(plugins, autoload=False)
     model, manifest = load_current(store, host)
     names = select_tasks(manifest, list(dict.fromkeys(task_names)))
-    images, labels = read_inputs(inputs, model.input_spec)
     model.to(resolve_device(device))
     outputs = {
         t["name"]: {"kind": t["output"]["kind"], "class_names": t.get("class_names")}
         for t in manifest["tasks"]
     }
-    result = run_predict(model, images, names, outputs)
+    labels: list[str] = []
+
+    def batches() -> Iterator[Any]:
+        for images, batch_labels in iter_batches(inputs, model.input_spec, batch_size):
+            labels.extend(batch_labels)
+            yield images
+
+    result = run_predict(model, batches(), names, outputs)
     rows = [
         {"input": label, **{t: result[t]["prediction"][i] for t in names}}
         for i, label in enumerate(labels)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,32 +21,54 @@ from dmtcore.names import InputSpec
 MAX_IMAGE_PIXELS = 50_000_000  # far above any sane input, far below a decompression bomb
 
 
-def read_inputs(paths: Sequence[Path], input_spec: InputSpec) -> tuple[torch.Tensor, list[str]]:
+def iter_batches(
+    paths: Sequence[Path], input_spec: InputSpec, batch_size: int = 256
+) -> Iterator[tuple[torch.Tensor, list[str]]]:
     """Images (PNG, JPEG, ...) as float in [0, 1], or .npy arrays (H×W, C×H×W or N×C×H×W),
-    adapted to the store's input spec. Returns the batch and one label per image."""
-    images: list[torch.Tensor] = []
-    names: list[str] = []
-    for path in paths:
-        path = Path(path)
+    adapted to the store's input spec, in batches of at most `batch_size`, with one label per
+    image. Arrays are memory-mapped and read a batch at a time, so memory stays flat however
+    many images there are."""
+    pending: list[torch.Tensor] = []
+    labels: list[str] = []
+
+    def full() -> bool:
+        return sum(len(b) for b in pending) >= batch_size
+
+    for path in map(Path, paths):
         if not path.is_file():
             raise DataError(f"input {str(path)!r} does not exist")
-        batch = (
-            _read_npy(path)
-            if path.suffix.lower() == ".npy"
-            else _read_image(path, input_spec.channels)
-        )
-        if len(batch) == 0:
-            raise DataError(f"input {str(path)!r} holds no images")
-        if not torch.isfinite(batch).all():
-            raise DataError(f"input {str(path)!r} has NaN or infinite values")
-        images.append(adapt_images(batch, input_spec))
-        names += [str(path)] if len(batch) == 1 else [f"{path}[{i}]" for i in range(len(batch))]
-    return torch.cat(images), names
+        if path.suffix.lower() == ".npy":
+            array = _open_npy(path)
+            single = len(array) == 1
+            for start in range(0, len(array), batch_size):
+                chunk = np.ascontiguousarray(array[start : start + batch_size], dtype=np.float32)
+                pending.append(_adapted(torch.from_numpy(chunk), path, input_spec))
+                labels += (
+                    [str(path)] if single else [f"{path}[{start + i}]" for i in range(len(chunk))]
+                )
+                if full():
+                    yield torch.cat(pending), labels
+                    pending, labels = [], []
+        else:
+            pending.append(_adapted(_read_image(path, input_spec.channels), path, input_spec))
+            labels.append(str(path))
+            if full():
+                yield torch.cat(pending), labels
+                pending, labels = [], []
+    if pending:
+        yield torch.cat(pending), labels
 
 
-def _read_npy(path: Path) -> torch.Tensor:
+def _adapted(batch: torch.Tensor, path: Path, input_spec: InputSpec) -> torch.Tensor:
+    if not torch.isfinite(batch).all():
+        raise DataError(f"input {str(path)!r} has NaN or infinite values")
+    return adapt_images(batch, input_spec)
+
+
+def _open_npy(path: Path) -> np.ndarray:
+    """A .npy file as an N×C×H×W view, memory-mapped rather than read where possible."""
     try:
-        array = np.load(path, allow_pickle=False)
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise DataError(f"input {str(path)!r} is not a readable .npy array: {exc}") from exc
     if array.dtype.kind not in "fiub":
@@ -56,7 +78,9 @@ def _read_npy(path: Path) -> torch.Tensor:
         raise DataError(
             f"input {str(path)!r} has shape {array.shape}; expected H×W, C×H×W or N×C×H×W"
         )
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).reshape(shape)
+    if shape[0] == 0:
+        raise DataError(f"input {str(path)!r} holds no images")
+    return array.reshape(shape)
 
 
 def _read_image(path: Path, channels: int) -> torch.Tensor:
@@ -113,32 +137,30 @@ def decode_images(values: Sequence[Any], input_spec: InputSpec) -> torch.Tensor:
 
 def predict(
     model: MultiTaskModel,
-    images: torch.Tensor,
+    batches: Iterable[torch.Tensor],
     tasks: Sequence[str],
     outputs: dict[str, dict[str, Any]],
-    batch_size: int = 256,
 ) -> dict[str, dict[str, list[Any]]]:
     """Per task: the predicted class (or values) and probabilities of every image, computing all
     tasks in one forward pass per batch. `outputs` maps task -> {'kind', 'class_names'}."""
     model.eval()
     device = next(model.parameters()).device
-    logits: dict[str, list[torch.Tensor]] = {t: [] for t in tasks}
+    result: dict[str, dict[str, list[Any]]] = {
+        t: {"prediction": [], "probabilities": []} for t in tasks
+    }
     with torch.inference_mode():
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size].to(device)
-            for name, value in model(batch, tasks).items():
-                logits[name].append(value.float().cpu())
-    result: dict[str, dict[str, list[Any]]] = {}
-    for name in tasks:
-        kind = outputs[name]["kind"]
-        probs = probabilities(kind, torch.cat(logits[name]))
-        if kind in ("binary", "multiclass"):
-            index = probs.argmax(1).tolist()
-            names = outputs[name].get("class_names")
-            prediction: list[Any] = [names[i] for i in index] if names else index
-        elif kind == "multilabel":
-            prediction = (probs > 0.5).int().tolist()
-        else:
-            prediction = probs.tolist()
-        result[name] = {"prediction": prediction, "probabilities": probs.tolist()}
+        for batch in batches:
+            for name, logits in model(batch.to(device), tasks).items():
+                kind = outputs[name]["kind"]
+                probs = probabilities(kind, logits.float().cpu())
+                if kind in ("binary", "multiclass"):
+                    index = probs.argmax(1).tolist()
+                    names = outputs[name].get("class_names")
+                    prediction: list[Any] = [names[i] for i in index] if names else index
+                elif kind == "multilabel":
+                    prediction = (probs > 0.5).int().tolist()
+                else:
+                    prediction = probs.tolist()
+                result[name]["prediction"] += prediction
+                result[name]["probabilities"] += probs.tolist()
     return result

@@ -66,7 +66,8 @@ class DmtModel(PythonModel):
         else:
             array = np.asarray(model_input, dtype=np.float32)
             images = adapt_images(torch.from_numpy(array), self.model.input_spec)
-        result = predict(self.model, images, tasks, self.outputs)
+        batches = (images[i : i + 256] for i in range(0, len(images), 256))
+        result = predict(self.model, batches, tasks, self.outputs)
         columns: dict[str, list[Any]] = {}
         for task in tasks:
             columns[task] = result[task]["prediction"]
