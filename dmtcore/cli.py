@@ -9,7 +9,6 @@ exit 130 with the store untouched.
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -39,13 +38,11 @@ class DmtGroup(click.Group):
             ctx.exit(Interrupted.exit_code)
 
 
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
-
-
 def main() -> None:
     """Entry point of the `dmt` console script."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    from dmtcore import interrupts
+
+    interrupts.install()
     cli(prog_name="dmt")
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from dmtcore import interrupts
 from dmtcore.checkpoint import empty_model, load_model, serialise_weights
 from dmtcore.data import Batches, load_splits, resolve_device
 from dmtcore.errors import ConflictError, DmtError, InvalidValueError, PluginError, StoreError
@@ -127,6 +128,7 @@ def _tracked(
     host.hook.dmt_run_started(run=run)
     try:
         manifest, metrics = work()
+        interrupts.check()  # a stop asked for during the last steps: do not commit
         version = store.commit(manifest)
     except BaseException as exc:
         try:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import torch
 from tqdm import tqdm
 
+from dmtcore import interrupts
 from dmtcore.data import Batches
 from dmtcore.errors import InvalidValueError, TrainingError
 from dmtcore.faults import crash_point
@@ -202,6 +203,7 @@ def fit(
             counts[name] += 1
             step += 1
             crash_point("step")
+            interrupts.check()
             if step == 1:
                 _check_finite(name, loss.item(), epoch, settings)
             if settings.eval_every and step % settings.eval_every == 0:
