@@ -9,7 +9,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from dmtcore.errors import StoreError
+from dmtcore.errors import StoreError, first_line
 from dmtcore.manifest import WEIGHT_PARTS
 from dmtcore.model import MultiTaskModel
 from dmtcore.names import InputSpec
@@ -66,7 +66,7 @@ def load_model(store: Store, manifest: dict[str, Any], registry: Registry) -> Mu
             except (SafetensorError, RuntimeError) as exc:
                 raise StoreError(
                     f"weight file {store.blob_path(sha256)} ({task['name']} {part}) does not fit the "
-                    f"manifest: {str(exc).splitlines()[0]}"
+                    f"manifest: {first_line(exc)}"
                 ) from exc
     model.eval()
     return model

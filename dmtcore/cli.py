@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from dmtcore.errors import DmtError, Interrupted, InvalidValueError, TrackingError
+from dmtcore.errors import DmtError, Interrupted, InvalidValueError
 from dmtcore.store import Store
 
 STORE_ENV = "DMT_STORE"
@@ -657,7 +657,7 @@ def register(store: Path, tracking_uri: str | None, as_json: bool) -> None:
     opened = Store.open(store)
     manifest = opened.manifest()
     uri, embedded = _tracking_uri(store, tracking_uri)
-    from dmt_registry.tracking import MlflowTracker
+    from dmt_registry.tracking import MlflowTracker, reported_call
 
     tracker = MlflowTracker(uri, embedded, register=False)
     run = RunInfo(
@@ -670,7 +670,7 @@ def register(store: Path, tracking_uri: str | None, as_json: bool) -> None:
     )
     tracker.dmt_run_started(run=run)
     try:
-        version = _reported_call(
+        version = reported_call(
             uri, lambda: publish(tracker.client, opened, manifest["version"], tracker.run_id)
         )
     except BaseException as exc:
@@ -692,17 +692,6 @@ def register(store: Path, tracking_uri: str | None, as_json: bool) -> None:
     )
 
 
-def _reported_call(uri: str, call: Callable[[], Any]) -> Any:
-    """Run a registry call; MLflow's own failures become one TrackingError naming the URI."""
-    try:
-        return call()
-    except DmtError:
-        raise
-    except Exception as exc:
-        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        raise TrackingError(f"MLflow registry at {uri!r} failed: {first}") from exc
-
-
 @cli.command()
 @click.argument("version")
 @click.option("--alias", required=True, help="Alias to point at VERSION, e.g. production.")
@@ -721,10 +710,11 @@ def promote(
     """Point ALIAS of the registered model at VERSION (aliases only: stages are deprecated)."""
     from dmt_registry.publish import model_name as store_model_name
     from dmt_registry.publish import promote as set_alias
+    from dmt_registry.tracking import reported_call
 
     name = model_name or store_model_name(Store.open(store).manifest())
     client, uri = _registry_client(store, tracking_uri)
-    _reported_call(uri, lambda: set_alias(client, name, version, alias))
+    reported_call(uri, lambda: set_alias(client, name, version, alias))
     _emit(
         as_json,
         {"model": name, "version": version, "alias": alias},

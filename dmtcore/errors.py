@@ -71,3 +71,9 @@ class Interrupted(DmtError):
     """The user pressed Ctrl-C or the process got SIGTERM; nothing was written."""
 
     exit_code = 130
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's first line, for one-line messages (MLflow's can run to pages)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

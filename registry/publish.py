@@ -24,6 +24,7 @@ from dmtcore.errors import (
     StoreError,
     TrackingError,
     UnknownNameError,
+    first_line,
 )
 from dmtcore.store import CURRENT, Store
 
@@ -207,8 +208,9 @@ def resolve(client: Any, model_uri: str) -> Any:
             return client.get_model_version_by_alias(name, alias)
         return client.get_model_version(name, version)
     except Exception as exc:
-        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-        raise UnknownNameError(f"{model_uri!r} was not found in the registry: {first}") from exc
+        raise UnknownNameError(
+            f"{model_uri!r} was not found in the registry: {first_line(exc)}"
+        ) from exc
 
 
 def pull(model_uri: str, tracking_uri: str, destination: Path) -> Store:
@@ -237,9 +239,8 @@ def pull(model_uri: str, tracking_uri: str, destination: Path) -> Store:
                 )
             )
         except Exception as exc:
-            first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
             raise TrackingError(
-                f"cannot download {model_uri!r} from {tracking_uri!r}: {first}"
+                f"cannot download {model_uri!r} from {tracking_uri!r}: {first_line(exc)}"
             ) from exc
         snapshot = local / "artifacts" / "store"
         if not (local / "MLmodel").is_file() or not Store.exists(snapshot):

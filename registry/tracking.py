@@ -19,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dmtcore.errors import DmtError, TrackingError
+from dmtcore.errors import DmtError, TrackingError, first_line
 from dmtcore.hookspecs import hookimpl
 from dmtcore.runinfo import EpochReport, RunInfo, RunResult
 
@@ -48,21 +48,25 @@ def default_tracking_uri(store: Path) -> str:
     return f"sqlite:///{(Path(store).resolve() / DATABASE)}"
 
 
+def reported_call(uri: str, call: Callable[[], Any]) -> Any:
+    """Run MLflow calls; any failure of MLflow's own becomes one TrackingError naming the URI."""
+    try:
+        return call()
+    except DmtError:
+        raise
+    except Exception as exc:
+        raise TrackingError(
+            f"MLflow at {uri!r} failed: {type(exc).__name__}: {first_line(exc)}; "
+            "pass --no-tracking to train without it"
+        ) from exc
+
+
 def _reported(method: Callable[..., None]) -> Callable[..., None]:
-    """Turn any failure of an MLflow call into a TrackingError naming the tracking URI."""
+    """A tracker hook whose MLflow failures are reported by `reported_call`."""
 
     @functools.wraps(method)
     def wrapper(self: MlflowTracker, *args: Any, **kwargs: Any) -> None:
-        try:
-            method(self, *args, **kwargs)
-        except DmtError:
-            raise
-        except Exception as exc:
-            first_line = str(exc).splitlines()[0][:300] if str(exc) else ""
-            raise TrackingError(
-                f"MLflow tracking at {self.tracking_uri!r} failed: {type(exc).__name__}: "
-                f"{first_line}; pass --no-tracking to train without it"
-            ) from exc
+        reported_call(self.tracking_uri, lambda: method(self, *args, **kwargs))
 
     return wrapper
 
@@ -105,7 +109,7 @@ class MlflowTracker:
         except Exception as exc:
             raise TrackingError(
                 f"cannot use MLflow tracking at {self.tracking_uri!r}: {type(exc).__name__}: "
-                f"{str(exc).splitlines()[0][:300]}; start the server, fix --tracking-uri, or pass --no-tracking"
+                f"{first_line(exc)}; start the server, fix --tracking-uri, or pass --no-tracking"
             ) from exc
 
     @hookimpl
