@@ -88,6 +88,7 @@ class MultiTaskModel(nn.Module):
         self.connections = nn.ModuleDict()
         self.heads = nn.ModuleDict()
         self.plan = TrainingPlan()
+        self._frozen: set[str] | None = None  # derived from the plan; see _frozen_tasks
 
     # -- structure -------------------------------------------------------------------------
 
@@ -111,6 +112,7 @@ class MultiTaskModel(nn.Module):
         if self.connection.build_shortcut is not None and boundaries:
             shortcut = self.connection.build_shortcut(boundaries, self.connection_options)
         self.tasks[name] = TaskSlot(name, slot, list(sources), head, num_outputs)
+        self._frozen = None
         self.columns[slot] = column
         self.connections[slot] = TaskConnections(stages, shortcut)
         self.heads[slot] = build_head(head, column.out_features, num_outputs)
@@ -124,6 +126,7 @@ class MultiTaskModel(nn.Module):
         """Cut a task out; every connection that read it loses that input. Returns the tasks
         whose features change: those that read it, and those that read one of them."""
         removed = self.tasks.pop(name)
+        self._frozen = None
         for part in (self.columns, self.connections, self.heads):
             del part[removed.slot]
         affected: set[str] = set()
@@ -166,6 +169,7 @@ class MultiTaskModel(nn.Module):
     def configure_training(self, plan: TrainingPlan) -> None:
         """Freeze everything except the parts the plan trains (frozen parts: no grad, eval mode)."""
         self.plan = plan
+        self._frozen = None
         for name in self.tasks:
             for part, trained in self._planned_parts():
                 self.part(name, part).requires_grad_(name in trained)
@@ -212,9 +216,12 @@ class MultiTaskModel(nn.Module):
             self.part(name, part).load_state_dict(values)
 
     def _frozen_tasks(self) -> set[str]:
-        """Tasks whose features depend on no trainable part: computed without autograd."""
-        trained = self.plan.tasks()
-        return {t for t in self.tasks if not any(s in trained for s in self.closure([t]))}
+        """Tasks whose features depend on no trainable part: computed without autograd.
+        Cached, as every training step asks; structure and plan changes reset it."""
+        if self._frozen is None:
+            trained = self.plan.tasks()
+            self._frozen = {t for t in self.tasks if trained.isdisjoint(self.closure([t]))}
+        return self._frozen
 
     # -- forward ---------------------------------------------------------------------------
 
