@@ -38,12 +38,21 @@ class HardSharingModel(nn.Module):
         )
 
     def forward(
-        self, x: torch.Tensor, tasks: Sequence[str] | None = None
+        self,
+        x: torch.Tensor,
+        tasks: Sequence[str] | None = None,
+        given: Any = None,
+        keep: Any = None,
     ) -> dict[str, torch.Tensor]:
+        """`given`/`keep` are the feature-cache arguments of `MultiTaskModel.forward`; nothing
+        here is frozen, so the cache never asks for anything."""
         for stage in self.trunk.stages:
             x = stage(x)
         wanted = self.names if tasks is None else list(tasks)
         return {name: self.heads[self.names.index(name)](x) for name in wanted}
+
+    def frozen_sources(self, names: Sequence[str]) -> list[str]:
+        return []
 
     def param_groups(self, connection_lr_mult: float | None = None) -> list[ParamGroup]:
         return [ParamGroup(list(self.parameters()))]

@@ -9,6 +9,7 @@ exit 130 with the store untouched.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -129,6 +130,46 @@ def train_options(default_epochs: int) -> Callable[[Callable[..., Any]], Callabl
             default=None,
             help="Learning-rate multiplier of connection weights [default: the kind's own].",
         ),
+        click.option(
+            "--balance",
+            is_flag=True,
+            help="Draw every class equally often (minority resampling, DMT §4.1).",
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(["fp32", "bf16"]),
+            default="fp32",
+            show_default=True,
+            help="bf16: autocast to bfloat16 (for GPUs).",
+        ),
+        click.option(
+            "--feature-cache",
+            type=click.Choice(["auto", "memory", "disk", "off"]),
+            default="auto",
+            show_default=True,
+            help="Compute frozen columns once and reuse their features in later epochs; "
+            "auto spills to disk past the budget.",
+        ),
+        click.option(
+            "--cache-budget-mb",
+            type=float,
+            default=2048,
+            show_default=True,
+            help="Memory the feature cache may use.",
+        ),
+        click.option(
+            "--cache-dtype",
+            type=click.Choice(["float16", "bfloat16", "float32"]),
+            default="float16",
+            show_default=True,
+        ),
+        click.option(
+            "--workers",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Processes decoding samples in the background (for datasets of image files).",
+        ),
         *DATA_OPTIONS,
         click.option(
             "--tracking-uri",
@@ -170,7 +211,7 @@ def _tracking_uri(store: Path, tracking_uri: str | None) -> tuple[str, bool]:
 def _attach_tracker(
     host: Any, store: Path, tracking_uri: str | None, no_tracking: bool, no_register: bool
 ) -> str | None:
-    if no_tracking:
+    if no_tracking or not _is_main_rank():
         return None
     from dmt_registry.tracking import MlflowTracker
 
@@ -179,7 +220,18 @@ def _attach_tracker(
     return uri
 
 
+def _is_main_rank() -> bool:
+    """False in the processes torchrun starts besides rank 0: they train but report nothing."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def _emit(as_json: bool, payload: Any, human: Callable[[], None]) -> None:
+    if not _is_main_rank():
+        # One line per extra rank on stderr, so that a run's ranks can be compared.
+        metrics = payload.get("metrics") if isinstance(payload, dict) else None
+        rank, size = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+        click.echo(f"rank {rank}/{size} metrics: {json.dumps(metrics, sort_keys=True)}", err=True)
+        return
     if as_json:
         click.echo(json.dumps(payload, indent=2, default=str))
     else:
@@ -200,7 +252,8 @@ def _fmt(value: Any) -> str:
 
 
 def _progress(message: str) -> None:
-    click.echo(message, err=True)
+    if _is_main_rank():
+        click.echo(message, err=True)
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -593,6 +646,12 @@ def _split_options(options: dict[str, Any]) -> tuple[Any, dict[str, Any], tuple[
         connection_lr_mult=options["connection_lr_mult"],
         seed=options["seed"],
         device=options["device"],
+        balance=options["balance"],
+        precision=options["precision"],
+        feature_cache=options["feature_cache"],
+        cache_budget_mb=options["cache_budget_mb"],
+        cache_dtype=options["cache_dtype"],
+        workers=options["workers"],
     )
     data = {"data_dir": options["data_dir"], "download": options["download"]}
     return settings, data, (options["tracking_uri"], options["no_tracking"], options["no_register"])

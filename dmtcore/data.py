@@ -4,6 +4,7 @@ before any training."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -14,8 +15,8 @@ from torch.utils.data import (
     BatchSampler,
     DataLoader,
     Dataset,
-    RandomSampler,
-    SequentialSampler,
+    Sampler,
+    Subset,
     TensorDataset,
 )
 
@@ -147,9 +148,99 @@ def check_first_batch(spec: TaskSpec, images: torch.Tensor, raw_labels: Any) -> 
             raise DataError(f"task {spec.name!r}: multilabel targets must be 0 or 1")
 
 
+def dataset_labels(dataset: Any) -> torch.Tensor:
+    """Every label of a dataset without decoding its images where the dataset allows it
+    (`TensorDataset`, a `targets` attribute as torchvision's datasets have, `Subset` of those);
+    otherwise by reading every sample once."""
+    if isinstance(dataset, TensorDataset):
+        return torch.as_tensor(dataset.tensors[1])
+    if isinstance(dataset, Subset):
+        return dataset_labels(dataset.dataset)[torch.as_tensor(dataset.indices)]
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return torch.as_tensor(targets)
+    return torch.as_tensor([dataset[i][1] for i in range(len(dataset))])
+
+
+def balancing_weights(spec: TaskSpec, dataset: Any) -> torch.Tensor:
+    """Per-sample drawing weights that make every class equally likely (DMT §4.1: the minority
+    class is resampled so that a batch is not dominated by the majority)."""
+    if spec.output not in ("binary", "multiclass"):
+        raise InvalidValueError(
+            f"task {spec.name!r}: --balance resamples classes, but the task is {spec.output}; "
+            "it applies to binary and multiclass tasks only"
+        )
+    labels = labels_for(spec, dataset_labels(dataset))
+    counts = torch.bincount(labels, minlength=spec.num_outputs).double()
+    return torch.where(counts[labels] > 0, 1.0 / counts[labels], 0.0)
+
+
+class EpochSampler(Sampler[int]):
+    """The sample order of one epoch: in order, shuffled, or drawn with replacement by class
+    weights (`--balance`), then optionally this process's share of it.
+
+    Sharding follows `DistributedSampler`'s scheme (pad the order by repeating its start to a
+    multiple of the world size, then take every world-th index from the rank), but applies to
+    a weighted order as well; every rank draws the same order from the same seed, so the
+    shards are disjoint and every rank takes the same number of steps."""
+
+    def __init__(
+        self,
+        size: int,
+        shuffle: bool,
+        generator: torch.Generator | None = None,
+        weights: torch.Tensor | None = None,
+        shard: tuple[int, int] | None = None,
+    ) -> None:
+        self.size = size
+        self.shuffle = shuffle
+        self.generator = generator
+        self.weights = weights
+        self.shard = shard
+
+    def __len__(self) -> int:
+        return math.ceil(self.size / self.shard[1]) if self.shard else self.size
+
+    def __iter__(self) -> Iterator[int]:
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, self.size, True, generator=self.generator)
+        elif self.shuffle:
+            order = torch.randperm(self.size, generator=self.generator)
+        else:
+            order = torch.arange(self.size)
+        if self.shard:
+            rank, world = self.shard
+            total = len(self) * world
+            order = order.repeat(math.ceil(total / self.size))[:total][rank::world]
+        return iter(order.tolist())
+
+
+class _WithIndex(Dataset):
+    """A dataset whose samples also carry their index, so batches can be matched to cached
+    features whatever order the sampler chose."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any, int]:
+        image, label = self.dataset[index]
+        return image, label, index
+
+
+# In-memory datasets up to this size move to the GPU once instead of once per batch.
+DEVICE_RESIDENT_BYTES = 1 << 29
+
+
 @dataclass
 class Batches:
-    """One split of one task as adapted batches on a device; iterable once per epoch."""
+    """One split of one task as adapted batches on a device; iterable once per epoch.
+
+    `balance` draws classes equally often; `shard` = (rank, world size) gives this process its
+    share of every epoch under data-parallel training; `workers` decode samples in background
+    processes (worth it for image files, not for in-memory tensors)."""
 
     spec: TaskSpec
     dataset: Dataset
@@ -158,46 +249,96 @@ class Batches:
     shuffle: bool
     device: torch.device
     generator: torch.Generator | None = None
+    balance: bool = False
+    shard: tuple[int, int] | None = None
+    workers: int = 0
+    declared_deterministic: bool | None = None  # TaskData.deterministic
 
     def __post_init__(self) -> None:
+        weights = balancing_weights(self.spec, self.dataset) if self.balance else None
+        self.sampler = EpochSampler(
+            len(self.dataset), self.shuffle, self.generator, weights, self.shard
+        )
         # Training drops a last partial batch: a batch of one breaks BatchNorm, and a tiny
         # batch gives a noisy step. A split smaller than one batch is kept whole.
-        drop_last = self.shuffle and len(self.dataset) > self.batch_size
-        if isinstance(self.dataset, TensorDataset):
-            # Index a whole batch at once instead of collating single samples.
-            sampler = (
-                RandomSampler(self.dataset, generator=self.generator)
-                if self.shuffle
-                else SequentialSampler(self.dataset)
-            )
-            batches = BatchSampler(sampler, self.batch_size, drop_last)
-            self.loader = DataLoader(self.dataset, batch_size=None, sampler=batches)
-        else:
+        drop_last = self.shuffle and len(self.sampler) > self.batch_size
+        self.batch_sampler = BatchSampler(self.sampler, self.batch_size, drop_last)
+        self.in_memory = isinstance(self.dataset, TensorDataset)
+        if not self.in_memory:
             self.loader = DataLoader(
-                self.dataset,
-                batch_size=self.batch_size,
-                shuffle=self.shuffle,
-                generator=self.generator,
-                drop_last=drop_last,
+                _WithIndex(self.dataset),
+                batch_sampler=self.batch_sampler,
+                num_workers=self.workers,
+                persistent_workers=self.workers > 0,
                 pin_memory=self.device.type == "cuda",
             )
 
+    @property
+    def deterministic(self) -> bool:
+        """Whether a sample reads the same every time (by default: in-memory tensors only)."""
+        declared = self.declared_deterministic
+        return self.in_memory if declared is None else declared
+
     def __len__(self) -> int:
-        return len(self.loader)
+        return len(self.batch_sampler)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for images, labels, _ in self.indexed():
+            yield images, labels
+
+    def indexed(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Adapted (images, labels, dataset indices) batches on the device."""
+        if self.in_memory:
+            tensors = self._resident_tensors()
+            for indices in self.batch_sampler:
+                index = torch.as_tensor(indices)
+                images, labels = (t[index.to(t.device)] for t in tensors[:2])
+                yield self._adapted(images, labels, index)
+        else:
+            for images, labels, index in self.loader:
+                yield self._adapted(images, labels, index)
+
+    def fetch(self, index: torch.Tensor) -> torch.Tensor:
+        """The adapted images of the given samples, in that order, on the device."""
+        if self.in_memory:
+            images = self._resident_tensors()[0]
+            images = images[index.to(images.device)]
+        else:
+            images = torch.stack([torch.as_tensor(self.dataset[int(i)][0]) for i in index])
+        return adapt_images(images, self.input_spec).to(self.device)
+
+    def _resident_tensors(self) -> tuple[torch.Tensor, ...]:
+        """The dataset's tensors, moved once to a GPU when they fit comfortably."""
+        tensors = self.dataset.tensors
+        if self.device.type == "cuda":
+            if not hasattr(self, "_on_device"):
+                size = sum(t.numel() * t.element_size() for t in tensors)
+                self._on_device = (
+                    tuple(t.to(self.device) for t in tensors)
+                    if size <= DEVICE_RESIDENT_BYTES
+                    else tensors
+                )
+            tensors = self._on_device
+        return tensors
+
+    def _adapted(
+        self, images: Any, labels: Any, index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         non_blocking = self.device.type == "cuda"
-        for images, labels in self.loader:
-            images = adapt_images(torch.as_tensor(images), self.input_spec)
-            yield (
-                images.to(self.device, non_blocking=non_blocking),
-                labels_for(self.spec, labels).to(self.device, non_blocking=non_blocking),
-            )
+        images = adapt_images(torch.as_tensor(images), self.input_spec)
+        return (
+            images.to(self.device, non_blocking=non_blocking),
+            labels_for(self.spec, labels).to(self.device, non_blocking=non_blocking),
+            index,
+        )
 
     def validate(self) -> None:
         """Check the first batch as the plugin delivers it, before adaptation."""
         try:
-            images, labels = next(iter(self.loader))
+            if self.in_memory:
+                images, labels = self.dataset[torch.as_tensor(next(iter(self.batch_sampler)))]
+            else:
+                images, labels, _ = next(iter(self.loader))
         except DmtError:
             raise
         except Exception as exc:

@@ -153,16 +153,28 @@ class MultiTaskModel(nn.Module):
     def connection_modules(self, name: str) -> list[TransferConnection]:
         return list(self.connections[self.tasks[name].slot].stages)
 
-    def closure(self, names: Iterable[str]) -> list[str]:
-        """Every task whose features the given tasks need, in model order."""
+    def closure(self, names: Iterable[str], known: Iterable[str] = ()) -> list[str]:
+        """Every task whose features the given tasks need, in model order; the sources of
+        `known` tasks (whose features are supplied) are not needed for them."""
         needed: set[str] = set()
+        known = set(known)
         stack = list(names)
         while stack:
             name = stack.pop()
             if name not in needed:
                 needed.add(name)
-                stack.extend(self.tasks[name].sources)
+                if name not in known:
+                    stack.extend(self.tasks[name].sources)
         return [t for t in self.tasks if t in needed]
+
+    def frozen_sources(self, names: Iterable[str]) -> list[str]:
+        """The frozen tasks whose features the trained ones among `names` read directly: with
+        their stage outputs at hand, no other frozen column needs computing for `names`."""
+        frozen = self._frozen_tasks()
+        needed = self.closure(names)
+        readers = [t for t in needed if t not in frozen]
+        read = {s for t in readers for s in self.tasks[t].sources}
+        return [t for t in needed if t in frozen and t in read]
 
     # -- training state --------------------------------------------------------------------
 
@@ -226,11 +238,22 @@ class MultiTaskModel(nn.Module):
     # -- forward ---------------------------------------------------------------------------
 
     def forward(
-        self, x: torch.Tensor, tasks: Sequence[str] | None = None
+        self,
+        x: torch.Tensor,
+        tasks: Sequence[str] | None = None,
+        given: dict[str, list[torch.Tensor]] | None = None,
+        keep: dict[str, list[torch.Tensor]] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Logits of the requested tasks (all by default), computing each needed column once."""
+        """Logits of the requested tasks (all by default), computing each needed column once.
+
+        `given` supplies the stage outputs (all but the last stage's) of some tasks for this
+        batch, so their columns are not run: the feature cache of training. `keep` names tasks
+        whose stage outputs to append to its lists, to fill that cache."""
         wanted = list(self.tasks) if tasks is None else list(tasks)
-        needed = self.closure(wanted)
+        given = given or {}
+        if not given.keys().isdisjoint(wanted):
+            raise ValueError("tasks whose features are given have no output to compute")
+        needed = self.closure(wanted, known=given)
         frozen = self._frozen_tasks() if torch.is_grad_enabled() else set()
         num_stages = len(self.columns[self.tasks[needed[0]].slot].stages) if needed else 0
         previous: dict[str, torch.Tensor] = {}
@@ -238,6 +261,10 @@ class MultiTaskModel(nn.Module):
         for stage in range(num_stages):
             current: dict[str, torch.Tensor] = {}
             for name in needed:
+                if name in given:
+                    if stage < num_stages - 1:
+                        current[name] = given[name][stage]
+                    continue
                 task = self.tasks[name]
                 with torch.no_grad() if name in frozen else nullcontext():
                     if stage == 0:
@@ -250,6 +277,8 @@ class MultiTaskModel(nn.Module):
                             if stage == num_stages - 1:
                                 inputs = connections.shortcut(fused[name])
                     current[name] = self.columns[task.slot].stages[stage](inputs)
+                if keep is not None and name in keep and stage < num_stages - 1:
+                    keep[name].append(current[name])
             previous = current
         return {name: self.heads[self.tasks[name].slot](previous[name]) for name in wanted}
 

@@ -12,6 +12,7 @@ import hashlib
 import shutil
 import sys
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 from dmtcore import interrupts
 from dmtcore.checkpoint import empty_model, load_model, serialise_weights
 from dmtcore.data import Batches, load_splits, resolve_device
+from dmtcore.distributed import World, current_world, device_name, join
 from dmtcore.errors import ConflictError, DmtError, InvalidValueError, PluginError, StoreError
 from dmtcore.faults import crash_point
 from dmtcore.manifest import new_manifest
@@ -90,12 +92,29 @@ def make_target(
     settings: TrainSettings,
     data: DataOptions,
     device: torch.device,
+    world: World = World(),
 ) -> Target:
-    """Load a task's splits and check its first batch, before anything trains."""
+    """Load a task's splits and check its first batch, before anything trains. Training
+    batches are this rank's share; every rank validates on the whole validation split."""
     splits = load_splits(spec, DataRequest(data.data_dir, input_spec, settings.seed, data.download))
     generator = torch.Generator().manual_seed(settings.seed)
-    train = Batches(spec, splits.train, input_spec, settings.batch_size, True, device, generator)
-    val = Batches(spec, splits.val, input_spec, settings.batch_size, False, device)
+    common = {
+        "workers": settings.workers,
+        "declared_deterministic": splits.deterministic,
+    }
+    train = Batches(
+        spec,
+        splits.train,
+        input_spec,
+        settings.batch_size,
+        True,
+        device,
+        generator,
+        balance=settings.balance,
+        shard=world.shard,
+        **common,
+    )
+    val = Batches(spec, splits.val, input_spec, settings.batch_size, False, device, **common)
     train.validate()
     val.validate()
     return Target(spec, train, val)
@@ -121,10 +140,17 @@ def _tracked(
     store: Store,
     work: Callable[[], tuple[dict[str, Any], dict[str, dict[str, float]]]],
     notify: Notify = _stderr,
+    world: World = World(),
 ) -> RunResult:
     """Run `work` (train, then return the manifest to commit and final metrics) between the
     lifecycle hooks. Before the commit any failure is reported to the hooks and re-raised,
-    nothing committed; after it, the version stands and a failing hook is only a warning."""
+    nothing committed; after it, the version stands and a failing hook is only a warning.
+    Under torchrun only rank 0 reports and commits; the other ranks wait for its commit."""
+    if not world.is_main:
+        manifest, metrics = work()
+        world.barrier()
+        version = store.current_version()
+        return RunResult(version, metrics, store.version_path(version), manifest["operation"])
     host.hook.dmt_run_started(run=run)
     try:
         manifest, metrics = work()
@@ -140,6 +166,7 @@ def _tracked(
         except Exception as hook_error:  # never hide the real failure behind a tracking one
             notify(f"warning: could not report the failed run: {hook_error}")
         raise
+    world.barrier()
     result = RunResult(version, metrics, store.version_path(version), manifest["operation"])
     try:
         host.hook.dmt_run_finished(run=run, result=result)
@@ -196,9 +223,9 @@ def train_tasks(
     if not names or len(set(names)) != len(names):
         raise InvalidValueError(f"give one or more distinct tasks to train, got {names}")
     specs = [host.registry.task(name) for name in names]
-    device = resolve_device(settings.device)
+    world, device = _world_and_device(settings)
     created = not Path(path).exists()
-    if not Store.exists(path):
+    if world.is_main and not Store.exists(path):
         kind = connection or DEFAULT_CONNECTION
         try:
             init_store(path, host, connection=kind)
@@ -210,17 +237,18 @@ def train_tasks(
                 f"initialised a new store at {path} (backbone {DEFAULT_BACKBONE}, connection "
                 f"{kind}, input {InputSpec.from_shape(specs[0].input_shape)} from {names[0]})"
             )
+    world.barrier()  # the other ranks open the store rank 0 made sure exists
     store = Store.open(path)
     operation = "add-task" if len(names) == 1 else "train"
-    with store.writer(f"{operation} {' '.join(names)}"):
+    with _writer(store, world, f"{operation} {' '.join(names)}"):
         try:
             return _train_tasks(
-                store, specs, host, settings, data, device, connection, operation, notify
+                store, specs, host, settings, data, device, connection, operation, notify, world
             )
         except BaseException:
             # A store this command created, still empty, goes again (under the lock, so no other
             # writer can have used it); anything committed or pre-existing stays.
-            if created and store.current_version() == 1:
+            if world.is_main and created and store.current_version() == 1:
                 shutil.rmtree(path, ignore_errors=True)
                 notify(f"removed the store created at {path}: its first tasks could not be trained")
             raise
@@ -236,6 +264,7 @@ def _train_tasks(
     connection: str | None,
     operation: str,
     notify: Notify,
+    world: World,
 ) -> RunResult:
     names = [spec.name for spec in specs]
     manifest = store.manifest()
@@ -256,7 +285,7 @@ def _train_tasks(
     model = load_model(store, manifest, host.registry) or empty_model(
         manifest, host.registry, input_spec
     )
-    targets = [make_target(spec, input_spec, settings, data, device) for spec in specs]
+    targets = [make_target(spec, input_spec, settings, data, device, world) for spec in specs]
     crash_point("data-loaded")
     torch.manual_seed(settings.seed)
     slots = {}
@@ -269,10 +298,11 @@ def _train_tasks(
     group = frozenset(names)
     model.configure_training(TrainingPlan(group, group, group))
     params = {"tasks": ",".join(names), **asdict(settings), "device": str(device)}
+    params["processes"] = world.size
     run = _run_info(operation, names, store, manifest, params)
 
     def work() -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
-        result = fit(model, targets, settings, lambda r: host.hook.dmt_epoch_end(run=run, report=r))
+        result = fit(model, targets, settings, _epoch_hook(host, run, world), notify, world)
         new = copy.deepcopy(manifest)
         new["input_spec"] = list(input_spec.shape)
         new["next_slot"] += len(specs)
@@ -282,10 +312,28 @@ def _train_tasks(
                 _task_entry(spec, host, slots[spec.name], sources, result.metrics[spec.name])
             )
         new["operation"] = _operation(operation, names, settings, result, result.metrics)
-        _commit_weights(store, model, new, set(names))
+        _commit_weights(store, model, new, set(names), write=world.is_main)
         return new, result.metrics
 
-    return _tracked(host, run, store, work, notify)
+    return _tracked(host, run, store, work, notify, world)
+
+
+def _world_and_device(settings: TrainSettings) -> tuple[World, torch.device]:
+    """Join torchrun's process group, if any, on the device this rank trains on."""
+    device = resolve_device(device_name(settings.device, current_world()))
+    return join(device.type), device
+
+
+def _writer(store: Store, world: World, command: str) -> Any:
+    """The writer lock; under torchrun rank 0 holds it for all ranks."""
+    return store.writer(command) if world.is_main else nullcontext()
+
+
+def _epoch_hook(host: PluginHost, run: RunInfo, world: World) -> Callable[[Any], None]:
+    """Epoch reports go to the lifecycle hooks (MLflow) from rank 0 only."""
+    if not world.is_main:
+        return lambda report: None
+    return lambda report: host.hook.dmt_epoch_end(run=run, report=report)
 
 
 def _operation(
@@ -301,15 +349,20 @@ def _operation(
         "settings": asdict(settings),
         "best_epoch": result.best_epoch if result else None,
         "metrics": metrics,
+        "feature_cache": result.feature_cache if result else {},
     }
 
 
 def _commit_weights(
-    store: Store, model: MultiTaskModel, manifest: dict[str, Any], trained: set[str]
+    store: Store,
+    model: MultiTaskModel,
+    manifest: dict[str, Any],
+    trained: set[str],
+    write: bool = True,
 ) -> None:
-    """Write the blobs and relation weights of every task into `manifest`. Frozen tasks must
-    serialise to the very blobs they had: if one did not, something changed an old task, and
-    nothing at all is written."""
+    """Write the blobs and relation weights of every task into `manifest` (blobs only if
+    `write`: rank 0 alone writes). Frozen tasks must serialise to the very blobs they had: if
+    one did not, something changed an old task, and nothing at all is written."""
     payloads = serialise_weights(model)
     relations = model.relation_weights()
     for task in manifest["tasks"]:
@@ -321,6 +374,8 @@ def _commit_weights(
             raise StoreError(f"refusing to commit: the frozen task {task['name']!r} changed")
         task["weights"] = refs
         task["relations"] = relations[task["name"]]
+    if not write:
+        return
     for parts in payloads.values():
         for data in parts.values():
             store.write_blob(data)
@@ -353,8 +408,8 @@ def remove_task(
     """Cut task `name` out, then retrain the connections of the tasks that read it (DMT §4.3).
     The result's summary holds every remaining task's primary metric before, cut, and after."""
     store = Store.open(path)
-    device = resolve_device(settings.device)
-    with store.writer(f"remove-task {name}"):
+    world, device = _world_and_device(settings)
+    with _writer(store, world, f"remove-task {name}"):
         manifest = store.manifest()
         stored = [t["name"] for t in manifest["tasks"]]
         if name not in stored:
@@ -365,7 +420,9 @@ def remove_task(
         assert model is not None
         model.to(device)
         input_spec = model.input_spec
-        targets = {t: make_target(specs[t], input_spec, settings, data, device) for t in remaining}
+        targets = {
+            t: make_target(specs[t], input_spec, settings, data, device, world) for t in remaining
+        }
         before = {t: evaluate(model, specs[t], targets[t].val) for t in remaining}
         affected = model.remove_task(name)
         crash_point("cut")
@@ -387,7 +444,9 @@ def remove_task(
                     model,
                     [targets[t] for t in affected],
                     settings,
-                    lambda r: host.hook.dmt_epoch_end(run=run, report=r),
+                    _epoch_hook(host, run, world),
+                    notify,
+                    world,
                 )
             after = {
                 t: (result.metrics[t] if result and t in result.metrics else cut.get(t, before[t]))
@@ -413,10 +472,10 @@ def remove_task(
                 **_operation("remove-task", [name], settings, result, after),
                 "report": report,
             }
-            _commit_weights(store, model, new, set(affected))
+            _commit_weights(store, model, new, set(affected), write=world.is_main)
             return new, after
 
-        return _tracked(host, run, store, work, notify)
+        return _tracked(host, run, store, work, notify, world)
 
 
 def load_current(

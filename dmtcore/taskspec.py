@@ -80,11 +80,16 @@ class DataRequest:
 
 @dataclass
 class TaskData:
-    """The splits a dataset factory returns: torch datasets of (image C×H×W float in [0, 1], label)."""
+    """The splits a dataset factory returns: torch datasets of (image C×H×W float in [0, 1], label).
+
+    `deterministic` says that a sample's image is the same every time it is read (no random
+    augmentation), which lets training reuse the frozen columns' features of earlier epochs.
+    `None` means: true for in-memory `TensorDataset`s, false for anything else."""
 
     train: Any
     val: Any
     test: Any = None
+    deterministic: bool | None = None
 
 
 DatasetFactory = Callable[[DataRequest], "TaskData | tuple[Any, Any]"]

@@ -1,9 +1,11 @@
 """The training loop shared by add-task and remove-task's reconnection.
 
 Only the parts in the model's `TrainingPlan` learn; frozen columns run without autograd and in
-eval mode. Several targets train by taking turns, one batch each, each on its own data and loss
-(DMT §4.1). After every epoch the targets are validated and the best epoch by the mean primary
-metric is kept; the trained parts are restored to it at the end.
+eval mode, and with deterministic data their features are computed once and then read from
+the feature cache. Several targets train by taking turns, one batch each, each on its own data
+and loss (DMT §4.1). After every epoch the targets are validated and the best epoch by the
+mean primary metric is kept; the trained parts are restored to it at the end. Under torchrun
+each rank trains on its share of the data through DistributedDataParallel.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import math
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -20,8 +23,10 @@ from tqdm import tqdm
 
 from dmtcore import interrupts
 from dmtcore.data import Batches
+from dmtcore.distributed import World, sync_buffers, wrap
 from dmtcore.errors import InvalidValueError, TrainingError
 from dmtcore.faults import crash_point
+from dmtcore.feature_cache import FeatureCache, check_cache_settings
 from dmtcore.metrics import compute_metrics, loss_function
 from dmtcore.runinfo import EpochReport
 from dmtcore.taskspec import TaskSpec
@@ -30,6 +35,7 @@ OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]]], torch.optim.Optimizer]] =
     "adam": lambda groups: torch.optim.Adam(groups),
     "sgd": lambda groups: torch.optim.SGD(groups, momentum=0.9),
 }
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,12 @@ class TrainSettings:
     device: str = "auto"
     eval_every: int | None = None  # validate every N steps instead of after every epoch
     optimizer: str = "adam"  # or "sgd" (momentum 0.9), the papers' optimiser
+    balance: bool = False  # draw every class equally often (minority resampling)
+    precision: str = "fp32"  # or "bf16": autocast, for GPUs
+    feature_cache: str = "auto"  # auto, memory, disk or off: see dmtcore.feature_cache
+    cache_budget_mb: float = 2048
+    cache_dtype: str = "float16"
+    workers: int = 0  # background processes decoding samples (for image files)
 
     def __post_init__(self) -> None:
         if not isinstance(self.epochs, int) or self.epochs < 1:
@@ -63,6 +75,15 @@ class TrainSettings:
         if self.optimizer not in OPTIMIZERS:
             raise InvalidValueError(
                 f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}"
+            )
+        if self.precision not in PRECISIONS:
+            raise InvalidValueError(
+                f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"
+            )
+        check_cache_settings(self.feature_cache, self.cache_budget_mb, self.cache_dtype)
+        if not isinstance(self.workers, int) or self.workers < 0:
+            raise InvalidValueError(
+                f"workers must be a number of processes ≥ 0, got {self.workers!r}"
             )
         mult = self.connection_lr_mult
         if mult is not None and not (math.isfinite(mult) and mult > 0):
@@ -85,24 +106,41 @@ class FitResult:
     best_epoch: int
     metrics: dict[str, dict[str, float]]
     epochs: list[EpochReport]
+    feature_cache: dict[str, Any] = field(default_factory=dict)  # empty when not used
 
 
-def evaluate(model: Any, spec: TaskSpec, batches: Batches) -> dict[str, float]:
-    """The task's metrics over a whole split, in eval mode."""
+def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:
+    """bf16 autocast when asked for: matrix products in bfloat16, the rest in float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def evaluate(
+    model: Any,
+    spec: TaskSpec,
+    batches: Batches,
+    cache: FeatureCache | None = None,
+    precision: str = "fp32",
+) -> dict[str, float]:
+    """The task's metrics over a whole split, in eval mode (frozen features from `cache`)."""
     was_training = model.training
     model.eval()
     outputs, labels = [], []
-    with torch.inference_mode():
-        for images, batch_labels in batches:
-            outputs.append(model(images, [spec.name])[spec.name].float().cpu())
+    with torch.inference_mode(), autocast(batches.device, precision):
+        for images, batch_labels, index in batches.indexed():
+            given, keep = cache.lookup(spec.name, "val", index) if cache else (None, None)
+            outputs.append(model(images, [spec.name], given, keep)[spec.name].float().cpu())
             labels.append(batch_labels.cpu())
+            if keep:
+                cache.store(spec.name, "val", index, keep)
     model.train(was_training)
     return compute_metrics(list(spec.metrics), torch.cat(outputs), torch.cat(labels))
 
 
-def _turns(targets: list[Target]) -> Iterator[tuple[Target, torch.Tensor, torch.Tensor]]:
+def _turns(
+    targets: list[Target],
+) -> Iterator[tuple[Target, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Batches of all targets interleaved, one of each in turn, until every loader is spent."""
-    iterators = [(t, iter(t.train)) for t in targets]
+    iterators = [(t, t.train.indexed()) for t in targets]
     while iterators:
         still_running = []
         for target, iterator in iterators:
@@ -128,7 +166,10 @@ def flat_relation_weights(model: Any, tasks: list[str]) -> dict[str, float]:
 class Trainable(Protocol):
     """What `fit` needs of a model: `MultiTaskModel`, and the hard-sharing baseline."""
 
-    def __call__(self, x: torch.Tensor, tasks: list[str]) -> dict[str, torch.Tensor]: ...
+    def __call__(
+        self, x: torch.Tensor, tasks: list[str], given: Any = None, keep: Any = None
+    ) -> dict[str, torch.Tensor]: ...
+    def frozen_sources(self, names: list[str]) -> list[str]: ...
     def param_groups(self, connection_lr_mult: float | None = None) -> list[Any]: ...
     def train_mode(self) -> None: ...
     def eval(self) -> Any: ...
@@ -143,9 +184,41 @@ def fit(
     targets: list[Target],
     settings: TrainSettings,
     on_epoch: Callable[[EpochReport], None] = lambda report: None,
+    notify: Callable[[str], None] = lambda message: None,
+    world: World = World(),
 ) -> FitResult:
     """Train the model's planned parts on `targets`, validating after every epoch (or every
     `settings.eval_every` steps); the best validation point is restored at the end."""
+    device = targets[0].train.device
+    splits = {(t.spec.name, s): getattr(t, s) for t in targets for s in ("train", "val")}
+    cache = FeatureCache.plan(
+        model,
+        splits,
+        settings.feature_cache,
+        settings.cache_budget_mb,
+        settings.cache_dtype,
+        device,
+        notify,
+    )
+    try:
+        result = _fit(model, targets, settings, on_epoch, world, device, cache)
+    finally:
+        if cache is not None:
+            cache.close()
+    if cache is not None:
+        result.feature_cache = cache.summary()
+    return result
+
+
+def _fit(
+    model: Trainable,
+    targets: list[Target],
+    settings: TrainSettings,
+    on_epoch: Callable[[EpochReport], None],
+    world: World,
+    device: torch.device,
+    cache: FeatureCache | None,
+) -> FitResult:
     groups = model.param_groups(settings.connection_lr_mult)
     optimizer = OPTIMIZERS[settings.optimizer](
         [
@@ -155,6 +228,7 @@ def fit(
     )
     names = [t.spec.name for t in targets]
     losses = {t.spec.name: loss_function(t.spec.loss) for t in targets}
+    step_model = wrap(model, world, device)
     best_score = -math.inf
     best_state: Any = None
     best: tuple[int, dict[str, dict[str, float]]] | None = None
@@ -170,7 +244,10 @@ def fit(
         train_loss = {n: float(totals[n]) / counts[n] for n in names if counts[n]}
         for name, value in train_loss.items():
             _check_finite(name, value, epoch, settings)
-        metrics = {t.spec.name: evaluate(model, t.spec, t.val) for t in targets}
+        sync_buffers(model, world)
+        metrics = {
+            t.spec.name: evaluate(model, t.spec, t.val, cache, settings.precision) for t in targets
+        }
         score = sum(metrics[t.spec.name][t.spec.primary_metric] for t in targets) / len(targets)
         is_best = score > best_score
         if is_best:
@@ -190,12 +267,17 @@ def fit(
             total=steps_per_epoch,
             desc=f"epoch {epoch}/{settings.epochs}",
             leave=False,
-            disable=None,
+            disable=None if world.is_main else True,
             file=sys.stderr,
         )
-        for target, images, labels in _turns(targets):
+        for target, images, labels, index in _turns(targets):
             name = target.spec.name
-            loss = losses[name](model(images, [name])[name], labels)
+            given, keep = cache.lookup(name, "train", index) if cache else (None, None)
+            with autocast(device, settings.precision):
+                logits = step_model(images, [name], given, keep)[name]
+                loss = losses[name](logits.float(), labels)
+            if keep:
+                cache.store(name, "train", index, keep)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -210,6 +292,10 @@ def fit(
                 validate(epoch)
             bar.update()
         bar.close()
+        if cache is not None and epoch == 1:
+            for target in targets:
+                cache.complete(model, target.spec.name, "train", target.train)
+            model.train_mode()
         if not settings.eval_every:
             validate(epoch)
     if best_state is None:  # eval_every larger than the whole run: validate once at the end

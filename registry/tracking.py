@@ -168,7 +168,15 @@ class MlflowTracker:
             for task, values in result.metrics.items()
             for name, value in values.items()
         ]
+        cache = result.summary.get("feature_cache") or {}
+        metrics += [
+            Metric(f"feature_cache.{name}", float(value), stamp, 0)
+            for name, value in cache.items()
+            if isinstance(value, int | float)
+        ]
         self.client.log_batch(self.run_id, metrics=metrics)
+        if cache:
+            self.client.set_tag(self.run_id, "dmt.feature_cache", cache["location"])
         self.client.set_tag(self.run_id, "dmt.version", str(result.version))
         self.client.log_artifact(self.run_id, str(result.manifest_path), artifact_path="manifest")
         self._log_relations(result)

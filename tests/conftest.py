@@ -137,10 +137,25 @@ class LaterNaN(Dataset):
         return image, self.labels[index]
 
 
+class Augmented(Dataset):
+    """Fresh noise on every read, like random augmentation: a sample differs between epochs."""
+
+    def __init__(self, images, labels):
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        image = self.images[index]
+        return (image + 0.01 * torch.randn_like(image)).clamp(0, 1), self.labels[index]
+
+
 def make(seed, n):
     g = torch.Generator().manual_seed(seed)
     images = torch.rand(n, 1, 8, 8, generator=g) * torch.rand(n, 1, 1, 1, generator=g)
-    labels = (images.mean((1, 2, 3)) > 0.25).long()
+    threshold = 0.4 if PROBLEM == "imbalanced" else 0.25  # imbalanced: about 1 in 5 positive
+    labels = (images.mean((1, 2, 3)) > threshold).long()
     return images, labels
 
 
@@ -158,6 +173,8 @@ def datasets(request):
         train = (torch.full_like(train[0], float("nan")), train[1])
     if PROBLEM == "nan-later":
         return TaskData(LaterNaN(*train), TensorDataset(*val))
+    if PROBLEM == "augmented":
+        return TaskData(Augmented(*train), TensorDataset(*val))
     return TaskData(TensorDataset(*train), TensorDataset(*val))
 
 

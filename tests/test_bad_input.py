@@ -40,6 +40,26 @@ ON_DIGITS_STORE = [
         2,
         "'rmsprop' is not one of 'adam', 'sgd'",
     ),
+    (
+        ["add-task", "digits.prime", "--no-tracking", "--cache-budget-mb", "-1"],
+        11,
+        "feature cache budget must be a number of megabytes ≥ 0, got -1.0",
+    ),
+    (
+        ["add-task", "digits.prime", "--no-tracking", "--workers", "-2"],
+        11,
+        "workers must be a number of processes ≥ 0, got -2",
+    ),
+    (
+        ["add-task", "digits.prime", "--no-tracking", "--precision", "fp8"],
+        2,
+        "'fp8' is not one of 'fp32', 'bf16'",
+    ),
+    (
+        ["add-task", "digits.prime", "--no-tracking", "--feature-cache", "gpu"],
+        2,
+        "'gpu' is not one of 'auto', 'memory', 'disk', 'off'",
+    ),
     (["eval", "digits.nope"], 3, "unknown task 'digits.nope' in this store"),
     (["predict", "missing.png"], 7, "input 'missing.png' does not exist"),
     (["connections", "--stage", "0"], 11, "stage 0 does not exist; valid: 1 to 5"),

@@ -1,0 +1,230 @@
+"""Frozen columns' features, computed once per sample and reused by later epochs.
+
+While a new task trains, every frozen column it reads gives the same stage outputs for the same
+image in every epoch: its weights are fixed and it runs in eval mode. When the inputs are
+deterministic too (no random augmentation), the first epoch stores those outputs and later
+epochs read them back instead of running k frozen columns, so an epoch costs about what
+training the new column alone costs (issue 5, benchmarks/growth_cost.py).
+
+Features are stored compactly (float16 by default) in memory within a budget; past the budget,
+`auto` spills them to a memory-mapped file in a temporary directory (the page cache keeps the
+hot part in RAM) and `memory` turns the cache off. Whatever happens is said in one message.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dmtcore.errors import InvalidValueError
+
+CACHE_MODES = ("auto", "memory", "disk", "off")
+CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+DISK_HEADROOM = 1.2  # spill only when the disk has this much more free space than needed
+
+
+def check_cache_settings(mode: str, budget_mb: float, dtype: str) -> None:
+    if mode not in CACHE_MODES:
+        raise InvalidValueError(
+            f"unknown feature cache mode {mode!r}; valid: {', '.join(CACHE_MODES)}"
+        )
+    if not (isinstance(budget_mb, int | float) and math.isfinite(budget_mb) and budget_mb >= 0):
+        raise InvalidValueError(
+            f"feature cache budget must be a number of megabytes ≥ 0, got {budget_mb!r}"
+        )
+    if dtype not in CACHE_DTYPES:
+        raise InvalidValueError(
+            f"unknown feature cache dtype {dtype!r}; valid: {', '.join(CACHE_DTYPES)}"
+        )
+
+
+@dataclass
+class _Table:
+    """The cached features of one split of one trained task: per source task, one tensor of
+    N samples per stage boundary, and which samples are filled."""
+
+    tensors: dict[str, list[torch.Tensor]]
+    filled: torch.Tensor  # bool, on the CPU so that checking it never syncs a GPU
+
+
+class FeatureCache:
+    """Stage outputs of frozen source tasks, per (trained task, split), keyed by sample index."""
+
+    def __init__(
+        self,
+        tables: dict[tuple[str, str], _Table],
+        location: str,
+        nbytes: int,
+        dtype: str,
+        device: torch.device,
+        directory: Path | None,
+    ) -> None:
+        self.tables = tables
+        self.location = location
+        self.nbytes = nbytes
+        self.dtype = dtype
+        self.device = device
+        self.directory = directory
+        self.hits = 0
+        self.misses = 0
+
+    @classmethod
+    def plan(
+        cls,
+        model: Any,
+        splits: dict[tuple[str, str], Any],
+        mode: str,
+        budget_mb: float,
+        dtype: str,
+        device: torch.device,
+        notify: Callable[[str], None],
+    ) -> FeatureCache | None:
+        """A cache for `splits` ((task, split) -> Batches), or None with a message saying why
+        not; silent when nothing frozen is read (the first task of a store)."""
+        if mode == "off":
+            return None
+        sources = {key: model.frozen_sources([key[0]]) for key in splits}
+        if not any(sources.values()):
+            return None
+        changing = sorted({task for (task, _), b in splits.items() if not b.deterministic})
+        if changing:
+            notify(
+                f"feature cache off: the data of {', '.join(changing)} may differ between epochs "
+                "(datasets that are not in-memory tensors); a plugin whose images never change "
+                "says so with TaskData(deterministic=True)"
+            )
+            return None
+        shapes = {
+            task: model.part(task, "column").feature_shapes[:-1]
+            for task in {t for ts in sources.values() for t in ts}
+        }
+        itemsize = CACHE_DTYPES[dtype].itemsize
+        per_sample = {
+            key: sum(math.prod(s) for t in ts for s in shapes[t]) * itemsize
+            for key, ts in sources.items()
+        }
+        nbytes = sum(per_sample[key] * len(splits[key].dataset) for key in splits)
+        budget = int(budget_mb * 2**20)
+        size = f"{nbytes / 2**20:.1f} MB"
+        location = "memory"
+        directory = None
+        if mode == "disk" or nbytes > budget:
+            if mode == "memory":
+                notify(
+                    f"feature cache off: it needs {size}, over the budget of {budget_mb:g} MB; "
+                    "raise --cache-budget-mb, or use --feature-cache auto to spill it to disk"
+                )
+                return None
+            temp = Path(tempfile.gettempdir())
+            free = shutil.disk_usage(temp).free
+            if free < nbytes * DISK_HEADROOM:
+                notify(
+                    f"feature cache off: it needs {size}, over the memory budget of {budget_mb:g} MB, "
+                    f"and {temp} has only {free / 2**20:.0f} MB free"
+                )
+                return None
+            location = "disk"
+            directory = Path(tempfile.mkdtemp(prefix="dmt-feature-cache-"))
+            if mode == "auto":
+                notify(
+                    f"feature cache: {size} is over the memory budget of {budget_mb:g} MB "
+                    f"(--cache-budget-mb); spilling it to {directory}"
+                )
+        storage_device = device if location == "memory" else torch.device("cpu")
+        tables = {}
+        for key, tasks in sources.items():
+            if not tasks:
+                continue
+            n = len(splits[key].dataset)
+            tensors = {
+                task: [
+                    _allocate((n, *shape), CACHE_DTYPES[dtype], storage_device, directory)
+                    for shape in shapes[task]
+                ]
+                for task in tasks
+            }
+            tables[key] = _Table(tensors, torch.zeros(n, dtype=torch.bool))
+        cache = cls(tables, location, nbytes, dtype, device, directory)
+        count = len(shapes)
+        notify(
+            f"feature cache: {count} frozen column{'s' * (count != 1)} computed once, "
+            f"{size} of {dtype} features in {location}"
+        )
+        return cache
+
+    def lookup(
+        self, task: str, split: str, index: torch.Tensor
+    ) -> tuple[dict[str, list[torch.Tensor]] | None, dict[str, list[torch.Tensor]] | None]:
+        """(given, keep) for `model(x, [task], given=..., keep=...)`: the cached features when
+        every sample of the batch has them, else lists for the forward pass to fill."""
+        table = self.tables.get((task, split))
+        if table is None:
+            return None, None
+        if bool(table.filled[index].all()):
+            self.hits += 1
+            first = next(iter(table.tensors.values()))[0]
+            at = index.to(first.device)
+            return {
+                source: [t[at].to(self.device, torch.float32, non_blocking=True) for t in tensors]
+                for source, tensors in table.tensors.items()
+            }, None
+        self.misses += 1
+        return None, {source: [] for source in table.tensors}
+
+    @torch.no_grad()
+    def store(
+        self, task: str, split: str, index: torch.Tensor, kept: dict[str, list[torch.Tensor]]
+    ) -> None:
+        table = self.tables[(task, split)]
+        for source, features in kept.items():
+            for target, feature in zip(table.tensors[source], features, strict=True):
+                target[index.to(target.device)] = feature.to(target.device, target.dtype)
+        table.filled[index] = True
+
+    @torch.no_grad()
+    def complete(self, model: Any, task: str, split: str, batches: Any) -> None:
+        """Compute the samples no batch has covered yet (training drops a last partial batch
+        every epoch), so that every later batch is a hit."""
+        table = self.tables.get((task, split))
+        if table is None:
+            return
+        missing = (~table.filled).nonzero().view(-1)
+        was_training = model.training
+        model.eval()
+        for index in missing.split(batches.batch_size):
+            keep = {source: [] for source in table.tensors}
+            model(batches.fetch(index), [task], None, keep)
+            self.store(task, split, index, keep)
+        model.train(was_training)
+
+    def summary(self) -> dict[str, Any]:
+        """What the run's manifest and tracking record about the cache."""
+        return {
+            "location": self.location,
+            "bytes": self.nbytes,
+            "dtype": self.dtype,
+            "hits": self.hits,
+            "misses": self.misses,
+        }
+
+    def close(self) -> None:
+        self.tables.clear()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _allocate(
+    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, directory: Path | None
+) -> torch.Tensor:
+    if directory is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    with tempfile.NamedTemporaryFile(suffix=".bin", dir=directory, delete=False) as file:
+        path = file.name
+    return torch.from_file(path, shared=True, size=math.prod(shape), dtype=dtype).view(shape)

@@ -1,0 +1,140 @@
+"""The feature cache: frozen columns computed once give the results of computing them every
+step; it spills or turns itself off with a message, and never caches data that changes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from dmtcore.checkpoint import load_model
+from dmtcore.model import TrainingPlan
+from dmtcore.operations import add_task
+from dmtcore.store import Store
+from dmtcore.training import TrainSettings
+
+from conftest import toy_plugin
+
+SETTINGS = dict(epochs=3, batch_size=64, seed=3)
+
+
+def images(n: int = 64) -> torch.Tensor:
+    return torch.rand(n, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def grown_model(store: Path, host):
+    """The digits store's model with a new task reading both frozen tasks, as in add-task."""
+    model = load_model(Store.open(store), Store.open(store).manifest(), host.registry)
+    torch.manual_seed(0)
+    model.add_task(
+        "digits.prime", "t9", ["digits.class", "digits.even", "digits.prime"], *head(host)
+    )
+    model.configure_training(TrainingPlan(*[frozenset({"digits.prime"})] * 3))
+    return model
+
+
+def head(host):
+    spec = host.registry.task("digits.prime")
+    return spec.head, spec.num_outputs
+
+
+def test_given_features_give_the_same_outputs_as_computing_them(store_copy: Path, host) -> None:
+    model = grown_model(store_copy, host)
+    model.eval()
+    assert model.frozen_sources(["digits.prime"]) == ["digits.class", "digits.even"]
+    x = images()
+    with torch.no_grad():
+        keep = {"digits.class": [], "digits.even": []}
+        computed = model(x, ["digits.prime"], keep=keep)["digits.prime"]
+        assert [len(v) for v in keep.values()] == [5, 5]  # every stage boundary of dmt-cnn
+        given = model(x, ["digits.prime"], given=keep)["digits.prime"]
+        assert torch.equal(given, computed)
+        rounded = {t: [f.half().float() for f in fs] for t, fs in keep.items()}
+        approx = model(x, ["digits.prime"], given=rounded)["digits.prime"]
+    torch.testing.assert_close(approx, computed, rtol=1e-2, atol=1e-2)
+
+
+def _train(store: Path, host, tmp_path: Path, name: str, **options) -> tuple:
+    copy = tmp_path / name
+    shutil.copytree(store, copy)
+    messages: list[str] = []
+    result = add_task(
+        copy, "digits.prime", host, TrainSettings(**SETTINGS, **options), notify=messages.append
+    )
+    store_ = Store.open(copy)
+    model = load_model(store_, store_.manifest(), host.registry)
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    return result, weights, messages
+
+
+def test_cached_training_equals_uncached_training(digits_store: Path, host, tmp_path) -> None:
+    off, off_weights, off_messages = _train(
+        digits_store, host, tmp_path, "off", feature_cache="off"
+    )
+    exact, exact_weights, messages = _train(
+        digits_store, host, tmp_path, "fp32", feature_cache="memory", cache_dtype="float32"
+    )
+    assert off.summary["feature_cache"] == {}
+    assert not any("feature cache" in m for m in off_messages)
+    cache = exact.summary["feature_cache"]
+    assert cache["location"] == "memory" and cache["bytes"] > 0
+    # Epoch 1 computes (train and val batches), every later batch is read from the cache.
+    assert cache["hits"] > cache["misses"] > 0
+    assert any("2 frozen columns computed once" in m for m in messages)
+    for key, value in off_weights.items():
+        torch.testing.assert_close(exact_weights[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    assert exact.metrics["digits.prime"] == pytest.approx(off.metrics["digits.prime"], abs=1e-3)
+
+    half, _, _ = _train(digits_store, host, tmp_path, "fp16")  # the default: auto, float16
+    assert half.summary["feature_cache"]["dtype"] == "float16"
+    for metric, value in off.metrics["digits.prime"].items():
+        assert half.metrics["digits.prime"][metric] == pytest.approx(value, abs=0.03)
+
+
+def test_over_the_budget_spills_to_disk_or_turns_off(digits_store: Path, host, tmp_path) -> None:
+    spilled, _, messages = _train(digits_store, host, tmp_path, "spill", cache_budget_mb=0.01)
+    assert spilled.summary["feature_cache"]["location"] == "disk"
+    [spill] = [m for m in messages if "over the memory budget of 0.01 MB" in m]
+    directory = Path(spill.split("spilling it to ")[1])
+    assert directory.name.startswith("dmt-feature-cache-")
+    assert not directory.exists(), "the spilled features must be removed after training"
+    assert spilled.metrics["digits.prime"]["balanced_accuracy"] > 0.8
+
+    refused, _, messages = _train(
+        digits_store, host, tmp_path, "refused", feature_cache="memory", cache_budget_mb=0.01
+    )
+    assert refused.summary["feature_cache"] == {}
+    assert any(
+        "feature cache off: it needs" in m and "over the budget of 0.01 MB" in m for m in messages
+    )
+
+
+def test_data_that_changes_between_epochs_is_never_cached(
+    tmp_path: Path, run_cli, write_plugin
+) -> None:
+    plugin = write_plugin("augmented", toy_plugin("augmented", task="toy.augmented"))
+    base = write_plugin("plain", toy_plugin())
+    store = tmp_path / "s"
+    common = ["--store", store, "-p", plugin, "-p", base, "--no-tracking", "--epochs", "1"]
+    run_cli("add-task", "toy.bright", *common)
+    result = run_cli("add-task", "toy.augmented", *common)
+    assert "feature cache off: the data of toy.augmented may differ between epochs" in (
+        result.stderr
+    )
+    manifest = Store.open(store).manifest()
+    assert manifest["operation"]["feature_cache"] == {}
+
+
+def test_the_cache_is_tracked_in_mlflow(store_copy: Path, mlflow_template: Path, run_cli) -> None:
+    from mlflow.tracking import MlflowClient
+
+    shutil.copy(mlflow_template, store_copy / "mlflow.db")
+    run_cli("add-task", "digits.prime", "--store", store_copy, "--epochs", "2", "--no-register")
+    client = MlflowClient(tracking_uri=f"sqlite:///{store_copy / 'mlflow.db'}")
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.data.tags["dmt.feature_cache"] == "memory"
+    assert run.data.params["feature_cache"] == "auto"
+    assert run.data.metrics["feature_cache.bytes"] > 0
+    assert run.data.metrics["feature_cache.hits"] > 0

@@ -1,0 +1,73 @@
+"""Class balancing, bf16 autocast and how an epoch's samples are ordered and shared out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from dmtcore.data import EpochSampler
+from dmtcore.errors import InvalidValueError
+from dmtcore.store import Store
+
+from conftest import toy_plugin
+
+
+def test_balanced_sampling_draws_the_minority_class_as_often() -> None:
+    labels = torch.tensor([1] * 100 + [0] * 900)
+    counts = torch.bincount(labels).double()
+    sampler = EpochSampler(1000, True, torch.Generator().manual_seed(0), 1.0 / counts[labels])
+    drawn = labels[list(sampler)]
+    assert len(drawn) == 1000
+    assert 0.45 < drawn.float().mean() < 0.55  # 0.1 without balancing
+
+
+def test_shards_are_disjoint_equal_and_cover_the_epoch() -> None:
+    def shard(rank: int) -> list[int]:
+        return list(EpochSampler(10, True, torch.Generator().manual_seed(7), shard=(rank, 3)))
+
+    shards = [shard(r) for r in range(3)]
+    assert [len(s) for s in shards] == [4, 4, 4]  # padded like DistributedSampler
+    assert set().union(*shards) == set(range(10))
+    order = torch.randperm(10, generator=torch.Generator().manual_seed(7)).tolist()
+    padded = order + order[:2]
+    assert shards == [padded[0::3], padded[1::3], padded[2::3]]
+
+
+def test_balance_is_recorded_and_helps_the_minority(tmp_path: Path, run_cli, write_plugin) -> None:
+    plugin = write_plugin("imbalanced", toy_plugin("imbalanced"))
+    store = tmp_path / "s"
+    run_cli("add-task", "toy.bright", "--store", store, "-p", plugin, "--epochs", "3", "--balance")
+    manifest = Store.open(store).manifest()
+    assert manifest["operation"]["settings"]["balance"] is True
+    metrics = manifest["tasks"][0]["metrics"]
+    assert metrics["balanced_accuracy"] > 0.75  # chance is 0.5 whatever the class ratio
+    client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    [run] = client.search_runs(client.get_experiment_by_name("s").experiment_id)
+    assert run.data.params["balance"] == "True"
+    assert run.data.metrics["toy.bright.balanced_accuracy"] == pytest.approx(
+        metrics["balanced_accuracy"]
+    )
+    history = client.get_metric_history(run.info.run_id, "toy.bright.val.balanced_accuracy")
+    assert len(history) == 3
+
+
+def test_balance_refuses_a_regression_task(host) -> None:
+    from dmtcore.data import balancing_weights
+    from dmtcore.taskspec import TaskSpec
+
+    spec = TaskSpec("toy.size", "size", (1, 8, 8), "regression", lambda r: None, num_outputs=1)
+    with pytest.raises(InvalidValueError, match="the task is regression"):
+        balancing_weights(spec, None)
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path: Path, run_cli) -> None:
+    store = tmp_path / "s"
+    args = ["--store", store, "--no-tracking", "--epochs", "2", "--precision", "bf16"]
+    run_cli("add-task", "digits.class", *args)
+    run_cli("add-task", "digits.even", *args)
+    manifest = Store.open(store).manifest()
+    assert manifest["operation"]["settings"]["precision"] == "bf16"
+    assert manifest["tasks"][1]["metrics"]["balanced_accuracy"] > 0.8
