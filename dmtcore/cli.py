@@ -164,6 +164,12 @@ def train_options(default_epochs: int) -> Callable[[Callable[..., Any]], Callabl
             show_default=True,
         ),
         click.option(
+            "--channels-last/--no-channels-last",
+            default=False,
+            show_default=True,
+            help="Run convolutions in NHWC layout while training (no faster on CPUs; try it on GPUs).",
+        ),
+        click.option(
             "--workers",
             type=int,
             default=0,
@@ -652,6 +658,7 @@ def _split_options(options: dict[str, Any]) -> tuple[Any, dict[str, Any], tuple[
         cache_budget_mb=options["cache_budget_mb"],
         cache_dtype=options["cache_dtype"],
         workers=options["workers"],
+        channels_last=options["channels_last"],
     )
     data = {"data_dir": options["data_dir"], "download": options["download"]}
     return settings, data, (options["tracking_uri"], options["no_tracking"], options["no_register"])

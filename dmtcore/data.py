@@ -253,6 +253,7 @@ class Batches:
     shard: tuple[int, int] | None = None
     workers: int = 0
     declared_deterministic: bool | None = None  # TaskData.deterministic
+    channels_last: bool = False  # NHWC images, for a model converted the same way
 
     def __post_init__(self) -> None:
         weights = balancing_weights(self.spec, self.dataset) if self.balance else None
@@ -305,7 +306,12 @@ class Batches:
             images = images[index.to(images.device)]
         else:
             images = torch.stack([torch.as_tensor(self.dataset[int(i)][0]) for i in index])
-        return adapt_images(images, self.input_spec).to(self.device)
+        return self._formatted(adapt_images(images, self.input_spec).to(self.device))
+
+    def _formatted(self, images: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def _resident_tensors(self) -> tuple[torch.Tensor, ...]:
         """The dataset's tensors, moved once to a GPU when they fit comfortably."""
@@ -327,7 +333,7 @@ class Batches:
         non_blocking = self.device.type == "cuda"
         images = adapt_images(torch.as_tensor(images), self.input_spec)
         return (
-            images.to(self.device, non_blocking=non_blocking),
+            self._formatted(images.to(self.device, non_blocking=non_blocking)),
             labels_for(self.spec, labels).to(self.device, non_blocking=non_blocking),
             index,
         )

@@ -24,6 +24,7 @@ from dmtcore.checkpoint import empty_model, load_model, serialise_weights
 from dmtcore.data import Batches, load_splits, resolve_device
 from dmtcore.distributed import World, current_world, device_name, join
 from dmtcore.errors import ConflictError, DmtError, InvalidValueError, PluginError, StoreError
+from dmtcore.evaluation import evaluate, evaluate_tasks
 from dmtcore.faults import crash_point
 from dmtcore.manifest import new_manifest
 from dmtcore.model import MultiTaskModel, TrainingPlan
@@ -32,7 +33,7 @@ from dmtcore.plugins import PluginHost
 from dmtcore.runinfo import RunInfo, RunResult
 from dmtcore.store import Store
 from dmtcore.taskspec import DataRequest, TaskSpec
-from dmtcore.training import FitResult, Target, TrainSettings, evaluate, fit
+from dmtcore.training import FitResult, Target, TrainSettings, fit
 
 DEFAULT_BACKBONE = "dmt-cnn"
 DEFAULT_CONNECTION = "ttc"
@@ -101,6 +102,7 @@ def make_target(
     common = {
         "workers": settings.workers,
         "declared_deterministic": splits.deterministic,
+        "channels_last": settings.channels_last,
     }
     train = Batches(
         spec,
@@ -512,7 +514,7 @@ def evaluate_store(
     specs = specs_for(manifest, names, host)
     device = resolve_device(settings.device)
     model.to(device)
-    results = {}
+    batches = []
     for name in names:
         splits = load_splits(
             specs[name], DataRequest(data.data_dir, model.input_spec, settings.seed, data.download)
@@ -523,9 +525,15 @@ def evaluate_store(
                 f"task {name!r} has no {split!r} split; valid: train, val"
                 + (", test" if splits.test else "")
             )
-        results[name] = evaluate(
-            model,
-            specs[name],
-            Batches(specs[name], dataset, model.input_spec, settings.batch_size, False, device),
+        batches.append(
+            Batches(
+                specs[name],
+                dataset,
+                model.input_spec,
+                settings.batch_size,
+                False,
+                device,
+                workers=settings.workers,
+            )
         )
-    return results
+    return evaluate_tasks(model, [specs[n] for n in names], batches, settings.precision)

@@ -71,3 +71,14 @@ def test_bf16_autocast_trains_on_cpu(tmp_path: Path, run_cli) -> None:
     manifest = Store.open(store).manifest()
     assert manifest["operation"]["settings"]["precision"] == "bf16"
     assert manifest["tasks"][1]["metrics"]["balanced_accuracy"] > 0.8
+
+
+def test_channels_last_training_keeps_old_tasks_and_stores_plain_weights(
+    store_copy: Path, run_cli
+) -> None:
+    before = Store.open(store_copy).manifest()
+    run_cli("add-task", "digits.prime", "--store", store_copy, "--no-tracking", "--channels-last")
+    after = Store.open(store_copy).manifest()
+    assert [t["weights"] for t in after["tasks"][:2]] == [t["weights"] for t in before["tasks"]]
+    assert after["tasks"][2]["metrics"]["balanced_accuracy"] > 0.8
+    run_cli("verify", "--store", store_copy)
