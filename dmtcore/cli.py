@@ -417,15 +417,62 @@ def tasks(store: Path, plugins: tuple[str, ...], no_plugin_autoload: bool, as_js
     )
 
 
+def _register_from_folder(host: Any, name: str, folder: Path) -> None:
+    """Make task NAME out of an image folder: the folder becomes a recipe, a plugin's
+    `dmt_task_from_recipe` builds the task (the built-in `imagefolder` does), and the task is
+    registered as that plugin's. The manifest keeps the recipe, so later commands find the
+    task's data without --from-folder. Everything is checked before the store is touched."""
+    from dmtcore.errors import ConflictError, PluginError
+    from dmtcore.names import validate_task_name
+    from dmtcore.operations import task_from_recipe
+
+    validate_task_name(name)
+    registry = host.registry
+    if name in registry.tasks:
+        raise ConflictError(
+            f"task {name!r} is already registered by plugin {registry.owner('task', name)!r}; "
+            "--from-folder needs a name no plugin uses (see 'dmt tasks')"
+        )
+    recipe = {"kind": "imagefolder", "folder": os.path.abspath(os.path.expanduser(folder))}
+    built = task_from_recipe(host, name, recipe)
+    if built is None:
+        raise PluginError(
+            "no loaded plugin builds tasks from an image folder; the built-in plugin "
+            "'imagefolder' is not loaded (blocked with '-p no:imagefolder' or "
+            "--no-plugin-autoload? then add '-p dmt_plugins.imagefolder')"
+        )
+    spec, plugin = built
+    previous, registry.current_plugin = registry.current_plugin, plugin
+    try:
+        registry.add_task(spec)
+    finally:
+        registry.current_plugin = previous
+
+
+FROM_FOLDER_HELP = (
+    "Make the task from an image folder: DIR/<class>/*.png|jpg (20% of each class held out "
+    "for validation, fixed seed), or DIR/train/<class> and DIR/val/<class>."
+)
+
+
 @cli.command("add-task")
 @click.argument("name")
 @store_option
+@click.option(
+    "--from-folder",
+    "from_folder",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="DIR",
+    help=FROM_FOLDER_HELP,
+)
 @train_options(default_epochs=5)
 @plugin_options
 @json_option
 def add_task(
     name: str,
     store: Path,
+    from_folder: Path | None,
     plugins: tuple[str, ...],
     no_plugin_autoload: bool,
     as_json: bool,
@@ -435,12 +482,15 @@ def add_task(
 
     Existing columns, connections, heads and BatchNorm statistics stay frozen: every old
     task's output is bit-identical afterwards. A missing store is created with defaults.
+    With --from-folder DIR, NAME is a new task made from the images in DIR.
     """
     from dmtcore.operations import DataOptions
     from dmtcore.operations import add_task as run_add_task
 
     settings, data, tracking = _split_options(options)
     host = _host(plugins, no_plugin_autoload)
+    if from_folder is not None:
+        _register_from_folder(host, name, from_folder)
     host.registry.task(name)  # fail on an unknown name before touching anything
     uri = _attach_tracker(host, store, *tracking)
     started = time.perf_counter()
@@ -474,6 +524,13 @@ def add_task(
     default=None,
     help="Connection kind when the store is created here [default: ttc]; must match otherwise.",
 )
+@click.option(
+    "--from-folder",
+    "from_folder",
+    multiple=True,
+    metavar="TASK=DIR",
+    help="Make TASK (one of TASK...) from an image folder (repeatable); layout as add-task's.",
+)
 @train_options(default_epochs=5)
 @plugin_options
 @json_option
@@ -481,6 +538,7 @@ def train(
     names: tuple[str, ...],
     store: Path,
     connection: str | None,
+    from_folder: tuple[str, ...],
     plugins: tuple[str, ...],
     no_plugin_autoload: bool,
     as_json: bool,
@@ -495,6 +553,14 @@ def train(
 
     settings, data, tracking = _split_options(options)
     host = _host(plugins, no_plugin_autoload)
+    for item in from_folder:
+        task, sep, folder = item.partition("=")
+        if not sep or not folder or task not in names:
+            raise InvalidValueError(
+                f"invalid --from-folder {item!r}: expected TASK=DIR with TASK one of the tasks "
+                f"to train ({', '.join(names)})"
+            )
+        _register_from_folder(host, task, Path(folder))
     for name in names:
         host.registry.task(name)
     if connection is not None:

@@ -4,18 +4,20 @@ Registration hooks (`dmt_register_*`) are called once per plugin, in load order,
 same `Registry`; whatever a plugin adds is attributed to it, so duplicates name both owners.
 Lifecycle hooks let plugins observe an operation (add-task, remove-task): the MLflow tracker in
 `dmt_registry.tracking` is one such plugin. Lifecycle hooks return nothing; an exception raised
-in one aborts the operation and leaves the store unchanged.
+in one aborts the operation and leaves the store unchanged. `dmt_task_from_recipe` builds a
+task that no plugin registers by name (an image folder given on the command line).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 if TYPE_CHECKING:
     from dmtcore.registry import Registry
     from dmtcore.runinfo import EpochReport, RunInfo, RunResult
+    from dmtcore.taskspec import TaskSpec
 
 hookspec = pluggy.HookspecMarker("dmt")
 hookimpl = pluggy.HookimplMarker("dmt")
@@ -68,3 +70,16 @@ def dmt_run_finished(run: RunInfo, result: RunResult) -> None:
 def dmt_run_failed(run: RunInfo, error: BaseException) -> None:
     """Called when an operation fails or is interrupted after `dmt_run_started`; nothing was
     committed. `error` is a `KeyboardInterrupt` when the user pressed Ctrl-C."""
+
+
+@hookspec(firstresult=True)
+def dmt_task_from_recipe(name: str, recipe: dict[str, Any]) -> TaskSpec | None:
+    """Build task `name` from a recipe, or return None if the recipe is not this plugin's.
+
+    For tasks no plugin registers by name, e.g. `dmt add-task NAME --from-folder DIR`, whose
+    recipe is `{"kind": "imagefolder", "folder": "/abs/dir"}`. The returned spec should carry
+    the complete recipe in `TaskSpec.recipe`: it is stored in the manifest, and the same hook
+    rebuilds the spec from it when a later command (eval, remove-task) needs the task's data.
+    The first plugin that returns a spec wins; a plugin that recognises the recipe but cannot
+    build it (the folder is gone) should raise a `DataError` saying what is wrong.
+    """

@@ -23,7 +23,14 @@ from dmtcore import interrupts
 from dmtcore.checkpoint import empty_model, load_model, serialise_weights
 from dmtcore.data import Batches, load_splits, resolve_device
 from dmtcore.distributed import World, current_world, device_name, join
-from dmtcore.errors import ConflictError, DmtError, InvalidValueError, PluginError, StoreError
+from dmtcore.errors import (
+    ConflictError,
+    DataError,
+    DmtError,
+    InvalidValueError,
+    PluginError,
+    StoreError,
+)
 from dmtcore.evaluation import evaluate, evaluate_tasks
 from dmtcore.faults import crash_point
 from dmtcore.manifest import new_manifest
@@ -383,19 +390,67 @@ def _commit_weights(
             store.write_blob(data)
 
 
+def task_from_recipe(
+    host: PluginHost, name: str, recipe: dict[str, Any]
+) -> tuple[TaskSpec, str] | None:
+    """Task `name` built from `recipe` by the first plugin whose `dmt_task_from_recipe` answers,
+    with that plugin's name, or None when no loaded plugin knows the recipe. The hook's
+    implementations are called one by one in pluggy's order (what `firstresult` does) so that
+    the task can be attributed to the plugin that built it."""
+    for impl in reversed(host.hook.dmt_task_from_recipe.get_hookimpls()):
+        try:
+            spec = impl.function(name=name, recipe=dict(recipe))
+        except DmtError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {impl.plugin_name!r} failed to build task {name!r} from its recipe: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        if spec is None:
+            continue
+        if not isinstance(spec, TaskSpec) or spec.name != name:
+            raise PluginError(
+                f"plugin {impl.plugin_name!r} answered the recipe of task {name!r} with "
+                f"{spec!r}; expected a TaskSpec named {name!r}"
+            )
+        return spec, impl.plugin_name
+    return None
+
+
 def specs_for(
     manifest: dict[str, Any], names: Sequence[str], host: PluginHost
 ) -> dict[str, TaskSpec]:
-    """The plugin specs of stored tasks (needed for their data), naming a missing plugin."""
+    """The plugin specs of stored tasks (needed for their data), naming a missing plugin.
+
+    A task no plugin registers by name (an image folder) is rebuilt from the recipe its
+    manifest entry keeps, so later commands need not be told where its data came from."""
     specs = {}
     for entry in manifest["tasks"]:
-        if entry["name"] in names:
-            if entry["name"] not in host.registry.tasks:
-                raise PluginError(
-                    f"task {entry['name']!r} comes from plugin {entry.get('plugin')!r}, which is not loaded; "
-                    "install it or pass it with -p"
-                )
-            specs[entry["name"]] = host.registry.tasks[entry["name"]]
+        name = entry["name"]
+        if name not in names:
+            continue
+        if name in host.registry.tasks:
+            specs[name] = host.registry.tasks[name]
+            continue
+        recipe = entry.get("recipe")
+        built = task_from_recipe(host, name, recipe) if isinstance(recipe, dict) else None
+        if built is None:
+            how = f" to rebuild it from its recipe of kind {recipe.get('kind')!r}" if recipe else ""
+            raise PluginError(
+                f"task {name!r} comes from plugin {entry.get('plugin')!r}, which is not loaded{how}; "
+                "install it or pass it with -p"
+            )
+        spec = built[0]
+        stored = (entry["output"]["kind"], entry["output"]["size"], entry.get("class_names"))
+        rebuilt = (spec.output, spec.num_outputs, list(spec.class_names or []) or None)
+        if rebuilt != stored:
+            raise DataError(
+                f"task {name!r} was trained as {stored[0]}/{stored[1]} with classes {stored[2]}, "
+                f"but its recipe {recipe} now gives {rebuilt[0]}/{rebuilt[1]} with classes "
+                f"{rebuilt[2]}; restore its data or add it again under another name"
+            )
+        specs[name] = spec
     return specs
 
 

@@ -6,6 +6,7 @@ manifest can describe a task without the plugin that defined it.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +102,11 @@ class TaskSpec:
 
     `num_outputs` defaults to 2 for binary tasks (a two-way softmax, so every task reports
     probabilities the same way); multiclass, multilabel and regression tasks must give it.
+
+    `recipe` is for tasks that no plugin registers by name, such as an image folder given on
+    the command line: a JSON-able description from which a plugin's `dmt_task_from_recipe`
+    hook rebuilds the spec. It is stored in the manifest, so later commands (eval,
+    remove-task) find the task's data again without being told where it came from.
     """
 
     name: str
@@ -114,6 +120,7 @@ class TaskSpec:
     metrics: Sequence[str] | None = None
     primary_metric: str | None = None
     class_names: Sequence[str] | None = None
+    recipe: dict[str, Any] | None = field(default=None, hash=False)
 
     def __post_init__(self) -> None:
         validate_task_name(self.name)
@@ -169,6 +176,18 @@ class TaskSpec:
                 raise InvalidValueError(
                     f"task {self.name!r}: {len(self.class_names)} class names for {self.num_outputs} outputs"
                 )
+        if self.recipe is not None:
+            if not isinstance(self.recipe, dict):
+                raise InvalidValueError(
+                    f"task {self.name!r}: recipe must be a dict, got {type(self.recipe).__name__}"
+                )
+            try:  # a private copy, exactly as the manifest will hold it
+                recipe = json.loads(json.dumps(self.recipe, allow_nan=False))
+            except (TypeError, ValueError) as exc:
+                raise InvalidValueError(
+                    f"task {self.name!r}: recipe must be JSON-able (it goes into the manifest): {exc}"
+                ) from exc
+            object.__setattr__(self, "recipe", recipe)
 
     def describe(self) -> dict[str, Any]:
         """The part of the spec a store keeps, so the task can be used without its plugin."""
@@ -181,4 +200,6 @@ class TaskSpec:
             "metrics": list(self.metrics),
             "primary_metric": self.primary_metric,
             "class_names": list(self.class_names) if self.class_names else None,
+            # Only tasks built from a recipe carry one; manifests without it stay as they were.
+            **({"recipe": self.recipe} if self.recipe is not None else {}),
         }
