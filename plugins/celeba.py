@@ -217,8 +217,10 @@ class Preprocess:
     """Decode one aligned image, take its centred square, optionally make it grayscale and
     equalise its histogram, resize it, and return C×H×W floats in [0, 1].
 
-    JPEGs are decoded at a reduced scale when the target is much smaller (PIL's draft mode),
-    which makes reading 64×64 inputs about three times faster than a full decode."""
+    JPEGs are decoded at a reduced scale when the target is much smaller (PIL's draft mode):
+    for 178×218 JPEGs to 64×64 that measured about 1,600 images/s per CPU core against 1,000
+    for a full decode, so an epoch of the 162,770 training images takes about 100 s of one
+    core's decoding (`--workers N` spreads it)."""
 
     height: int
     width: int
@@ -272,7 +274,7 @@ def _factory(attribute: str, gray: bool, equalize: bool):
     column = ATTRIBUTES.index(attribute)
 
     def datasets(request: DataRequest) -> TaskData:
-        root = os.fspath(Path(request.data_dir).expanduser())
+        root = os.path.abspath(Path(request.data_dir).expanduser())
         spec = request.input_spec
         height, width = (spec.height, spec.width) if spec else (NATIVE_SIZE, NATIVE_SIZE)
         preprocess = Preprocess(height, width, gray, equalize)

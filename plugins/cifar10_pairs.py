@@ -204,7 +204,7 @@ def _factory(pair: tuple[str, str]):
     def datasets(request: DataRequest) -> TaskData:
         import numpy as np
 
-        root = os.fspath(Path(request.data_dir).expanduser())
+        root = os.path.abspath(Path(request.data_dir).expanduser())
         splits = {}
         for part, train in (("train", True), ("test", False)):
             images, labels, classes = load(root, train, request.download)

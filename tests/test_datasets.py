@@ -168,12 +168,13 @@ def test_cifar10_held_out_split_ignores_the_training_seed(tmp_path: Path, host) 
 
 
 def test_cifar10_missing_names_every_file_and_downloads_nothing(
-    tmp_path: Path, run_cli, no_network
+    tmp_path: Path, run_cli, no_network, monkeypatch
 ) -> None:
+    monkeypatch.chdir(tmp_path)  # a relative --data-dir: the message gives full paths
     data = tmp_path / "empty"
     store = tmp_path / "store"
     result = run_cli(
-        "add-task", "cifar10.bird-frog", "--store", store, "--data-dir", data, *QUICK, expect=7
+        "add-task", "cifar10.bird-frog", "--store", store, "--data-dir", "empty", *QUICK, expect=7
     )
     folder = data / "cifar-10-batches-py"
     for name in ("data_batch_1", "data_batch_5", "test_batch", "batches.meta"):
@@ -503,3 +504,82 @@ def test_listing_tasks_reads_no_data_and_imports_no_torchvision() -> None:
         [sys.executable, "-c", code], cwd="/", capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
+
+
+# -- the examples --------------------------------------------------------------------------------
+
+
+def run_example(name: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def test_examples_without_data_say_what_is_missing(tmp_path: Path) -> None:
+    for name, expected in (
+        ("cifar10_table5.py", "cifar-10-batches-py/data_batch_1"),
+        ("celeba_table3.py", "celeba/list_attr_celeba.txt"),
+    ):
+        result = run_example(name, "--data-dir", "nowhere", "--quick", cwd=tmp_path)
+        assert result.returncode == 7, result.stderr
+        assert str(tmp_path / "nowhere" / expected) in result.stderr
+        assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.slow
+def test_cifar10_table5_example_prints_the_papers_layout(tmp_path: Path) -> None:
+    write_cifar(tmp_path / "data", per_class=10)
+    result = run_example(
+        "cifar10_table5.py", "--data-dir", "data", "--quick", "--batch-size", "8",
+        "--json", "out.json", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    rows = [line.split()[0] for line in lines[4:]]
+    assert rows == [
+        "cat.dog",
+        "deer.horse",
+        "bird.frog",
+        "airplane.ship",
+        "automobile.truck",
+        "mean",
+    ]
+    assert "73.8 | " in lines[4] and "91.2 | " in lines[7]  # the paper's figures beside ours
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert report["paper"]["cifar10.cat-dog"] == {"ST": 73.8, "MT": 73.9, "DMT": 73.9}
+    for method in ("ST", "MT", "DMT"):
+        scores = report["results"][method]
+        assert sorted(scores) == sorted(report["paper"]) and all(
+            0 <= v <= 1 for v in scores.values()
+        )
+    assert max(report["results"]["DMT"].values()) > 0.5  # colour-coded pairs: learnable
+
+
+@pytest.mark.slow
+def test_celeba_table3_example_prints_the_papers_layout(tmp_path: Path) -> None:
+    write_celeba(tmp_path / "data", n=48)
+    result = run_example(
+        "celeba_table3.py", "--data-dir", "data", "--quick", "--batch-size", "8",
+        "--json", "out.json", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Trained on original unbalanced dataset" in out
+    assert "Trained after resampling minority samples" in out
+    assert "0.02 | " in out and "56.4 | " in out and "96.2 | " in out
+    report = json.loads((tmp_path / "out.json").read_text())
+    assert set(report["results"]) == {"original", "resampled"}
+    tasks = {"celeba-histeq.bald", "celeba-histeq.wearing-hat", "celeba-histeq.mustache",
+             "celeba-histeq.goatee"}  # fmt: skip
+    for regime in report["results"].values():
+        for scores in regime.values():
+            assert set(scores) == tasks and all(0 <= v <= 1 for v in scores.values())
+    assert report["paper"]["celeba-histeq.bald"]["original"] == {
+        "ST": 56.4,
+        "MT": 79.4,
+        "DMT": 80.1,
+    }
