@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -35,3 +36,74 @@ def test_tracking_overhead_quick(tmp_path: Path) -> None:
 def test_predict_memory_quick(tmp_path: Path) -> None:
     _, rows = run_benchmark("predict_memory.py", tmp_path)
     assert [r["images"] for r in rows] == [200, 2000] and all(r["peak_rss_mib"] > 0 for r in rows)
+
+
+def positive(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.slow
+def test_growth_cost_quick(tmp_path: Path) -> None:
+    stdout, data = run_benchmark("growth_cost.py", tmp_path)
+    rows = data["rows"]
+    expected = [(k, path) for k in (1, 2) for path in ("naive", "off", "cache")]
+    assert [(r["k"], r["path"]) for r in rows] == expected and "theory" in stdout
+    for row in rows:
+        for key in ("whole", "whole_cpu", "later_epochs", "later_epochs_cpu", "epoch1"):
+            assert positive(row[key]), (key, row)
+    assert all(r["cache_mb"] > 0 for r in rows if r["path"] == "cache")
+
+
+@pytest.mark.slow
+def test_growth_memory_quick(tmp_path: Path) -> None:
+    _, data = run_benchmark("growth_memory.py", tmp_path)
+    rows = data["rows"]
+    assert [r["mode"] for r in rows] == ["single", "off", "cache"]
+    assert all(positive(r["peak_ratio"]) and positive(r["delta_mib"]) for r in rows)
+    assert rows[2]["cache_mib"] > 0 and rows[2]["cache_location"] == "memory"
+
+
+@pytest.mark.slow
+def test_framework_overhead_quick(tmp_path: Path) -> None:
+    _, data = run_benchmark("framework_overhead.py", tmp_path)
+    (row,) = data["rows"]
+    assert row["task"] == "digits.class"
+    assert all(positive(row[k]) for k in ("epoch_ratio", "epoch_ratio_cpu", "whole_ratio"))
+
+
+@pytest.mark.slow
+def test_incremental_transfer_quick(tmp_path: Path) -> None:
+    _, data = run_benchmark("incremental_transfer.py", tmp_path)
+    (row,) = data["rows"]
+    assert (row["task"], row["kind"]) == ("digits.even", "ttc") and row["alone_steps"] > 0
+    assert row["ratio"] is None or positive(row["ratio"])
+    assert data["curves"]["digits.even/ttc/0"]["added"]
+
+
+@pytest.mark.slow
+def test_inference_quick(tmp_path: Path) -> None:
+    _, data = run_benchmark("inference.py", tmp_path)
+    assert [r["k"] for r in data["rows"]] == [1, 2]
+    for row in data["rows"]:
+        assert all(positive(row[k]) for k in ("shared_images_per_s", "separate_images_per_s"))
+        assert positive(row["ratio"])
+
+
+@pytest.mark.slow
+def test_cli_latency_quick(tmp_path: Path) -> None:
+    _, data = run_benchmark("cli_latency.py", tmp_path)
+    rows = {r["command"]: r for r in data["rows"]}
+    assert len(rows) == 5 and all(positive(r["median_s"]) for r in rows.values())
+    assert rows["dmt predict (1 image)"]["imports_torch"] is True
+
+
+def test_benchmark_cuda_without_gpu_fails_clearly(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the message on a machine without a GPU")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "inference.py"), "--quick", "--device", "cuda"],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode != 0 and "no CUDA GPU" in result.stderr
