@@ -398,6 +398,8 @@ def task_from_recipe(
     implementations are called one by one in pluggy's order (what `firstresult` does) so that
     the task can be attributed to the plugin that built it."""
     for impl in reversed(host.hook.dmt_task_from_recipe.get_hookimpls()):
+        if impl.hookwrapper or impl.wrapper:  # wrappers observe calls; they build nothing
+            continue
         try:
             spec = impl.function(name=name, recipe=dict(recipe))
         except DmtError:

@@ -113,6 +113,7 @@ def missing_message(root: Path, missing: list[Path]) -> str:
     )
 
 
+@lru_cache(maxsize=1)
 def dataset_class() -> type:
     """torchvision's CelebA, requiring only the files the attribute tasks read.
 

@@ -98,6 +98,7 @@ def _safe_unpickle(path: Path) -> Any:
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in data.items()}
 
 
+@lru_cache(maxsize=1)
 def dataset_class() -> type:
     """torchvision's CIFAR10, reading the files it expects but verifying only that they exist.
 

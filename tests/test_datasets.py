@@ -415,6 +415,20 @@ def test_image_folder_with_its_own_split_is_multiclass(tmp_path: Path, run_cli) 
     assert evaluated["colours"]["accuracy"] == added["metrics"]["accuracy"]
 
 
+def test_image_folder_whose_classes_changed_is_refused(tmp_path: Path, host) -> None:
+    from dmt_plugins.imagefolder import build
+    from dmtcore.errors import DataError
+    from dmtcore.operations import task_from_recipe
+
+    folder = write_folder(tmp_path / "f", {"a": 3, "b": 3})
+    spec, plugin = task_from_recipe(host, "t", {"kind": "imagefolder", "folder": str(folder)})
+    assert plugin == "imagefolder" and spec.recipe["classes"] == ["a", "b"]
+    assert task_from_recipe(host, "t", {"kind": "something-else"}) is None
+    write_folder(folder, {"c": 3})
+    with pytest.raises(DataError, match=r"now has the classes \['a', 'b', 'c'\], but the task"):
+        build("t", spec.recipe)
+
+
 def test_train_takes_folders_for_several_tasks(tmp_path: Path, run_cli) -> None:
     first = write_folder(tmp_path / "a", {"x": 10, "y": 10})
     second = write_folder(tmp_path / "b", {"p": 10, "q": 10, "r": 10})
