@@ -17,6 +17,7 @@ from torch.utils.data import TensorDataset
 from dmtcore.data import Batches, labels_for
 from dmtcore.feature_cache import FeatureCache
 from dmtcore.metrics import compute_metrics
+from dmtcore.model import evaluating
 from dmtcore.taskspec import TaskSpec
 
 
@@ -33,17 +34,14 @@ def evaluate(
     precision: str = "fp32",
 ) -> dict[str, float]:
     """The task's metrics over a whole split, in eval mode (frozen features from `cache`)."""
-    was_training = model.training
-    model.eval()
     outputs, labels = [], []
-    with torch.inference_mode(), autocast(batches.device, precision):
+    with evaluating(model), torch.inference_mode(), autocast(batches.device, precision):
         for images, batch_labels, index in batches.indexed():
             given, keep = cache.lookup(spec.name, "val", index) if cache else (None, None)
             outputs.append(model(images, [spec.name], given, keep)[spec.name].float().cpu())
             labels.append(batch_labels.cpu())
             if keep:
                 cache.store(spec.name, "val", index, keep)
-    model.train(was_training)
     return compute_metrics(list(spec.metrics), torch.cat(outputs), torch.cat(labels))
 
 
@@ -94,14 +92,11 @@ def _evaluate_together(
         for spec, batches in zip(specs, splits, strict=True)
     }
     outputs: dict[str, list[torch.Tensor]] = {name: [] for name in names}
-    was_training = model.training
-    model.eval()
-    with torch.inference_mode(), autocast(lead.device, precision):
+    with evaluating(model), torch.inference_mode(), autocast(lead.device, precision):
         for images, _, _ in lead.indexed():
             logits = model(images, names)
             for name in names:
                 outputs[name].append(logits[name].float().cpu())
-    model.train(was_training)
     return {
         spec.name: compute_metrics(
             list(spec.metrics), torch.cat(outputs[spec.name]), labels[spec.name]

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from dmtcore.errors import InvalidValueError
+from dmtcore.model import evaluating
 
 CACHE_MODES = ("auto", "memory", "disk", "off")
 CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
@@ -47,10 +48,14 @@ def check_cache_settings(mode: str, budget_mb: float, dtype: str) -> None:
 
 @dataclass
 class _Table:
-    """The cached features of one split of one trained task: per source task, one tensor of
-    N samples per stage boundary, and which samples are filled."""
+    """The cached features of one split of one trained task: per stage boundary, one tensor of
+    N samples × its frozen sources (in `sources` order) × the stage's feature shape, and which
+    samples are filled. Sources share a tensor so that a batch costs one gather and one
+    conversion per stage, however many frozen columns it reads: on small inputs, per-tensor
+    work, not bytes, is what a cached epoch spends its time on."""
 
-    tensors: dict[str, list[torch.Tensor]]
+    sources: list[str]
+    stages: list[torch.Tensor]
     filled: torch.Tensor  # bool, on the CPU so that checking it never syncs a GPU
 
 
@@ -102,12 +107,15 @@ class FeatureCache:
             )
             return None
         shapes = {
-            task: model.part(task, "column").feature_shapes[:-1]
+            task: tuple(model.part(task, "column").feature_shapes[:-1])
             for task in {t for ts in sources.values() for t in ts}
         }
+        if len(set(shapes.values())) != 1:  # one backbone per store: never expected
+            raise ValueError(f"frozen columns with different stage shapes: {shapes}")
+        stage_shapes = next(iter(shapes.values()))
         itemsize = CACHE_DTYPES[dtype].itemsize
         per_sample = {
-            key: sum(math.prod(s) for t in ts for s in shapes[t]) * itemsize
+            key: len(ts) * sum(math.prod(s) for s in stage_shapes) * itemsize
             for key, ts in sources.items()
         }
         nbytes = sum(per_sample[key] * len(splits[key].dataset) for key in splits)
@@ -143,14 +151,11 @@ class FeatureCache:
             if not tasks:
                 continue
             n = len(splits[key].dataset)
-            tensors = {
-                task: [
-                    _allocate((n, *shape), CACHE_DTYPES[dtype], storage_device, directory)
-                    for shape in shapes[task]
-                ]
-                for task in tasks
-            }
-            tables[key] = _Table(tensors, torch.zeros(n, dtype=torch.bool))
+            stages = [
+                _allocate((n, len(tasks), *shape), CACHE_DTYPES[dtype], storage_device, directory)
+                for shape in stage_shapes
+            ]
+            tables[key] = _Table(tasks, stages, torch.zeros(n, dtype=torch.bool))
         cache = cls(tables, location, nbytes, dtype, device, directory)
         count = len(shapes)
         notify(
@@ -169,23 +174,25 @@ class FeatureCache:
             return None, None
         if bool(table.filled[index].all()):
             self.hits += 1
-            first = next(iter(table.tensors.values()))[0]
-            at = index.to(first.device)
+            at = index.to(table.stages[0].device)
+            gathered = [
+                t[at].to(self.device, torch.float32, non_blocking=True) for t in table.stages
+            ]
             return {
-                source: [t[at].to(self.device, torch.float32, non_blocking=True) for t in tensors]
-                for source, tensors in table.tensors.items()
+                source: [g[:, position] for g in gathered]
+                for position, source in enumerate(table.sources)
             }, None
         self.misses += 1
-        return None, {source: [] for source in table.tensors}
+        return None, {source: [] for source in table.sources}
 
     @torch.no_grad()
     def store(
         self, task: str, split: str, index: torch.Tensor, kept: dict[str, list[torch.Tensor]]
     ) -> None:
         table = self.tables[(task, split)]
-        for source, features in kept.items():
-            for target, feature in zip(table.tensors[source], features, strict=True):
-                target[index.to(target.device)] = feature.to(target.device, target.dtype)
+        for stage, target in enumerate(table.stages):
+            features = torch.stack([kept[source][stage] for source in table.sources], dim=1)
+            target[index.to(target.device)] = features.to(target.device, target.dtype)
         table.filled[index] = True
 
     @torch.no_grad()
@@ -196,13 +203,11 @@ class FeatureCache:
         if table is None:
             return
         missing = (~table.filled).nonzero().view(-1)
-        was_training = model.training
-        model.eval()
-        for index in missing.split(batches.batch_size):
-            keep = {source: [] for source in table.tensors}
-            model(batches.fetch(index), [task], None, keep)
-            self.store(task, split, index, keep)
-        model.train(was_training)
+        with evaluating(model):
+            for index in missing.split(batches.batch_size):
+                keep = {source: [] for source in table.sources}
+                model(batches.fetch(index), [task], None, keep)
+                self.store(task, split, index, keep)
 
     def summary(self) -> dict[str, Any]:
         """What the run's manifest and tracking record about the cache."""

@@ -11,8 +11,8 @@ dots, which module keys may not, and slots make weight files independent of what
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,6 +89,7 @@ class MultiTaskModel(nn.Module):
         self.heads = nn.ModuleDict()
         self.plan = TrainingPlan()
         self._frozen: set[str] | None = None  # derived from the plan; see _frozen_tasks
+        self._planned_only = False  # only the planned parts are in training mode; see train_mode
 
     # -- structure -------------------------------------------------------------------------
 
@@ -113,6 +114,7 @@ class MultiTaskModel(nn.Module):
             shortcut = self.connection.build_shortcut(boundaries, self.connection_options)
         self.tasks[name] = TaskSlot(name, slot, list(sources), head, num_outputs)
         self._frozen = None
+        self._planned_only = False
         self.columns[slot] = column
         self.connections[slot] = TaskConnections(stages, shortcut)
         self.heads[slot] = build_head(head, column.out_features, num_outputs)
@@ -127,6 +129,7 @@ class MultiTaskModel(nn.Module):
         whose features change: those that read it, and those that read one of them."""
         removed = self.tasks.pop(name)
         self._frozen = None
+        self._planned_only = False
         for part in (self.columns, self.connections, self.heads):
             del part[removed.slot]
         affected: set[str] = set()
@@ -182,6 +185,7 @@ class MultiTaskModel(nn.Module):
         """Freeze everything except the parts the plan trains (frozen parts: no grad, eval mode)."""
         self.plan = plan
         self._frozen = None
+        self._planned_only = False
         for name in self.tasks:
             for part, trained in self._planned_parts():
                 self.part(name, part).requires_grad_(name in trained)
@@ -190,12 +194,31 @@ class MultiTaskModel(nn.Module):
         plan = self.plan
         return [("column", plan.columns), ("connections", plan.connections), ("head", plan.heads)]
 
+    def train(self, mode: bool = True) -> MultiTaskModel:
+        self._planned_only = False
+        return super().train(mode)
+
     def train_mode(self) -> None:
-        """Training mode for the planned parts only: frozen BatchNorm statistics never move."""
-        self.eval()
-        for part, trained in self._planned_parts():
-            for name in trained:
-                self.part(name, part).train()
+        """Training mode for the planned parts only: frozen BatchNorm statistics never move.
+
+        Walking every module of a model with many columns costs milliseconds, and training
+        switches modes around every validation: once the frozen parts are in eval mode, later
+        calls touch only the planned parts."""
+        if not self._planned_only:
+            self.eval()
+        for module in self._planned_modules():
+            module.train()
+        self._planned_only = True
+
+    def _planned_modules(self) -> list[nn.Module]:
+        return [
+            self.part(name, part) for part, trained in self._planned_parts() for name in trained
+        ]
+
+    def training_modules(self) -> list[nn.Module]:
+        """The modules an evaluation must switch to eval mode (and back): after `train_mode`
+        only the planned parts, otherwise the whole model."""
+        return self._planned_modules() if self._planned_only else [self]
 
     def param_groups(self, connection_lr_mult: float | None = None) -> list[ParamGroup]:
         """Trainable parameters grouped by learning-rate multiplier and weight decay;
@@ -291,3 +314,19 @@ class MultiTaskModel(nn.Module):
                 for c in self.connection_modules(name)
             ]
         return out
+
+
+@contextmanager
+def evaluating(model: nn.Module) -> Iterator[None]:
+    """Eval mode for the duration, then every switched module back to its own mode (a model
+    training only some parts comes back exactly so)."""
+    switch = getattr(model, "training_modules", None)
+    modules = switch() if switch is not None else [model]
+    modes = [m.training for m in modules]
+    for module in modules:
+        module.eval()
+    try:
+        yield
+    finally:
+        for module, mode in zip(modules, modes, strict=True):
+            module.train(mode)

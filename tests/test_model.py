@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dmtcore.model import MultiTaskModel, TrainingPlan
+from dmtcore.model import MultiTaskModel, TrainingPlan, evaluating
 from dmtcore.names import InputSpec
 from dmtcore.taskspec import HeadSpec
 
@@ -64,6 +64,26 @@ def test_training_plan_freezes_old_tasks(host) -> None:
     outputs = model(torch.rand(8, 1, 8, 8))
     assert outputs["t0"].grad_fn is None and outputs["t2"].grad_fn is not None
     assert torch.equal(stats, model.part("t0", "column").stages[0][2].running_mean)
+
+
+def test_evaluating_restores_each_module_mode(host) -> None:
+    """Validation inside training flips only the trained parts and puts them back; a model
+    put wholly in training mode comes back wholly in training mode."""
+    model = model_with(host, "ttc", 3)
+    model.configure_training(TrainingPlan(frozenset({"t2"}), frozenset({"t2"}), frozenset({"t2"})))
+    model.train_mode()
+    before = {name: m.training for name, m in model.named_modules()}
+    with evaluating(model):
+        assert not any(m.training for m in model.modules())
+    assert {name: m.training for name, m in model.named_modules()} == before
+    model.train_mode()  # a second call changes nothing
+    assert {name: m.training for name, m in model.named_modules()} == before
+    model.train()
+    with evaluating(model):
+        assert not any(m.training for m in model.modules())
+    assert all(m.training for m in model.modules())
+    model.train_mode()  # after a whole-model switch, the frozen parts go back to eval mode
+    assert {name: m.training for name, m in model.named_modules()} == before
 
 
 def test_remove_task_reports_downstream_tasks(host) -> None:
