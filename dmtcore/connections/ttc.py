@@ -46,11 +46,9 @@ class TaskTransferConnection(TransferConnection):
         out = features[self.own]
         others = [h for i, h in enumerate(features) if i != self.own]
         if others:
-            # one weighted sum over the stacked sources, not a multiply and an add per source:
-            # on small feature maps the per-operation cost dominates (and doubles in backward)
-            stacked = torch.stack(others)
-            alphas = torch.sigmoid(self.beta).to(stacked.dtype)
-            out = out + torch.tensordot(alphas, stacked, dims=1)
+            alphas = torch.sigmoid(self.beta)
+            for alpha, h in zip(alphas, others, strict=True):
+                out = out + alpha * h
         return self.norm(out)
 
     def drop_source(self, position: int) -> None:
