@@ -60,6 +60,10 @@ class HardSharingModel(nn.Module):
     def train_mode(self) -> None:
         self.train()
 
+    def compile_planned(self) -> None:
+        for module in [*self.trunk.stages, *self.heads]:
+            module.compile()
+
     def trained_state(self) -> dict[str, torch.Tensor]:
         return {k: v.detach().clone() for k, v in self.state_dict().items()}
 

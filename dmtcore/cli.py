@@ -170,6 +170,13 @@ def train_options(default_epochs: int) -> Callable[[Callable[..., Any]], Callabl
             help="Run convolutions in NHWC layout while training (no faster on CPUs; try it on GPUs).",
         ),
         click.option(
+            "--compile/--no-compile",
+            "compile_",
+            default=False,
+            show_default=True,
+            help="torch.compile the trained parts (costs about a minute up front on a CPU).",
+        ),
+        click.option(
             "--workers",
             type=int,
             default=0,
@@ -725,6 +732,7 @@ def _split_options(options: dict[str, Any]) -> tuple[Any, dict[str, Any], tuple[
         cache_dtype=options["cache_dtype"],
         workers=options["workers"],
         channels_last=options["channels_last"],
+        compile=options["compile_"],
     )
     data = {"data_dir": options["data_dir"], "download": options["download"]}
     return settings, data, (options["tracking_uri"], options["no_tracking"], options["no_register"])

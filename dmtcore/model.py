@@ -236,6 +236,25 @@ class MultiTaskModel(nn.Module):
                     groups.append(group)
         return [g for g in groups if g.params]
 
+    def compile_planned(self) -> None:
+        """torch.compile, in place, every module that trains and is called on its own (column
+        stages, connections, head), so weight names stay as they are. Frozen columns stay
+        eager: with the feature cache they run once per sample, and compiling costs more."""
+        for name in self.plan.tasks():
+            slot = self.tasks[name].slot
+            modules: list[nn.Module] = []
+            if name in self.plan.columns:
+                modules.extend(self.columns[slot].stages)
+            if name in self.plan.connections:
+                connections = self.connections[slot]
+                modules.extend(connections.stages)
+                if connections.shortcut is not None:
+                    modules.append(connections.shortcut)
+            if name in self.plan.heads:
+                modules.append(self.heads[slot])
+            for module in modules:
+                module.compile()
+
     def trained_state(self) -> dict[tuple[str, str], dict[str, torch.Tensor]]:
         """Copies of the planned parts' weights and BatchNorm statistics (best-epoch snapshot)."""
         return {

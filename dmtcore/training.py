@@ -11,6 +11,8 @@ each rank trains on its share of the data through DistributedDataParallel.
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -58,6 +60,9 @@ class TrainSettings:
     # NHWC convolutions: 14-17% faster for a lone dmt-cnn column on CPU, but no faster for a
     # whole add-task there (slower with the feature cache), so off unless asked for.
     channels_last: bool = False
+    # torch.compile of the trained parts: on a CPU the first epoch pays about a minute of
+    # compilation, which short runs never win back (see README, Performance), so off.
+    compile: bool = False
     workers: int = 0  # background processes decoding samples (for image files)
 
     def __post_init__(self) -> None:
@@ -147,6 +152,7 @@ class Trainable(Protocol):
     ) -> dict[str, torch.Tensor]: ...
     def frozen_sources(self, names: list[str]) -> list[str]: ...
     def param_groups(self, connection_lr_mult: float | None = None) -> list[Any]: ...
+    def compile_planned(self) -> None: ...
     def train_mode(self) -> None: ...
     def eval(self) -> Any: ...
     def train(self, mode: bool = True) -> Any: ...
@@ -166,6 +172,8 @@ def fit(
     """Train the model's planned parts on `targets`, validating after every epoch (or every
     `settings.eval_every` steps); the best validation point is restored at the end."""
     device = targets[0].train.device
+    if settings.compile:
+        check_compiler(device)
     splits = {(t.spec.name, s): getattr(t, s) for t in targets for s in ("train", "val")}
     cache = FeatureCache.plan(
         model,
@@ -178,6 +186,9 @@ def fit(
     )
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
+    if settings.compile:
+        notify("torch.compile: the first steps compile the trained parts (a minute or more)")
+        model.compile_planned()
     try:
         result = _fit(model, targets, settings, on_epoch, world, device, cache)
     finally:
@@ -284,6 +295,17 @@ def _fit(
     model.eval()
     crash_point("fitted")
     return FitResult(best[0], best[1], reports)
+
+
+def check_compiler(device: torch.device) -> None:
+    """torch.compile on a CPU generates C++: without a compiler it would fail mid-epoch."""
+    if device.type == "cpu" and not any(
+        shutil.which(c) for c in (os.environ.get("CXX", ""), "g++", "c++", "clang++") if c
+    ):
+        raise InvalidValueError(
+            "--compile on the CPU needs a C++ compiler (g++ or clang++ on PATH, or CXX=...); "
+            "install one, or train without --compile"
+        )
 
 
 def _check_finite(task: str, value: float, epoch: int, settings: TrainSettings) -> None:

@@ -97,6 +97,15 @@ def test_cli_latency_quick(tmp_path: Path) -> None:
     assert rows["dmt predict (1 image)"]["imports_torch"] is True
 
 
+@pytest.mark.slow
+def test_speed_options_quick(tmp_path: Path) -> None:
+    stdout, data = run_benchmark("speed_options.py", tmp_path)
+    variants = ["channels-last", "compile-cold", "compile-warm"]
+    assert [r["variant"] for r in data["rows"]] == variants and "catches up" in stdout
+    assert all(positive(r["whole"]) and positive(r["later_epochs"]) for r in data["rows"])
+    assert all(len(data["runs"][v]) == 1 for v in ["default", *variants])
+
+
 def test_benchmark_cuda_without_gpu_fails_clearly(tmp_path: Path) -> None:
     import torch
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from dmtcore.data import EpochSampler
 from dmtcore.errors import InvalidValueError
 from dmtcore.store import Store
 
-from conftest import toy_plugin
+from conftest import fingerprint, toy_plugin
 
 
 def test_balanced_sampling_draws_the_minority_class_as_often() -> None:
@@ -82,3 +83,49 @@ def test_channels_last_training_keeps_old_tasks_and_stores_plain_weights(
     assert [t["weights"] for t in after["tasks"][:2]] == [t["weights"] for t in before["tasks"]]
     assert after["tasks"][2]["metrics"]["balanced_accuracy"] > 0.8
     run_cli("verify", "--store", store_copy)
+
+
+@pytest.mark.slow
+def test_compile_trains_the_same_task_and_stores_plain_weights(
+    store_copy: Path, tmp_path: Path, run_cli
+) -> None:
+    """torch.compile (inductor, C++ on the CPU) changes how the step runs, not what is learned
+    or written: same weight names, old tasks untouched, metrics close to the eager run's."""
+    from safetensors import safe_open
+
+    eager = tmp_path / "eager"
+    shutil.copytree(store_copy, eager)
+    before = Store.open(store_copy).manifest()
+    args = ["digits.prime", "--no-tracking", "--epochs", "2"]
+    run_cli("add-task", *args, "--store", eager)
+    run_cli("add-task", *args, "--store", store_copy, "--compile")
+    compiled, plain = Store.open(store_copy).manifest(), Store.open(eager).manifest()
+    assert compiled["operation"]["settings"]["compile"] is True
+    assert [t["weights"] for t in compiled["tasks"][:2]] == [t["weights"] for t in before["tasks"]]
+
+    def keys(store: Path, manifest: dict) -> dict[str, list[str]]:
+        names = {}
+        for part, ref in manifest["tasks"][2]["weights"].items():
+            with safe_open(store / "blobs" / f"{ref['sha256']}.safetensors", "pt") as f:
+                names[part] = sorted(f.keys())
+        return names
+
+    assert keys(store_copy, compiled) == keys(eager, plain)
+    ours, theirs = compiled["tasks"][2]["metrics"], plain["tasks"][2]["metrics"]
+    assert ours["balanced_accuracy"] > 0.8
+    assert ours["balanced_accuracy"] == pytest.approx(theirs["balanced_accuracy"], abs=0.05)
+    run_cli("verify", "--store", store_copy)
+
+
+def test_compile_without_a_compiler_says_so_and_leaves_the_store(
+    store_copy: Path, run_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dmtcore.training
+
+    monkeypatch.setattr(dmtcore.training.shutil, "which", lambda name: None)
+    before = fingerprint(store_copy)
+    result = run_cli(
+        "add-task", "digits.prime", "--store", store_copy, "--no-tracking", "--compile", expect=11
+    )
+    assert "--compile on the CPU needs a C++ compiler" in result.stderr
+    assert fingerprint(store_copy) == before
