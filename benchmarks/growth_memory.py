@@ -18,7 +18,7 @@ Target: ≤ 1.5. The three children of a round run one after another in an order
 round; medians over rounds.
 
     python benchmarks/growth_memory.py [--quick] [--datasets digits shapes] [--epochs 2]
-        [--rounds 3] [--samples 0] [--device cpu|cuda] [--threads 1]
+        [--rounds 2] [--samples 0] [--device cpu|cuda] [--threads 1]
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ def main() -> None:
     p = common.parser(__doc__.splitlines()[0], "growth_memory")
     p.add_argument("--datasets", nargs="+", default=["digits", "shapes"], choices=common.GROWTH)
     p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--samples", type=int, default=0, help="training images per task; 0: all")
     p.add_argument("--k", type=int, default=K, help="frozen columns")
     args = p.parse_args()

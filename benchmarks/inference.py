@@ -13,7 +13,7 @@ For k = 1, 2, 4, 6 (the first k tasks in store order) both ways run over the sam
 second over all k tasks (a full pass over the images, every task's logits), medians over
 rounds, and the ratio shared ÷ separate throughput of each round's pair.
 
-    python benchmarks/inference.py [--quick] [--ks 1 2 4 6] [--images 8192] [--rounds 5]
+    python benchmarks/inference.py [--quick] [--ks 1 2 4 6] [--images 8192] [--rounds 3]
         [--device cpu|cuda] [--threads 1]
 """
 
@@ -68,7 +68,7 @@ def main() -> None:
     p = common.parser(__doc__.splitlines()[0], "inference")
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 6])
     p.add_argument("--images", type=int, default=8192)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     if args.quick:
         args.ks, args.images, args.rounds = [1, 2], 512, 1
