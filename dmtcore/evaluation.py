@@ -37,11 +37,9 @@ def evaluate(
     outputs, labels = [], []
     with evaluating(model), torch.inference_mode(), autocast(batches.device, precision):
         for images, batch_labels, index in batches.indexed():
-            given, keep = cache.lookup(spec.name, "val", index) if cache else (None, None)
-            outputs.append(model(images, [spec.name], given, keep)[spec.name].float().cpu())
+            given = cache.lookup(spec.name, "val", index) if cache else None
+            outputs.append(model(images, [spec.name], given)[spec.name].float().cpu())
             labels.append(batch_labels.cpu())
-            if keep:
-                cache.store(spec.name, "val", index, keep)
     return compute_metrics(list(spec.metrics), torch.cat(outputs), torch.cat(labels))
 
 

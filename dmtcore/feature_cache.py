@@ -2,9 +2,9 @@
 
 While a new task trains, every frozen column it reads gives the same stage outputs for the same
 image in every epoch: its weights are fixed and it runs in eval mode. When the inputs are
-deterministic too (no random augmentation), the first epoch stores those outputs and later
-epochs read them back instead of running k frozen columns, so an epoch costs about what
-training the new column alone costs (issue 5, benchmarks/growth_cost.py).
+deterministic too (no random augmentation), one pass before the first epoch stores those
+outputs and every epoch reads them back instead of running k frozen columns, so an epoch costs
+about what training the new column alone costs (issue 5, benchmarks/growth_cost.py).
 
 Features are stored compactly (float16 by default) in memory within a budget; past the budget,
 `auto` spills them to a memory-mapped file in a temporary directory (the page cache keeps the
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,13 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
 
+from dmtcore import interrupts
 from dmtcore.errors import InvalidValueError
 from dmtcore.model import evaluating
 
 CACHE_MODES = ("auto", "memory", "disk", "off")
 CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-DISK_HEADROOM = 1.2  # spill only when the disk has this much more free space than needed
+DISK_HEADROOM = 1.2
+FILL_BATCH = 256  # images per forward pass while filling the cache  # spill only when the disk has this much more free space than needed
 
 
 def check_cache_settings(mode: str, budget_mb: float, dtype: str) -> None:
@@ -166,48 +170,54 @@ class FeatureCache:
 
     def lookup(
         self, task: str, split: str, index: torch.Tensor
-    ) -> tuple[dict[str, list[torch.Tensor]] | None, dict[str, list[torch.Tensor]] | None]:
-        """(given, keep) for `model(x, [task], given=..., keep=...)`: the cached features when
-        every sample of the batch has them, else lists for the forward pass to fill."""
+    ) -> dict[str, list[torch.Tensor]] | None:
+        """`given` for `model(x, [task], given=...)`: the frozen sources' cached stage outputs
+        for the batch, or None (compute them) where the batch has a sample `fill` never saw."""
         table = self.tables.get((task, split))
         if table is None:
-            return None, None
-        if bool(table.filled[index].all()):
-            self.hits += 1
-            at = index.to(table.stages[0].device)
-            gathered = [
-                t[at].to(self.device, torch.float32, non_blocking=True) for t in table.stages
-            ]
-            return {
-                source: [g[:, position] for g in gathered]
-                for position, source in enumerate(table.sources)
-            }, None
-        self.misses += 1
-        return None, {source: [] for source in table.sources}
+            return None
+        if not bool(table.filled[index].all()):
+            self.misses += 1
+            return None
+        self.hits += 1
+        at = index.to(table.stages[0].device)
+        gathered = [t[at].to(self.device, torch.float32, non_blocking=True) for t in table.stages]
+        return {
+            source: [g[:, position] for g in gathered]
+            for position, source in enumerate(table.sources)
+        }
 
     @torch.no_grad()
-    def store(
-        self, task: str, split: str, index: torch.Tensor, kept: dict[str, list[torch.Tensor]]
-    ) -> None:
-        table = self.tables[(task, split)]
-        for stage, target in enumerate(table.stages):
-            features = torch.stack([kept[source][stage] for source in table.sources], dim=1)
-            target[index.to(target.device)] = features.to(target.device, target.dtype)
-        table.filled[index] = True
-
-    @torch.no_grad()
-    def complete(self, model: Any, task: str, split: str, batches: Any) -> None:
-        """Compute the samples no batch has covered yet (training drops a last partial batch
-        every epoch), so that every later batch is a hit."""
+    def fill(self, model: Any, task: str, split: str, batches: Any, progress: bool = True) -> None:
+        """Run the frozen columns once over the whole split, before training, and store their
+        stage outputs; every batch of every epoch then reads them. Without autograd the
+        batches can be larger than training's, which helps a GPU (on a CPU it costs the same
+        as computing them inside the first epoch: benchmarks/growth_cost.py)."""
         table = self.tables.get((task, split))
         if table is None:
             return
         missing = (~table.filled).nonzero().view(-1)
-        with evaluating(model):
-            for index in missing.split(batches.batch_size):
-                keep = {source: [] for source in table.sources}
-                model(batches.fetch(index), [task], None, keep)
-                self.store(task, split, index, keep)
+        size = max(batches.batch_size, FILL_BATCH)
+        with (
+            evaluating(model),
+            tqdm(
+                total=len(missing),
+                desc=f"feature cache {task} {split}",
+                unit="img",
+                leave=False,
+                disable=None if progress else True,
+                file=sys.stderr,
+            ) as bar,
+        ):
+            for index in missing.split(size):
+                kept: dict[str, list[torch.Tensor]] = {source: [] for source in table.sources}
+                model(batches.fetch(index), [task], None, kept)
+                for stage, target in enumerate(table.stages):
+                    features = torch.stack([kept[s][stage] for s in table.sources], dim=1)
+                    target[index.to(target.device)] = features.to(target.device, target.dtype)
+                table.filled[index] = True
+                bar.update(len(index))
+                interrupts.check()
 
     def summary(self) -> dict[str, Any]:
         """What the run's manifest and tracking record about the cache."""

@@ -228,6 +228,11 @@ def _fit(
     totals: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(names, 0)
     started = time.perf_counter()
+    if cache is not None:  # the frozen columns' one pass, counted in epoch 1's time
+        for target in targets:
+            for split in ("train", "val"):
+                batches = getattr(target, split)
+                cache.fill(model, target.spec.name, split, batches, progress=world.is_main)
 
     def validate(epoch: int) -> None:
         nonlocal best_score, best_state, best, totals, counts, started
@@ -262,12 +267,10 @@ def _fit(
         )
         for target, images, labels, index in _turns(targets):
             name = target.spec.name
-            given, keep = cache.lookup(name, "train", index) if cache else (None, None)
+            given = cache.lookup(name, "train", index) if cache else None
             with autocast(device, settings.precision):
-                logits = step_model(images, [name], given, keep)[name]
+                logits = step_model(images, [name], given)[name]
                 loss = losses[name](logits.float(), labels)
-            if keep:
-                cache.store(name, "train", index, keep)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -282,10 +285,6 @@ def _fit(
                 validate(epoch)
             bar.update()
         bar.close()
-        if cache is not None and epoch == 1:
-            for target in targets:
-                cache.complete(model, target.spec.name, "train", target.train)
-            model.train_mode()
         if not settings.eval_every:
             validate(epoch)
     if best_state is None:  # eval_every larger than the whole run: validate once at the end
