@@ -29,11 +29,14 @@ k = 8 (issue 5): whole ≤ 1.5×, each epoch after the first ≤ 1.15×, with th
 
 The frozen columns are trained for one epoch each (their accuracy does not matter for timing).
 By default every task trains on the first 512 images of its training split (validating on the
-first 256 of its validation split) so that both datasets fit in about 3 minutes on 2 CPU cores;
-`--samples 0` uses the whole splits. Shapes are drawn at 3×8×8.
+first 256 of its validation split) so that both datasets fit in about 4 minutes on 2 CPU cores;
+`--samples 0` uses the whole splits. Shapes are drawn at 3×8×8; `--input 3x32x32` grows stores
+of another size (digits are resized to it), where convolutions, not per-operation overhead,
+take most of a step.
 
     python benchmarks/growth_cost.py [--quick] [--datasets digits shapes] [--ks 1 2 4 8]
-        [--epochs 10] [--rounds 1] [--samples 512] [--device cpu|cuda] [--threads 1]
+        [--epochs 10] [--rounds 1] [--samples 512] [--input CxHxW] [--device cpu|cuda]
+        [--threads 1]
 """
 
 from __future__ import annotations
@@ -48,6 +51,8 @@ from pathlib import Path
 from typing import Any
 
 import _common as common
+
+from dmtcore.names import InputSpec
 
 PATHS = ("naive", "off", "cache")
 THEORY = {
@@ -138,6 +143,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=1, help="rows of interleaved runs per k")
     p.add_argument("--samples", type=int, default=512, help="training images per task; 0: all")
     p.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS)
+    p.add_argument("--input", help="the stores' input size CxHxW instead of each dataset's own")
     args = p.parse_args()
     if args.quick:
         args.datasets, args.ks, args.epochs, args.rounds, args.samples = (
@@ -165,6 +171,8 @@ def main() -> None:
         folder = Path(name)
         for dataset in args.datasets:
             growth = common.GROWTH[dataset]
+            if args.input:
+                growth = replace(growth, input_spec=InputSpec.parse(args.input))
             stores = common.grow_stores(
                 folder,
                 growth,
@@ -241,6 +249,7 @@ def main() -> None:
     title = (
         f"add-task time with k frozen columns ÷ the same column trained alone (connection none); "
         f"{args.epochs} epochs, {args.samples or 'all'} training images per task, "
+        f"input {args.input or 'digits 1x8x8, shapes 3x8x8'}, "
         f"median of {args.rounds} interleaved round(s), {args.device}, {args.threads} thread(s)"
     )
     text = f"{title}\n{common.table(headers, text_rows)}"
