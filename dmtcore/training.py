@@ -57,8 +57,8 @@ class TrainSettings:
     feature_cache: str = "auto"  # auto, memory, disk or off: see dmtcore.feature_cache
     cache_budget_mb: float = 2048
     cache_dtype: str = "float16"
-    # NHWC convolutions: 14-17% faster for a lone dmt-cnn column on CPU, but no faster for a
-    # whole add-task there (slower with the feature cache), so off unless asked for.
+    # NHWC convolutions: no faster for add-task on a CPU (benchmarks/speed_options.py), so off
+    # unless asked for; GPUs with tensor cores may gain.
     channels_last: bool = False
     # torch.compile of the trained parts: on a CPU the first epoch pays about a minute of
     # compilation, which short runs never win back (see README, Performance), so off.
