@@ -174,6 +174,12 @@ def fit(
     device = targets[0].train.device
     if settings.compile:
         check_compiler(device)
+    if settings.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
+        notify(
+            "warning: --precision bf16 on a CPU without bfloat16 instructions "
+            f"({torch.backends.cpu.get_cpu_capability()}) is emulated and far slower than fp32 "
+            "(30x for resnet18 on an AVX2 CPU); it is meant for GPUs"
+        )
     splits = {(t.spec.name, s): getattr(t, s) for t in targets for s in ("train", "val")}
     cache = FeatureCache.plan(
         model,
@@ -294,6 +300,12 @@ def _fit(
     model.eval()
     crash_point("fitted")
     return FitResult(best[0], best[1], reports)
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), as oneDNN reports."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check()) if check is not None else False
 
 
 def check_compiler(device: torch.device) -> None:

@@ -68,9 +68,13 @@ def test_bf16_autocast_trains_on_cpu(tmp_path: Path, run_cli) -> None:
     store = tmp_path / "s"
     args = ["--store", store, "--no-tracking", "--epochs", "2", "--precision", "bf16"]
     run_cli("add-task", "digits.class", *args)
-    run_cli("add-task", "digits.even", *args)
+    result = run_cli("add-task", "digits.even", *args)
     manifest = Store.open(store).manifest()
     assert manifest["operation"]["settings"]["precision"] == "bf16"
+    from dmtcore.training import cpu_has_bf16
+
+    warned = "warning: --precision bf16 on a CPU without bfloat16 instructions" in result.stderr
+    assert warned is not cpu_has_bf16()
     assert manifest["tasks"][1]["metrics"]["balanced_accuracy"] > 0.8
 
 
