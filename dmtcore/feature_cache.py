@@ -212,7 +212,7 @@ class FeatureCache:
         ):
             for index in missing.split(self._fill_batch_size(table, batches.batch_size)):
                 kept: dict[str, list[torch.Tensor]] = {source: [] for source in table.sources}
-                model(batches.fetch(index), [task], None, kept)
+                model(batches.fetch(index), table.sources, None, kept)  # not `task` itself
                 for stage, target in enumerate(table.stages):
                     features = torch.stack([kept[s][stage] for s in table.sources], dim=1)
                     target[index.to(target.device)] = features.to(target.device, target.dtype)

@@ -60,8 +60,8 @@ class TrainSettings:
     # NHWC convolutions: no faster for add-task on a CPU (benchmarks/speed_options.py), so off
     # unless asked for; GPUs with tensor cores may gain.
     channels_last: bool = False
-    # torch.compile of the trained parts: on a CPU the first epoch pays about a minute of
-    # compilation, which short runs never win back (see README, Performance), so off.
+    # torch.compile of the trained parts: on a CPU the first epoch pays over a minute of
+    # compilation and later epochs run no faster (benchmarks/speed_options.py), so off.
     compile: bool = False
     workers: int = 0  # background processes decoding samples (for image files)
 
