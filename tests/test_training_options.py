@@ -101,8 +101,12 @@ def test_compile_trains_the_same_task_and_stores_plain_weights(
     shutil.copytree(store_copy, eager)
     before = Store.open(store_copy).manifest()
     args = ["digits.prime", "--no-tracking", "--epochs", "2"]
+    from torch._dynamo.utils import counters
+
     run_cli("add-task", *args, "--store", eager)
+    graphs = counters["stats"]["unique_graphs"]
     run_cli("add-task", *args, "--store", store_copy, "--compile")
+    assert counters["stats"]["unique_graphs"] > graphs, "nothing was compiled"
     compiled, plain = Store.open(store_copy).manifest(), Store.open(eager).manifest()
     assert compiled["operation"]["settings"]["compile"] is True
     assert [t["weights"] for t in compiled["tasks"][:2]] == [t["weights"] for t in before["tasks"]]
