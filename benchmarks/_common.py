@@ -22,6 +22,8 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -302,6 +304,27 @@ def grow_stores(
             shutil.copytree(work, stores[k])
     shutil.rmtree(work)
     return stores
+
+
+def run_child(script: str, config: dict[str, Any], env: dict[str, str] | None = None) -> Any:
+    """Run `script --child CONFIG` in a fresh process (a measured run that must not share this
+    one's memory peak, caches or compiled code) and return the JSON its last line printed."""
+    result = subprocess.run(
+        [sys.executable, script, "--child", json.dumps(config)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    if result.returncode != 0:
+        raise SystemExit(f"child failed ({config}): {result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def child_config() -> dict[str, Any] | None:
+    """The config when this process is a `run_child` child, else None."""
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        return json.loads(sys.argv[2])
+    return None
 
 
 def fresh_copy(store: Path, folder: Path, label: str) -> Path:

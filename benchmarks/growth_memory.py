@@ -26,8 +26,6 @@ from __future__ import annotations
 import gc
 import json
 import resource
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -101,17 +99,13 @@ def child(config: dict[str, Any]) -> None:
 
 
 def measure(config: dict[str, Any]) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, __file__, "--child", json.dumps(config)], capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"child failed ({config['mode']}): {result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return common.run_child(__file__, config)
 
 
 def main() -> None:
-    if len(sys.argv) == 3 and sys.argv[1] == "--child":
-        child(json.loads(sys.argv[2]))
+    config = common.child_config()
+    if config is not None:
+        child(config)
         return
     p = common.parser(__doc__.splitlines()[0], "growth_memory")
     p.add_argument("--datasets", nargs="+", default=["digits", "shapes"], choices=common.GROWTH)

@@ -28,9 +28,6 @@ import argparse
 import functools
 import json
 import math
-import os
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,39 +38,40 @@ import _common as common
 VARIANTS = ("default", "channels-last", "compile-cold", "compile-warm")
 
 
-def child(args: Any) -> None:
+def child(config: dict[str, Any]) -> None:
     """One add-task in this process; prints its timings as one JSON line."""
-    device = common.setup(args)
+    device = common.setup(argparse.Namespace(**config))
     from dmtcore.operations import add_task
     from dmtcore.training import TrainSettings
 
     host = common.plugin_host()
     recorder = common.EpochRecorder()
     host.register(recorder, "benchmark-epochs")
+    variant = config["variant"]
     settings = TrainSettings(
-        epochs=args.epochs,
+        epochs=config["epochs"],
         seed=0,
-        channels_last=args.child == "channels-last",
-        compile=args.child.startswith("compile"),
+        channels_last=variant == "channels-last",
+        compile=variant.startswith("compile"),
         **device,
     )
     started = time.perf_counter()
-    add_task(args.store, common.GROWTH[args.dataset].new, host, settings, notify=common.quiet)
+    add_task(Path(config["store"]), config["task"], host, settings, notify=common.quiet)
     seconds = time.perf_counter() - started
     reports, cpu = recorder.take()
     print(json.dumps({"seconds": seconds, "epochs": [r.seconds for r in reports], "cpu": cpu}))
 
 
 def measure(args: Any, variant: str, store: Path, folder: Path, cache_dir: Path) -> dict:
-    copy = common.fresh_copy(store, folder, variant)
-    command = [sys.executable, __file__, "--child", variant, "--store", str(copy)]
-    command += ["--dataset", args.dataset, "--epochs", str(args.epochs)]
-    command += ["--device", args.device, "--threads", str(args.threads)]
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache_dir)}
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{variant} run failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    config = {
+        "variant": variant,
+        "store": str(common.fresh_copy(store, folder, variant)),
+        "task": common.GROWTH[args.dataset].new,
+        "epochs": args.epochs,
+        "device": args.device,
+        "threads": args.threads,
+    }
+    return common.run_child(__file__, config, {"TORCHINDUCTOR_CACHE_DIR": str(cache_dir)})
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -98,6 +96,10 @@ def summary(run: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
 
 
 def main() -> None:
+    config = common.child_config()
+    if config is not None:
+        child(config)
+        return
     p = common.parser(__doc__.splitlines()[0], "speed_options")
     p.add_argument("--dataset", default="digits", choices=common.GROWTH)
     p.add_argument("--k", type=int, default=2, help="frozen columns in the store")
@@ -105,11 +107,7 @@ def main() -> None:
     p.add_argument(
         "--rounds", type=int, default=2, help="runs of each variant (compile-cold runs once)"
     )
-    p.add_argument("--child", choices=VARIANTS, help=argparse.SUPPRESS)
-    p.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.child:
-        return child(args)
     if args.quick:
         args.k, args.epochs, args.rounds = 1, 2, 1
     device = common.setup(args)
