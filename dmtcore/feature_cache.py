@@ -53,14 +53,15 @@ def check_cache_settings(mode: str, budget_mb: float, dtype: str) -> None:
 @dataclass
 class _Table:
     """The cached features of one split of one trained task: per stage boundary, one tensor of
-    N samples × its frozen sources (in `sources` order) × the stage's feature shape, and which
-    samples are filled. Sources share a tensor so that a batch costs one gather and one
-    conversion per stage, however many frozen columns it reads: on small inputs, per-tensor
-    work, not bytes, is what a cached epoch spends its time on."""
+    N samples × its frozen sources (in `sources` order) × the stage's feature shape, and whether
+    `fill` has run over the whole split (it always does before training starts). Sources share
+    a tensor so that a batch costs one gather and one conversion per stage, however many frozen
+    columns it reads: on small inputs, per-tensor work, not bytes, is what a cached epoch spends
+    its time on."""
 
     sources: list[str]
     stages: list[torch.Tensor]
-    filled: torch.Tensor  # bool, on the CPU so that checking it never syncs a GPU
+    filled: bool = False
 
 
 class FeatureCache:
@@ -159,7 +160,7 @@ class FeatureCache:
                 _allocate((n, len(tasks), *shape), CACHE_DTYPES[dtype], storage_device, directory)
                 for shape in stage_shapes
             ]
-            tables[key] = _Table(tasks, stages, torch.zeros(n, dtype=torch.bool))
+            tables[key] = _Table(tasks, stages)
         cache = cls(tables, location, nbytes, dtype, device, directory)
         count = len(shapes)
         notify(
@@ -172,11 +173,11 @@ class FeatureCache:
         self, task: str, split: str, index: torch.Tensor
     ) -> dict[str, list[torch.Tensor]] | None:
         """`given` for `model(x, [task], given=...)`: the frozen sources' cached stage outputs
-        for the batch, or None (compute them) where the batch has a sample `fill` never saw."""
+        for the batch, or None (compute them) before `fill` has completed the split."""
         table = self.tables.get((task, split))
         if table is None:
             return None
-        if not bool(table.filled[index].all()):
+        if not table.filled:
             self.misses += 1
             return None
         self.hits += 1
@@ -196,13 +197,13 @@ class FeatureCache:
         0.9 s in batches of 64, 0.7 s in batches of 256 or more), while large activations
         outgrow its caches (at 3×32×32: 9.6 s in batches of 64, 13.2 s of 256)."""
         table = self.tables.get((task, split))
-        if table is None:
+        if table is None or table.filled:
             return
-        missing = (~table.filled).nonzero().view(-1)
+        samples = torch.arange(table.stages[0].shape[0])
         with (
             evaluating(model),
             tqdm(
-                total=len(missing),
+                total=len(samples),
                 desc=f"feature cache {task} {split}",
                 unit="img",
                 leave=False,
@@ -210,15 +211,15 @@ class FeatureCache:
                 file=sys.stderr,
             ) as bar,
         ):
-            for index in missing.split(self._fill_batch_size(table, batches.batch_size)):
+            for index in samples.split(self._fill_batch_size(table, batches.batch_size)):
                 kept: dict[str, list[torch.Tensor]] = {source: [] for source in table.sources}
                 model(batches.fetch(index), table.sources, None, kept)  # not `task` itself
                 for stage, target in enumerate(table.stages):
                     features = torch.stack([kept[s][stage] for s in table.sources], dim=1)
                     target[index.to(target.device)] = features.to(target.device, target.dtype)
-                table.filled[index] = True
                 bar.update(len(index))
                 interrupts.check()
+        table.filled = True
 
     @staticmethod
     def _fill_batch_size(table: _Table, batch_size: int) -> int:
