@@ -174,7 +174,7 @@ def train_options(default_epochs: int) -> Callable[[Callable[..., Any]], Callabl
             "compile_",
             default=False,
             show_default=True,
-            help="torch.compile the trained parts (costs about a minute up front on a CPU).",
+            help="torch.compile the trained parts (on a CPU: over a minute up front, no faster).",
         ),
         click.option(
             "--workers",

@@ -174,6 +174,8 @@ def fit(
     device = targets[0].train.device
     if settings.compile:
         check_compiler(device)
+        notify("torch.compile: the first steps compile the trained parts (a minute or more)")
+        model.compile_planned()
     if settings.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
         notify(
             "warning: --precision bf16 on a CPU without bfloat16 instructions "
@@ -192,9 +194,6 @@ def fit(
     )
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
-    if settings.compile:
-        notify("torch.compile: the first steps compile the trained parts (a minute or more)")
-        model.compile_planned()
     try:
         result = _fit(model, targets, settings, on_epoch, world, device, cache)
     finally:
