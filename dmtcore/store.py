@@ -9,6 +9,9 @@
 
 A crash at any point before CURRENT is replaced leaves the previous version untouched; readers
 only ever follow CURRENT to a complete manifest whose blobs already exist, so they never block.
+A writer never follows a symbolic link inside the store: the lock is opened with O_NOFOLLOW and
+every entry of the layout must be a real file or directory before anything is written, truncated
+or deleted, so a link cannot lead a write or a clean-up into a file that is not the store's.
 This module handles bytes and JSON only (no torch), so `dmt status` stays instant.
 """
 
@@ -22,6 +25,7 @@ import json
 import os
 import re
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,16 @@ SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # migrated template database, which saves MLflow's schema migrations).
 TRACKING_FILES = {"mlflow.db"}
 SKELETON = {"versions", "blobs", "tmp", "writer.lock"}  # what an interrupted init leaves
+BLOB_FILE = re.compile(r"^[0-9a-f]{64}\.safetensors$")
+# Every entry a writer creates, replaces or deletes, and the kind it must be (never a link).
+LAYOUT = {
+    "versions": stat.S_ISDIR,
+    "blobs": stat.S_ISDIR,
+    "tmp": stat.S_ISDIR,
+    CURRENT: stat.S_ISREG,
+    "mlflow.db": stat.S_ISREG,
+    "mlartifacts": stat.S_ISDIR,
+}
 
 
 def now_iso() -> str:
@@ -182,12 +196,10 @@ class Store:
 
         The lock is an flock, so the kernel releases it when its holder dies: a stale lock from a
         killed process is simply taken over, and what that process left half-written is removed.
+        Nothing is truncated or cleaned up before the lock is held and the layout is checked.
         """
         lock_path = self.path / "writer.lock"
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise StoreError(f"cannot write to store {str(self.path)!r}: {exc.strerror}") from exc
+        fd = self._open_lock(lock_path)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -195,6 +207,7 @@ class Store:
                 raise StoreLockedError(self._describe_holder(lock_path)) from None
             holder = {"pid": os.getpid(), "command": command, "started": now_iso()}
             try:
+                check_layout(self.path)
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, json.dumps(holder).encode(), 0)
                 self.remove_unfinished_writes()
@@ -206,6 +219,30 @@ class Store:
         finally:
             os.close(fd)
 
+    def _open_lock(self, lock_path: Path) -> int:
+        """The lock file's descriptor: created if missing, never through a link, and refused
+        unless it is a plain file of this store alone (a hard link would be truncated too)."""
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+        try:
+            fd = os.open(lock_path, flags, 0o644)
+        except OSError as exc:
+            if os.path.islink(lock_path):
+                raise StoreError(_link_message(self.path, lock_path, "remove it")) from exc
+            raise StoreError(f"cannot write to store {str(self.path)!r}: {exc.strerror}") from exc
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            os.close(fd)
+            what = (
+                "is not a regular file"
+                if not stat.S_ISREG(info.st_mode)
+                else "has other hard links"
+            )
+            raise StoreError(
+                f"store {str(self.path)!r} is unsafe to write: {lock_path} {what}; dmt truncates "
+                "its lock file, so it must be the store's own: remove it and retry"
+            )
+        return fd
+
     def _describe_holder(self, lock_path: Path) -> str:
         try:
             holder = json.loads(lock_path.read_text() or "{}")
@@ -215,34 +252,40 @@ class Store:
         return f"store {str(self.path)!r} is locked by {who}; wait for it to finish"
 
     def remove_unfinished_writes(self) -> None:
-        """Delete temporary files, versions past CURRENT and blobs no version refers to."""
+        """Delete temporary files, versions past CURRENT and blobs no version refers to.
+
+        Only entries this store writes are candidates: files named like its versions and blobs,
+        inside directories that `check_layout` found to be real. Anything else is left alone.
+        """
+        check_layout(self.path)
         shutil.rmtree(self.path / "tmp", ignore_errors=True)
         (self.path / "tmp").mkdir(exist_ok=True)
         if not self.exists(self.path):
             return
         current = self.current_version()
         referenced: set[str] = set()
-        for path in (self.path / "versions").iterdir():
-            match = VERSION_FILE.match(path.name)
+        for entry in _plain_files(self.path / "versions"):
+            match = VERSION_FILE.match(entry.name)
             if match and int(match.group(1)) > current:
-                path.unlink()
+                os.unlink(entry.path)
             elif match:
                 try:
-                    for task in json.loads(path.read_text())["tasks"]:
+                    for task in json.loads(Path(entry.path).read_text())["tasks"]:
                         referenced.update(ref["sha256"] for ref in task["weights"].values())
-                except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
                     return  # a damaged manifest: never guess which blobs are unused
-        for path in (self.path / "blobs").iterdir():
+        for entry in _plain_files(self.path / "blobs"):
             if (
-                path.name.endswith(".safetensors")
-                and path.name.removesuffix(".safetensors") not in referenced
+                BLOB_FILE.match(entry.name)
+                and entry.name.removesuffix(".safetensors") not in referenced
             ):
-                path.unlink()
+                os.unlink(entry.path)
 
     def _write_atomically(self, target: Path, data: bytes) -> None:
         tmp = self.path / "tmp" / f"{target.name}.{os.getpid()}.part"
         try:
-            with open(tmp, "wb") as handle:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            with open(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 crash_point("file-half-written")
@@ -302,3 +345,43 @@ class Store:
                 }
             )
         return entries
+
+
+def _link_message(store: Path, entry: Path, remedy: str = "replace it with a real copy") -> str:
+    return (
+        f"store {str(store)!r} is unsafe to write: {entry} is a symbolic link (to "
+        f"{os.readlink(entry)!r}); dmt never writes or deletes through links inside a store: "
+        f"{remedy} and retry"
+    )
+
+
+def check_layout(store: Path) -> None:
+    """Refuse a store whose layout entries are links or of the wrong kind, before any write.
+
+    A link would let a write, a truncation or a clean-up of unreferenced weights reach files of
+    another store or of the user; dmt writes only into entries that are this store's own."""
+    for name, is_kind in LAYOUT.items():
+        entry = Path(store) / name
+        try:
+            mode = os.lstat(entry).st_mode
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            raise StoreError(f"cannot inspect {entry}: {exc.strerror}") from exc
+        if stat.S_ISLNK(mode):
+            raise StoreError(_link_message(Path(store), entry))
+        if not is_kind(mode):
+            kind = "directory" if is_kind is stat.S_ISDIR else "regular file"
+            raise StoreError(
+                f"store {str(store)!r} is damaged: {entry} should be a {kind}; restore it or "
+                "remove it and retry"
+            )
+
+
+def _plain_files(directory: Path) -> list[os.DirEntry[str]]:
+    """The regular files directly inside `directory`, links and sub-directories left out."""
+    try:
+        with os.scandir(directory) as entries:
+            return [e for e in entries if e.is_file(follow_symlinks=False)]
+    except OSError as exc:
+        raise StoreError(f"cannot read {directory}: {exc.strerror}") from exc
