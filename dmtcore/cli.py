@@ -768,7 +768,11 @@ def _registry_client(store: Path | None, tracking_uri: str | None) -> tuple[Any,
             "say where the registry is: --tracking-uri URI (or MLFLOW_TRACKING_URI), e.g. "
             "sqlite:///path/to/store/mlflow.db or http://host:5000"
         )
-    uri = tracking_uri or _tracking_uri(store, None)[0]
+    uri, embedded = _tracking_uri(store, tracking_uri) if store else (tracking_uri, False)
+    if embedded:
+        from dmt_registry.tracking import ensure_embedded_database
+
+        ensure_embedded_database(store, lambda message: click.echo(f"warning: {message}", err=True))
     return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
 
 
@@ -879,7 +883,7 @@ def pull(model_uri: str, store: Path, tracking_uri: str | None, as_json: bool) -
             "say which registry to pull from: --tracking-uri URI (or MLFLOW_TRACKING_URI), e.g. "
             "sqlite:///path/to/store/mlflow.db or http://host:5000"
         )
-    pulled = pull_store(model_uri, tracking_uri, store)
+    pulled = pull_store(model_uri, tracking_uri, store, _host((), False).registry)
     manifest = pulled.manifest()
     _emit(
         as_json,

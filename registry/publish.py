@@ -213,14 +213,16 @@ def resolve(client: Any, model_uri: str) -> Any:
         ) from exc
 
 
-def pull(model_uri: str, tracking_uri: str, destination: Path) -> Store:
+def pull(model_uri: str, tracking_uri: str, destination: Path, registry: Any) -> Store:
     """Rebuild a working store at `destination` from a registered version (e.g. models:/m/3 or
-    models:/m@current). Nothing is left at `destination` unless the whole store verified."""
+    models:/m@current). Nothing is left at `destination` unless the whole store verified: every
+    checksum, every manifest field, and that the model rebuilds from its weights (`registry`
+    holds the backbones and connection kinds to rebuild it with)."""
     import mlflow.artifacts
     from mlflow.tracking import MlflowClient
 
     destination = Path(destination)
-    if destination.exists() and any(destination.iterdir()):
+    if destination.is_symlink() or (destination.exists() and any(destination.iterdir())):
         raise StoreError(f"{str(destination)!r} exists and is not empty; pull into a new directory")
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     version = resolve(client, model_uri)
@@ -245,11 +247,30 @@ def pull(model_uri: str, tracking_uri: str, destination: Path) -> Store:
         snapshot = local / "artifacts" / "store"
         if not (local / "MLmodel").is_file() or not Store.exists(snapshot):
             raise StoreError(f"{model_uri!r} is not a dmt model: it has no artifacts/store inside")
-        store = Store.open(snapshot)
-        for task in store.manifest()["tasks"]:
-            for ref in task["weights"].values():
-                store.read_blob(ref["sha256"])  # verify every checksum before anything lands
+        _verify_artifact(model_uri, snapshot, registry)
         if destination.exists():
             destination.rmdir()
         shutil.move(str(snapshot), str(destination))
     return Store.open(destination)
+
+
+def _verify_artifact(model_uri: str, snapshot: Path, registry: Any) -> None:
+    """Refuse a downloaded store that `dmt verify --all` would not call sound. Messages name the
+    file inside the model's artifacts, not the temporary download that is gone by then."""
+    from dmtcore.errors import DmtError
+    from dmtcore.verify import verify_store
+
+    def inside_model(text: str) -> str:
+        return text.replace(str(snapshot), f"{model_uri} artifacts/store")
+
+    try:
+        _, problems = verify_store(snapshot, registry, every_version=True)
+    except DmtError as exc:
+        raise StoreError(f"{model_uri!r} is damaged: {inside_model(str(exc))}") from exc
+    if problems:
+        first = problems[0]
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise StoreError(
+            f"{model_uri!r} is damaged, nothing was pulled: "
+            f"{inside_model(first.file)}: {inside_model(first.message)}{more}"
+        )

@@ -8,23 +8,35 @@ request, so tracking stays off the training step itself.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
+import shutil
+import socket
+import sqlite3
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from dmtcore.errors import DmtError, TrackingError, first_line
+from dmtcore.errors import DmtError, InvalidValueError, TrackingError, first_line
 from dmtcore.hookspecs import hookimpl
 from dmtcore.runinfo import EpochReport, RunInfo, RunResult
 
 DATABASE = "mlflow.db"
+UNSAFE_IN_SQLITE_URI = "?%"
 ARTIFACTS = "mlartifacts"
+# Operations that hold the store's writer lock while their run is open.
+WRITER_OPERATIONS = ("add-task", "train", "remove-task")
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def system_info() -> dict[str, str]:
@@ -44,8 +56,112 @@ def system_info() -> dict[str, str]:
 
 
 def default_tracking_uri(store: Path) -> str:
-    """The embedded tracking store: a SQLite database inside the dmt store, never the cwd."""
-    return f"sqlite:///{(Path(store).resolve() / DATABASE)}"
+    """The embedded tracking store: a SQLite database inside the dmt store, never the cwd.
+
+    SQLAlchemy reads '?' in a SQLite URI as the start of a query and decodes '%41', and MLflow
+    creates the parent directory of the undecoded path, so neither quoting nor the raw path can
+    keep the database of a store named 'a?b' inside it: such a path is refused instead."""
+    path = Path(store).resolve() / DATABASE
+    found = sorted(set(UNSAFE_IN_SQLITE_URI) & set(str(path)))
+    if found:
+        raise InvalidValueError(
+            f"the store path {str(path.parent)!r} contains {found[0]!r}, which an MLflow SQLite "
+            "URI cannot hold: the embedded tracking database needs a path without '?' or '%'; "
+            "rename the store, pass --tracking-uri URI, or --no-tracking"
+        )
+    return f"sqlite:///{path}"
+
+
+def ensure_embedded_database(store: Path, notify: Callable[[str], None]) -> None:
+    """Make `<store>/mlflow.db` a fully migrated database, or refuse clearly.
+
+    A new database is created and migrated in the store's tmp/ directory and linked into place
+    only when complete (never replacing one that another process put there first), so a command
+    killed during MLflow's migrations leaves no half-made database behind. One that an older
+    release left half-migrated is moved aside and replaced if it holds no runs or models."""
+    from dmtcore.store import check_layout
+
+    store = Path(store).resolve()
+    check_layout(store)
+    target = store / DATABASE
+    if not target.exists():
+        _create_database(store, target)
+        return
+    problem = _open_problem(target)
+    if problem is None:
+        return
+    if _holds_records(target):
+        raise TrackingError(
+            f"the embedded MLflow database {target} cannot be opened ({problem}) and holds runs "
+            f"or models; repair it with 'mlflow db upgrade {default_tracking_uri(store)}', move it "
+            "aside, or pass --no-tracking"
+        )
+    aside = target.with_name(f"{DATABASE}.broken-{time.strftime('%Y%m%dT%H%M%S')}")
+    os.replace(target, aside)
+    notify(
+        f"the embedded MLflow database was left half-created by an interrupted command ({problem}); "
+        f"it held no runs, so it was moved to {aside.name} and a new one was created"
+    )
+    _create_database(store, target)
+
+
+def _create_database(store: Path, target: Path) -> None:
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    (store / "tmp").mkdir(exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="mlflow-db-", dir=store / "tmp"))
+    try:
+        made = folder / DATABASE
+        uri = f"sqlite:///{made}"
+        artifacts = str(store / ARTIFACTS)  # a plain path: MLflow does not decode file: URIs
+        reported_call(uri, lambda: SqlAlchemyStore(uri, artifacts).engine.dispose())
+        with contextlib.suppress(FileExistsError):  # another process was first: use theirs
+            os.link(made, target)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _open_problem(database: Path) -> str | None:
+    """Why MLflow could not use `database` (a half-run migration), or None: checked with
+    sqlite3 in read-only mode, in milliseconds, before MLflow touches the file."""
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)
+        ) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    except sqlite3.DatabaseError as exc:
+        return f"not a readable SQLite database: {exc}"
+    leftovers = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
+    if leftovers:
+        return f"an interrupted schema migration left table {leftovers[0]}"
+    if tables and not {"alembic_version", "experiments", "runs"} <= tables:
+        return "its schema is incomplete"
+    return None
+
+
+# What a user made in a database: never discard one that holds any of it.
+RECORDS = {
+    "runs": "SELECT count(*) FROM runs",
+    "registered_models": "SELECT count(*) FROM registered_models",
+    "experiments": "SELECT count(*) FROM experiments WHERE experiment_id != 0",
+}
+
+
+def _holds_records(database: Path) -> bool:
+    """Whether a database holds runs, registered models or experiments beyond MLflow's
+    'Default'. One that cannot be read counts as holding records."""
+    try:
+        with contextlib.closing(
+            sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)
+        ) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+            return any(
+                connection.execute(query).fetchone()[0]
+                for table, query in RECORDS.items()
+                if table in tables
+            )
+    except sqlite3.DatabaseError:
+        return True
 
 
 def reported_call(uri: str, call: Callable[[], Any]) -> Any:
@@ -90,15 +206,23 @@ class MlflowTracker:
 
         # After the import: mlflow sets its own logger up when first imported.
         logging.getLogger("mlflow").setLevel(logging.WARNING)  # no database-migration chatter
+        if self.embedded:
+            ensure_embedded_database(Path(run.store_path), _warn)
         try:
             self.client = MlflowClient(
                 tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
             )
             name, location = run.store_name, None
             if self.embedded:
-                location = (Path(run.store_path).resolve() / ARTIFACTS).as_uri()
+                # A plain path: MLflow does not decode a file: URI, so 'a?b' would become 'a%3Fb'
+                # beside the store. Experiments of earlier releases hold the URI form.
+                artifacts = Path(run.store_path).resolve() / ARTIFACTS
+                location = str(artifacts)
                 experiment = self.client.get_experiment_by_name(name)
-                if experiment is not None and experiment.artifact_location != location:
+                if experiment is not None and experiment.artifact_location not in (
+                    location,
+                    artifacts.as_uri(),
+                ):
                     # The store was moved or copied: its artifacts belong inside it, where it is
                     # now, so its runs go on in an experiment of its own location.
                     name = f"{name} ({hashlib.sha256(location.encode()).hexdigest()[:8]})"
@@ -128,7 +252,11 @@ class MlflowTracker:
             "dmt.tasks": ",".join(run.tasks),
             "dmt.store": str(Path(run.store_path).resolve()),
             "dmt.parent_version": str(run.parent_version),
+            "dmt.host": socket.gethostname(),
+            "dmt.pid": str(os.getpid()),
         }
+        if run.operation in WRITER_OPERATIONS:
+            self._end_abandoned_runs(experiment_id, tags["dmt.store"], tags["dmt.host"])
         mlflow_run = self.client.create_run(
             experiment_id, run_name=f"{run.operation} {' '.join(run.tasks)}", tags=tags
         )
@@ -137,6 +265,30 @@ class MlflowTracker:
         self.client.log_batch(
             self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()]
         )
+
+    def _end_abandoned_runs(self, experiment_id: str, store: str, host: str) -> None:
+        """Mark KILLED the runs of this store's writers that are still RUNNING although their
+        process is gone (killed by SIGKILL or a power cut: it could not report its end).
+
+        Called under the store's writer lock, so no other writer of this store is alive; runs
+        from another host sharing the tracking server are left alone."""
+        running = self.client.search_runs(
+            [experiment_id], filter_string="attributes.status = 'RUNNING'"
+        )
+        for abandoned in running:
+            tags = abandoned.data.tags
+            if (
+                tags.get("dmt.store") != store
+                or tags.get("dmt.operation") not in WRITER_OPERATIONS
+                or tags.get("dmt.host", host) != host
+            ):
+                continue
+            self.client.set_tag(
+                abandoned.info.run_id,
+                "dmt.error",
+                "the process ended without reporting (killed); marked by the next writer",
+            )
+            self.client.set_terminated(abandoned.info.run_id, "KILLED")
 
     @hookimpl
     @_reported
