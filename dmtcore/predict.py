@@ -161,12 +161,13 @@ def decode_image(source: Path | io.BytesIO, channels: int, label: str) -> torch.
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"input {label!r} is not a readable image: {exc}") from exc
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-    return torch.from_numpy(np.ascontiguousarray(array))[None]
+    return torch.from_numpy(np.array(array, dtype=np.float32, order="C"))[None]
 
 
 def _pixels(image: Any, channels: int, label: str) -> np.ndarray:
-    """H×W or H×W×C float32 in [0, 1]. Converting a 16-bit or 32-bit image to 8 bits would
-    clip rather than scale it (a 16-bit PNG would read as white), so those are scaled here."""
+    """H×W or H×W×C float32 in [0, 1], possibly read-only (Pillow's memory). Converting a 16-bit
+    or 32-bit image to 8 bits would clip rather than scale it (a 16-bit PNG would read as
+    white), so those are scaled here."""
     if image.mode.startswith("I;16"):
         return np.asarray(image, dtype=np.float32) / np.float32(65535)
     if image.mode == "I":

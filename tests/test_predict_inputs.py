@@ -49,15 +49,18 @@ def png_header(width: int, height: int) -> bytes:
     )
 
 
-def test_a_16_bit_png_predicts_like_the_same_8_bit_png(
+def test_16_bit_and_float_images_predict_like_the_same_8_bit_png(
     store_copy: Path, run_cli, tmp_path: Path
 ) -> None:
     image = digits(1)[0]
     Image.fromarray(image).save(tmp_path / "8.png")
     Image.fromarray(image.astype(np.uint16) * 257).save(tmp_path / "16.png")  # 255 -> 65535
+    Image.fromarray(image.astype(np.float32) / 255).save(tmp_path / "float.tif")
     assert Image.open(tmp_path / "16.png").mode == "I;16"
-    eight, sixteen = probabilities(run_cli, store_copy, tmp_path / "8.png", tmp_path / "16.png")
+    inputs = (tmp_path / "8.png", tmp_path / "16.png", tmp_path / "float.tif")
+    eight, sixteen, floats = probabilities(run_cli, store_copy, *inputs)
     np.testing.assert_allclose(sixteen, eight, atol=1e-6)
+    np.testing.assert_allclose(floats, eight, atol=1e-6)
 
 
 def test_uint8_npy_is_scaled_like_a_png(store_copy: Path, run_cli, tmp_path: Path) -> None:
@@ -109,11 +112,14 @@ def test_bad_files_are_refused_naming_them(
     assert fingerprint(store_copy) == before
 
 
-def test_a_float32_npy_prints_no_warning(store_copy: Path, tmp_path: Path) -> None:
-    """In a fresh process: torch warns about a read-only (memory-mapped) array once per process."""
-    np.save(tmp_path / "x.npy", digits()[:, None].astype(np.float32) / 255)
-    args = [sys.executable, "-m", "dmtcore", "predict", str(tmp_path / "x.npy"),
-            "--store", str(store_copy)]  # fmt: skip
+def test_float_inputs_print_no_warning(store_copy: Path, tmp_path: Path) -> None:
+    """In a fresh process: torch warns about a read-only array (memory-mapped, or Pillow's) once
+    per process."""
+    images = digits()[:, None].astype(np.float32) / 255
+    np.save(tmp_path / "x.npy", images)
+    Image.fromarray(images[0, 0]).save(tmp_path / "x.tif")
+    args = [sys.executable, "-m", "dmtcore", "predict", str(tmp_path / "x.tif"),
+            str(tmp_path / "x.npy"), "--store", str(store_copy)]  # fmt: skip
     result = subprocess.run(args, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
