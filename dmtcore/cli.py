@@ -1028,7 +1028,11 @@ def predict(
     as_json: bool,
 ) -> None:
     """Predict every task for image files (PNG, JPEG, ...) or .npy arrays, streaming them in
-    batches (arrays are memory-mapped) so memory stays flat on large inputs."""
+    batches (arrays are memory-mapped) so memory stays flat on large inputs.
+
+    Values: 8-bit images and uint8 arrays are divided by 255, 16-bit images and uint16
+    arrays by 65535; float images and float, bool or other integer arrays are taken as
+    they are. An .npy array is H×W, C×H×W or N×C×H×W. Ctrl-C stops at the next batch."""
     if batch_size < 1:
         raise InvalidValueError(f"batch size must be a positive integer, got {batch_size}")
     from dmtcore.data import resolve_device

@@ -2,8 +2,8 @@
 
 A signal raising KeyboardInterrupt at an arbitrary instruction could land inside an MLflow
 database write and leave the run unreportable. So the first signal only asks to stop: training
-checks the request between steps and raises KeyboardInterrupt there, where everything can be
-cleaned up and reported. A second signal stops at once.
+checks the request between steps (and predict between batches) and raises KeyboardInterrupt
+there, where everything can be cleaned up and reported. A second signal stops at once.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ safetensors blobs it names), loaded with checksums verified. Loading needs dmt i
 task plugin.
 
 Input, either:
-- a float32 batch N×C×H×W (`{"inputs": [...]}` to `mlflow models serve`), adapted to the store's
-  input spec like `dmt predict` adapts `.npy` arrays; or
+- a batch of numbers N×C×H×W (`{"inputs": [...]}` to `mlflow models serve`), decoded like
+  `dmt predict` decodes `.npy` arrays (uint8 and uint16 scaled by their range, other numbers
+  taken as they are) and adapted to the store's input spec; or
 - a DataFrame whose `image` column (or only column) holds image file paths, raw bytes, or base64
   text of encoded images (`{"dataframe_split": {"columns": ["image"], "data": [["iVBOR..."]]}}`).
 Output: one row per image with, for every task, the prediction (class name or index, 0/1 labels,
@@ -45,12 +46,10 @@ class DmtModel(PythonModel):
         # the logged signature is the schema.
         import numpy as np
         import pandas as pd
-        import torch
 
-        from dmtcore.data import adapt_images
         from dmtcore.errors import DataError
         from dmtcore.operations import select_tasks
-        from dmtcore.predict import decode_images, predict
+        from dmtcore.predict import decode_array, decode_images, predict
 
         requested = [t for t in str((params or {}).get("tasks") or "").split(",") if t]
         tasks = select_tasks(self.manifest, requested)
@@ -64,8 +63,7 @@ class DmtModel(PythonModel):
             )
             images = decode_images(list(column), self.model.input_spec)
         else:
-            array = np.asarray(model_input, dtype=np.float32)
-            images = adapt_images(torch.from_numpy(array), self.model.input_spec)
+            images = decode_array(np.asarray(model_input), self.model.input_spec, "the input")
         batches = (images[i : i + 256] for i in range(0, len(images), 256))
         result = predict(self.model, batches, tasks, self.outputs)
         columns: dict[str, list[Any]] = {}
