@@ -78,7 +78,7 @@ def test_killing_the_first_tracked_command_never_breaks_tracking(store_copy: Pat
         if (store_copy / "mlflow.db").exists() or list(store_copy.glob("tmp/mlflow-db-*/*.db")):
             break  # MLflow is migrating the new database: kill it in the middle
         time.sleep(0.01)
-    time.sleep(0.4)
+    time.sleep(0.7)  # MLflow's migrations take 1-2 s here; a kill 0.5-1 s in broke them
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
 
@@ -121,7 +121,7 @@ def test_a_store_path_a_sqlite_uri_cannot_hold_is_refused_at_once(
     assert list(tmp_path.iterdir()) == []  # no store, no database beside it
 
 
-def test_embedded_tracking_writes_nothing_beside_a_store_with_a_space(
+def test_embedded_tracking_writes_nothing_beside_a_store_with_a_space(  # quoting would
     store_copy: Path, tmp_path: Path, mlflow_template: Path, run_cli
 ) -> None:
     store = tmp_path / "my store"
