@@ -121,9 +121,10 @@ def test_a_store_path_a_sqlite_uri_cannot_hold_is_refused_at_once(
     assert list(tmp_path.iterdir()) == []  # no store, no database beside it
 
 
-def test_embedded_tracking_writes_nothing_beside_a_store_with_a_space(  # quoting would
+def test_embedded_tracking_writes_nothing_beside_a_store_with_a_space(
     store_copy: Path, tmp_path: Path, mlflow_template: Path, run_cli
 ) -> None:
+    """A percent-quoted URI would make MLflow create 'my%20store' beside the store."""
     store = tmp_path / "my store"
     shutil.move(store_copy, store)
     shutil.copy(mlflow_template, store / "mlflow.db")
