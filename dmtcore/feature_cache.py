@@ -140,21 +140,10 @@ class FeatureCache:
         torch_dtype = CACHE_DTYPES[dtype]
         nbytes = sum(math.prod(shape) for shape in flat) * torch_dtype.itemsize
         size = _size(nbytes)
-        mapping = None
-        if mode == "disk" or nbytes > int(budget_mb * 2**20):
-            if mode == "memory":
-                notify(
-                    f"feature cache off: it needs {size}, over the budget of {budget_mb:g} MB; "
-                    "raise --cache-budget-mb, or use --feature-cache auto to spill it to disk"
-                )
-                return None
-            offsets, mapped = _layout(flat, torch_dtype.itemsize)
-            mapping = _spill(nbytes, mapped, mode, budget_mb, notify)
-            if mapping is None:
-                return None
-            tensors = iter(_carve(mapping, flat, offsets, torch_dtype))
-        else:
-            tensors = iter(torch.empty(shape, dtype=torch_dtype, device=device) for shape in flat)
+        storage = _storage(flat, torch_dtype, device, nbytes, mode, budget_mb, notify)
+        if storage is None:
+            return None
+        tensors, mapping = iter(storage[0]), storage[1]
         tables = {
             key: _Table(sources[key], [next(tensors) for _ in key_shapes])
             for key, key_shapes in layout.items()
@@ -240,6 +229,32 @@ class FeatureCache:
         traceback's frame), and in any case when the process ends, since the file has no name."""
         self.tables.clear()
         self.mapping = None
+
+
+def _storage(
+    shapes: list[tuple[int, ...]],
+    dtype: torch.dtype,
+    device: torch.device,
+    nbytes: int,
+    mode: str,
+    budget_mb: float,
+    notify: Callable[[str], None],
+) -> tuple[list[torch.Tensor], mmap.mmap | None] | None:
+    """The cache's tensors, in memory within the budget, else over a reserved file (and that
+    file's mapping); None, with a message, where they fit in neither."""
+    if mode != "disk" and nbytes <= int(budget_mb * 2**20):
+        return [torch.empty(shape, dtype=dtype, device=device) for shape in shapes], None
+    if mode == "memory":
+        notify(
+            f"feature cache off: it needs {_size(nbytes)}, over the budget of {budget_mb:g} MB; "
+            "raise --cache-budget-mb, or use --feature-cache auto to spill it to disk"
+        )
+        return None
+    offsets, mapped = _layout(shapes, dtype.itemsize)
+    mapping = _spill(nbytes, mapped, mode, budget_mb, notify)
+    if mapping is None:
+        return None
+    return _carve(mapping, shapes, offsets, dtype), mapping
 
 
 def _size(nbytes: float) -> str:
