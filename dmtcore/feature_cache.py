@@ -7,13 +7,23 @@ outputs and every epoch reads them back instead of running k frozen columns, so 
 about what training the new column alone costs (issue 5, benchmarks/growth_cost.py).
 
 Features are stored compactly (float16 by default) in memory within a budget; past the budget,
-`auto` spills them to a memory-mapped file in a temporary directory (the page cache keeps the
+`auto` spills them to a memory-mapped file in the temporary directory (the page cache keeps the
 hot part in RAM) and `memory` turns the cache off. Whatever happens is said in one message.
+
+The file's space is reserved before it is mapped: a sparse file mapped into memory gets its
+blocks only when a page is first written, and when the disk fills up at that moment (two
+processes sharing the temp disk, issue 13) the kernel can only answer with SIGBUS, which kills
+the process without a word. The file is also unlinked as soon as it is opened, before anything
+is written: the mapping keeps its blocks, the kernel frees them when the process ends however it
+ends (SIGKILL included), and no file or directory is ever left in the temp directory.
 """
 
 from __future__ import annotations
 
+import errno
 import math
+import mmap
+import os
 import shutil
 import sys
 import tempfile
@@ -26,13 +36,16 @@ import torch
 from tqdm import tqdm
 
 from dmtcore import interrupts
-from dmtcore.errors import InvalidValueError
+from dmtcore.errors import InvalidValueError, StoreError
 from dmtcore.model import evaluating
 
 CACHE_MODES = ("auto", "memory", "disk", "off")
 CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-DISK_HEADROOM = 1.2  # spill only when the disk has this much more free space than needed
+DISK_HEADROOM = 1.2  # auto spills only when the disk has this much more free space than needed
 FILL_BATCH_BYTES = 2**20  # one stage output of one column per batch, while filling
+ZERO_CHUNK = 2**20  # bytes written at a time where the filesystem cannot preallocate
+ALIGNMENT = 4096  # each table's stage starts on its own page of the mapped file
+SPILL_PREFIX = "dmt-feature-cache-"
 
 
 def check_cache_settings(mode: str, budget_mb: float, dtype: str) -> None:
@@ -74,14 +87,14 @@ class FeatureCache:
         nbytes: int,
         dtype: str,
         device: torch.device,
-        directory: Path | None,
+        mapping: mmap.mmap | None,
     ) -> None:
         self.tables = tables
         self.location = location
         self.nbytes = nbytes
         self.dtype = dtype
         self.device = device
-        self.directory = directory
+        self.mapping = mapping
         self.hits = 0
         self.misses = 0
 
@@ -118,56 +131,30 @@ class FeatureCache:
         if len(set(shapes.values())) != 1:  # one backbone per store: never expected
             raise ValueError(f"frozen columns with different stage shapes: {shapes}")
         stage_shapes = next(iter(shapes.values()))
-        itemsize = CACHE_DTYPES[dtype].itemsize
-        per_sample = {
-            key: len(ts) * sum(math.prod(s) for s in stage_shapes) * itemsize
-            for key, ts in sources.items()
+        layout = {
+            key: [(len(splits[key].dataset), len(tasks), *shape) for shape in stage_shapes]
+            for key, tasks in sources.items()
+            if tasks
         }
-        nbytes = sum(per_sample[key] * len(splits[key].dataset) for key in splits)
-        budget = int(budget_mb * 2**20)
-        size = f"{nbytes / 2**20:.1f} MB"
-        location = "memory"
-        directory = None
-        if mode == "disk" or nbytes > budget:
-            if mode == "memory":
-                notify(
-                    f"feature cache off: it needs {size}, over the budget of {budget_mb:g} MB; "
-                    "raise --cache-budget-mb, or use --feature-cache auto to spill it to disk"
-                )
-                return None
-            temp = Path(tempfile.gettempdir())
-            free = shutil.disk_usage(temp).free
-            if free < nbytes * DISK_HEADROOM:
-                notify(
-                    f"feature cache off: it needs {size}, over the memory budget of {budget_mb:g} MB, "
-                    f"and {temp} has only {free / 2**20:.0f} MB free"
-                )
-                return None
-            location = "disk"
-            directory = Path(tempfile.mkdtemp(prefix="dmt-feature-cache-"))
-            if mode == "auto":
-                notify(
-                    f"feature cache: {size} is over the memory budget of {budget_mb:g} MB "
-                    f"(--cache-budget-mb); spilling it to {directory}"
-                )
-        storage_device = device if location == "memory" else torch.device("cpu")
-        tables = {}
-        for key, tasks in sources.items():
-            if not tasks:
-                continue
-            n = len(splits[key].dataset)
-            stages = [
-                _allocate((n, len(tasks), *shape), CACHE_DTYPES[dtype], storage_device, directory)
-                for shape in stage_shapes
-            ]
-            tables[key] = _Table(tasks, stages)
-        cache = cls(tables, location, nbytes, dtype, device, directory)
+        flat = [shape for key_shapes in layout.values() for shape in key_shapes]
+        torch_dtype = CACHE_DTYPES[dtype]
+        nbytes = sum(math.prod(shape) for shape in flat) * torch_dtype.itemsize
+        size = _size(nbytes)
+        storage = _storage(flat, torch_dtype, device, nbytes, mode, budget_mb, notify)
+        if storage is None:
+            return None
+        tensors, mapping = iter(storage[0]), storage[1]
+        tables = {
+            key: _Table(sources[key], [next(tensors) for _ in key_shapes])
+            for key, key_shapes in layout.items()
+        }
+        location = "memory" if mapping is None else "disk"
         count = len(shapes)
         notify(
             f"feature cache: {count} frozen column{'s' * (count != 1)} computed once, "
             f"{size} of {dtype} features in {location}"
         )
-        return cache
+        return cls(tables, location, nbytes, dtype, device, mapping)
 
     def lookup(
         self, task: str, split: str, index: torch.Tensor
@@ -237,16 +224,153 @@ class FeatureCache:
         }
 
     def close(self) -> None:
+        """Drop the features now. A spilled file is unmapped, and its blocks given back to the
+        disk, when the last tensor over it goes: at once, unless something still holds one (a
+        traceback's frame), and in any case when the process ends, since the file has no name."""
         self.tables.clear()
-        if self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
+        self.mapping = None
 
 
-def _allocate(
-    shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, directory: Path | None
-) -> torch.Tensor:
-    if directory is None:
-        return torch.empty(shape, dtype=dtype, device=device)
-    with tempfile.NamedTemporaryFile(suffix=".bin", dir=directory, delete=False) as file:
-        path = file.name
-    return torch.from_file(path, shared=True, size=math.prod(shape), dtype=dtype).view(shape)
+def _storage(
+    shapes: list[tuple[int, ...]],
+    dtype: torch.dtype,
+    device: torch.device,
+    nbytes: int,
+    mode: str,
+    budget_mb: float,
+    notify: Callable[[str], None],
+) -> tuple[list[torch.Tensor], mmap.mmap | None] | None:
+    """The cache's tensors, in memory within the budget, else over a reserved file (and that
+    file's mapping); None, with a message, where they fit in neither."""
+    if mode != "disk" and nbytes <= int(budget_mb * 2**20):
+        return [torch.empty(shape, dtype=dtype, device=device) for shape in shapes], None
+    if mode == "memory":
+        notify(
+            f"feature cache off: it needs {_size(nbytes)}, over the budget of {budget_mb:g} MB; "
+            "raise --cache-budget-mb, or use --feature-cache auto to spill it to disk"
+        )
+        return None
+    offsets, mapped = _layout(shapes, dtype.itemsize)
+    mapping = _spill(nbytes, mapped, mode, budget_mb, notify)
+    if mapping is None:
+        return None
+    return _carve(mapping, shapes, offsets, dtype), mapping
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MB"
+
+
+def _layout(shapes: list[tuple[int, ...]], itemsize: int) -> tuple[list[int], int]:
+    """Where each tensor starts in the spilled file, page-aligned, and the file's size."""
+    offsets, end = [], 0
+    for shape in shapes:
+        offsets.append(end)
+        end += -(-math.prod(shape) * itemsize // ALIGNMENT) * ALIGNMENT
+    return offsets, max(end, ALIGNMENT)
+
+
+def _carve(
+    mapping: mmap.mmap, shapes: list[tuple[int, ...]], offsets: list[int], dtype: torch.dtype
+) -> list[torch.Tensor]:
+    """Writable tensors over the mapping; each holds a reference to it, so the mapping lives
+    exactly as long as they do (closing it under them would leave them pointing at nothing)."""
+    return [
+        torch.frombuffer(mapping, dtype=dtype, count=math.prod(shape), offset=offset).view(shape)
+        for shape, offset in zip(shapes, offsets, strict=True)
+    ]
+
+
+def _spill(
+    nbytes: int, mapped: int, mode: str, budget_mb: float, notify: Callable[[str], None]
+) -> mmap.mmap | None:
+    """A reserved mapping of `mapped` bytes in the temp directory, or, when the space is not
+    there: None with one message in `auto` mode (training goes on without the cache), a
+    StoreError in `disk` mode (the user asked for the disk, and dmt cannot write there).
+    `auto` also keeps DISK_HEADROOM spare, not to take a disk's last megabytes on its own."""
+    temp = Path(tempfile.gettempdir())
+    needed = f"{_size(nbytes)} needed in {temp}"
+    try:
+        free = shutil.disk_usage(temp).free
+        if mode == "auto" and free < nbytes * DISK_HEADROOM:
+            reason = f"only {_size(free)} free"
+            mapping = None
+        else:
+            mapping = _reserved_mapping(temp, mapped)
+    except OSError as exc:
+        reason = _reason(exc, temp)
+        mapping = None
+    if mapping is None and mode == "disk":
+        raise StoreError(
+            f"--feature-cache disk: cannot reserve the feature cache, {needed}, {reason}; free "
+            "space there, point TMPDIR at a larger disk, or use --feature-cache auto (trains "
+            "without it when the space is not there) or off"
+        )
+    if mapping is None:
+        notify(
+            f"feature cache off: {needed} (over the memory budget of {budget_mb:g} MB), "
+            f"{reason}; training without it"
+        )
+    elif mode == "auto":
+        notify(
+            f"feature cache: {_size(nbytes)} is over the memory budget of {budget_mb:g} MB "
+            f"(--cache-budget-mb); spilling it to {temp}, space reserved, freed when dmt exits"
+        )
+    return mapping
+
+
+def _reason(exc: OSError, temp: Path) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        try:
+            return f"only {_size(shutil.disk_usage(temp).free)} free ({exc.strerror})"
+        except OSError:
+            pass
+    return f"{exc.strerror or exc}"
+
+
+def _reserved_mapping(directory: Path, size: int) -> mmap.mmap:
+    """A shared, writable mapping of a `size`-byte file in `directory` whose blocks are all
+    allocated (so no write through it meets a full disk, which would be SIGBUS) and which no
+    path names (so nothing is left behind, whatever ends the process)."""
+    fd = _unnamed_file(directory)
+    try:
+        _reserve(fd, size)
+        return mmap.mmap(fd, size)  # MAP_SHARED: pages go back to the file, not to swap
+    finally:
+        os.close(fd)
+
+
+def _unnamed_file(directory: Path) -> int:
+    """A new file open for writing with no name: O_TMPFILE where the OS and filesystem have it,
+    else a temp file unlinked before anything is written to it."""
+    if hasattr(os, "O_TMPFILE"):
+        try:
+            return os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o600)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+    fd, path = tempfile.mkstemp(prefix=SPILL_PREFIX, suffix=".bin", dir=directory)
+    try:
+        os.unlink(path)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Allocate the file's blocks now, or raise OSError (ENOSPC): posix_fallocate, or zeros
+    written where the OS (macOS) or the filesystem cannot preallocate."""
+    fallocate = getattr(os, "posix_fallocate", None)
+    if fallocate is not None:
+        try:
+            fallocate(fd, 0, size)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+    zeros = memoryview(bytes(ZERO_CHUNK))
+    written = 0
+    while written < size:
+        written += os.pwrite(fd, zeros[: min(ZERO_CHUNK, size - written)], written)
+        interrupts.check()
