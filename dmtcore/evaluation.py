@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
-from dmtcore.data import Batches, labels_for
+from dmtcore.data import Batches
 from dmtcore.feature_cache import FeatureCache
 from dmtcore.metrics import compute_metrics
 from dmtcore.model import evaluating
@@ -85,10 +85,7 @@ def _evaluate_together(
     precision: str,
 ) -> dict[str, dict[str, float]]:
     names = [spec.name for spec in specs]
-    labels = {
-        spec.name: labels_for(spec, batches.dataset.tensors[1])
-        for spec, batches in zip(specs, splits, strict=True)
-    }
+    labels = {spec.name: batches.all_labels() for spec, batches in zip(specs, splits, strict=True)}
     outputs: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     with evaluating(model), torch.inference_mode(), autocast(lead.device, precision):
         for images, _, _ in lead.indexed():

@@ -101,15 +101,19 @@ def make_target(
     data: DataOptions,
     device: torch.device,
     world: World = World(),
+    plugin: str | None = None,
 ) -> Target:
-    """Load a task's splits and check its first batch, before anything trains. Training
+    """Load a task's splits and check their first batches, before anything trains (later
+    batches are checked as they are read; messages name `plugin`, the task's). Training
     batches are this rank's share; every rank validates on the whole validation split."""
-    splits = load_splits(spec, DataRequest(data.data_dir, input_spec, settings.seed, data.download))
+    request = DataRequest(data.data_dir, input_spec, settings.seed, data.download)
+    splits = load_splits(spec, request, plugin)
     generator = torch.Generator().manual_seed(settings.seed)
     common = {
         "workers": settings.workers,
         "declared_deterministic": splits.deterministic,
         "channels_last": settings.channels_last,
+        "plugin": plugin,
     }
     train = Batches(
         spec,
@@ -123,7 +127,9 @@ def make_target(
         shard=world.shard,
         **common,
     )
-    val = Batches(spec, splits.val, input_spec, settings.batch_size, False, device, **common)
+    val = Batches(
+        spec, splits.val, input_spec, settings.batch_size, False, device, split="val", **common
+    )
     train.validate()
     val.validate()
     return Target(spec, train, val)
@@ -294,7 +300,12 @@ def _train_tasks(
     model = load_model(store, manifest, host.registry) or empty_model(
         manifest, host.registry, input_spec
     )
-    targets = [make_target(spec, input_spec, settings, data, device, world) for spec in specs]
+    targets = [
+        make_target(
+            spec, input_spec, settings, data, device, world, host.registry.owner("task", spec.name)
+        )
+        for spec in specs
+    ]
     crash_point("data-loaded")
     torch.manual_seed(settings.seed)
     slots = {}
@@ -456,6 +467,11 @@ def specs_for(
     return specs
 
 
+def stored_plugins(manifest: dict[str, Any]) -> dict[str, str | None]:
+    """Task -> the plugin it came from, as the manifest records it (for data messages)."""
+    return {entry["name"]: entry.get("plugin") for entry in manifest["tasks"]}
+
+
 def remove_task(
     path: Path,
     name: str,
@@ -479,8 +495,10 @@ def remove_task(
         assert model is not None
         model.to(device)
         input_spec = model.input_spec
+        plugins = stored_plugins(manifest)
         targets = {
-            t: make_target(specs[t], input_spec, settings, data, device, world) for t in remaining
+            t: make_target(specs[t], input_spec, settings, data, device, world, plugins[t])
+            for t in remaining
         }
         before = {t: evaluate(model, specs[t], targets[t].val) for t in remaining}
         affected = model.remove_task(name)
@@ -572,10 +590,10 @@ def evaluate_store(
     device = resolve_device(settings.device)
     model.to(device)
     batches = []
+    plugins = stored_plugins(manifest)
     for name in names:
-        splits = load_splits(
-            specs[name], DataRequest(data.data_dir, model.input_spec, settings.seed, data.download)
-        )
+        request = DataRequest(data.data_dir, model.input_spec, settings.seed, data.download)
+        splits = load_splits(specs[name], request, plugins[name])
         dataset = getattr(splits, split, None)
         if dataset is None:
             raise DmtError(
@@ -591,6 +609,8 @@ def evaluate_store(
                 False,
                 device,
                 workers=settings.workers,
+                split=split,
+                plugin=plugins[name],
             )
         )
     return evaluate_tasks(model, [specs[n] for n in names], batches, settings.precision)

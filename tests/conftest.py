@@ -137,6 +137,32 @@ class LaterNaN(Dataset):
         return image, self.labels[index]
 
 
+class Later(Dataset):
+    """Samples read one at a time that go wrong after the first LATER reads in a process: the
+    engine's first-batch check passes, and the problem comes in a later batch."""
+
+    LATER = 192
+
+    def __init__(self, images, labels):
+        self.images, self.labels, self.calls = images, labels, 0
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        self.calls += 1
+        image, label = self.images[index], self.labels[index]
+        if self.calls <= self.LATER:
+            return image, label
+        if PROBLEM in ("raises-later", "val-raises"):
+            raise RuntimeError(f"sample {{index}} is unreadable\\nsecond line of the message")
+        if PROBLEM in ("label-later", "val-label-later"):
+            return image, label + 5
+        if PROBLEM == "size-later" and self.calls == self.LATER + 1:
+            return torch.zeros(1, 16, 16), label
+        return image, label
+
+
 class Augmented(Dataset):
     """Fresh noise on every read, like random augmentation: a sample differs between epochs."""
 
@@ -173,6 +199,10 @@ def datasets(request):
         train = (torch.full_like(train[0], float("nan")), train[1])
     if PROBLEM == "nan-later":
         return TaskData(LaterNaN(*train), TensorDataset(*val))
+    if PROBLEM in ("raises-later", "label-later", "size-later"):
+        return TaskData(Later(*train), TensorDataset(*val))
+    if PROBLEM in ("val-raises", "val-label-later"):
+        return TaskData(TensorDataset(*train), Later(*val))
     if PROBLEM == "augmented":
         return TaskData(Augmented(*train), TensorDataset(*val))
     return TaskData(TensorDataset(*train), TensorDataset(*val))
