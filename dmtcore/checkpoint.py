@@ -56,7 +56,7 @@ def load_model(store: Store, manifest: dict[str, Any], registry: Registry) -> Mu
         except (KeyError, ValueError, TypeError) as exc:
             raise StoreError(
                 f"version {manifest['version']} of {str(store.path)!r} cannot be rebuilt at task "
-                f"{task['name']!r}: {type(exc).__name__}: {exc}"
+                f"{task['name']!r}: {type(exc).__name__}: {first_line(exc)}"
             ) from exc
         for part in WEIGHT_PARTS:
             sha256 = task["weights"][part]["sha256"]

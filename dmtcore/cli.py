@@ -910,11 +910,11 @@ def status(store: Path, as_json: bool) -> None:
     tasks = [
         {
             "name": t["name"],
-            "plugin": t.get("plugin"),
+            "plugin": t["plugin"],
             "output": t["output"],
             "sources": t["sources"],
-            "primary_metric": t.get("primary_metric"),
-            "metric": t.get("metrics", {}).get(t.get("primary_metric")),
+            "primary_metric": t["primary_metric"],
+            "metric": t["metrics"][t["primary_metric"]],
         }
         for t in manifest["tasks"]
     ]
@@ -1128,7 +1128,8 @@ def verify(store: Path, every_version: bool, plugins: tuple[str, ...], as_json: 
         click.echo(f"Store {store} is sound: {len(versions)} versions checked.")
     else:
         for problem in problems:
-            click.echo(f"{problem.file}: {problem.message}")
+            named = problem.message.startswith(problem.file)
+            click.echo(problem.message if named else f"{problem.file}: {problem.message}")
     if problems:
         raise StoreError(f"{len(problems)} problem(s) found in store {str(store)!r}")
 
@@ -1140,11 +1141,8 @@ def verify(store: Path, every_version: bool, plugins: tuple[str, ...], as_json: 
 def rollback(version: int, store: Path, as_json: bool) -> None:
     """Make an earlier VERSION current again (as a new version: history is never rewritten)."""
     opened = Store.open(store)
+    manifest = _rollback_target(opened, version)
     with opened.writer(f"rollback {version}"):
-        manifest = opened.manifest(version)
-        for task in manifest["tasks"]:
-            for ref in task["weights"].values():
-                opened.read_blob(ref["sha256"])
         manifest["operation"] = {"name": "rollback", "tasks": [], "to_version": version}
         new_version = opened.commit(manifest)
     _emit(
@@ -1154,6 +1152,18 @@ def rollback(version: int, store: Path, as_json: bool) -> None:
             f"Rolled back to version {version}; the store is now at version {new_version}"
         ),
     )
+
+
+def _rollback_target(store: Store, version: int) -> dict[str, Any]:
+    """The manifest to roll back to, with every weight file it names verified, checked before
+    the writer lock is taken: committed versions never change, and a refused rollback then
+    touches nothing. Rolling back away from a damaged current version is allowed: it is how
+    a store is repaired."""
+    manifest = store.manifest(version)
+    for task in manifest["tasks"]:
+        for ref in task["weights"].values():
+            store.read_blob(ref["sha256"])
+    return manifest
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -16,14 +16,15 @@ Matrix = list[list[float | None]]
 
 
 def relation_matrices(manifest: dict[str, Any]) -> list[Matrix]:
-    """One matrix per stage boundary: row = reading task, column = source, None = no link."""
+    """One matrix per stage boundary: row = reading task, column = source, None = no link.
+    The manifest schema guarantees every task's `relations` (a list of source -> weight)."""
     names = [t["name"] for t in manifest["tasks"]]
-    stages = max((len(t.get("relations") or []) for t in manifest["tasks"]), default=0)
+    stages = max((len(t["relations"]) for t in manifest["tasks"]), default=0)
     matrices: list[Matrix] = []
     for stage in range(stages):
         matrix: Matrix = []
         for task in manifest["tasks"]:
-            rows = task.get("relations") or []
+            rows = task["relations"]
             row = rows[stage] if stage < len(rows) else {}
             matrix.append([row.get(source) for source in names])
         matrices.append(matrix)

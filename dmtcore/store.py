@@ -32,10 +32,12 @@ from typing import Any
 
 from dmtcore.errors import StoreError, StoreLockedError, UnknownNameError
 from dmtcore.faults import crash_point
-from dmtcore.manifest import validate_manifest
+from dmtcore.manifest import MAX_VERSION, validate_manifest
 
 CURRENT = "CURRENT"
-VERSION_FILE = re.compile(r"^v(\d{6})\.json$")
+VERSION_FILE = re.compile(r"^v([0-9]{6})\.json$")
+CURRENT_TEXT = re.compile(r"\s*([0-9]{1,6})\s*")
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 # A directory holding only the embedded tracking database may become a store (e.g. a copy of a
 # migrated template database, which saves MLflow's schema migrations).
@@ -57,6 +59,12 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
 
 
+def _shorten(value: object, limit: int = 40) -> str:
+    """A value typed by a user, cut short for a message (a version may have 300 digits)."""
+    text = str(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -75,12 +83,19 @@ class Store:
 
     @staticmethod
     def exists(path: Path) -> bool:
-        return (Path(path) / CURRENT).is_file()
+        try:
+            return (Path(path) / CURRENT).is_file()
+        except OSError:  # e.g. a parent directory that cannot be searched
+            return False
 
     @classmethod
     def open(cls, path: Path) -> Store:
         path = Path(path)
-        if not path.exists():
+        try:
+            present = path.exists()
+        except OSError as exc:
+            raise StoreError(f"cannot read {str(path)!r}: {exc.strerror}") from exc
+        if not present:
             raise StoreError(
                 f"no store at {str(path)!r}; create one with 'dmt init --store {path}'"
             )
@@ -125,50 +140,93 @@ class Store:
     # -- reading ---------------------------------------------------------------------------
 
     def current_version(self) -> int:
-        try:
-            text = (self.path / CURRENT).read_text().strip()
-        except OSError as exc:
-            raise StoreError(f"cannot read {self.path / CURRENT}: {exc.strerror}") from exc
-        if not text.isdigit():
+        """The number CURRENT holds: ASCII digits naming a version from 1 to 999999, nothing
+        else (`str.isdigit` would let '²' through, and `int` would then fail)."""
+        path = self.path / CURRENT
+        data = self._read(path, limit=64)
+        match = CURRENT_TEXT.fullmatch(data)
+        version = int(match.group(1)) if match else 0
+        if not 1 <= version <= MAX_VERSION:
             raise StoreError(
-                f"{self.path / CURRENT} is damaged: {text[:40]!r} is not a version number"
+                f"{path} is damaged: {data.strip()[:40]!r} is not a version number from 1 to "
+                f"{MAX_VERSION}"
             )
-        return int(text)
+        return version
 
     def version_path(self, version: int) -> Path:
+        if not (isinstance(version, int) and 1 <= version <= MAX_VERSION):
+            raise UnknownNameError(
+                f"{version!r} is not a version number; versions are 1 to {MAX_VERSION}"
+            )
         return self.path / "versions" / f"v{version:06d}.json"
 
     def manifest(self, version: int | None = None) -> dict[str, Any]:
-        """The manifest of `version` (the current one by default), checked for structure."""
+        """The manifest of `version` (the current one by default), checked against the schema:
+        callers may index any field it defines without a further check."""
         version = self.current_version() if version is None else version
+        data = self.manifest_data(version)
         path = self.version_path(version)
-        if not path.is_file():
-            known = ", ".join(str(v) for v in self.versions()) or "none"
-            raise UnknownNameError(
-                f"store {str(self.path)!r} has no version {version}; versions: {known}"
-            )
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{path} is damaged: {exc}") from exc
         validate_manifest(data, str(path))
         if data["version"] != version:
-            raise StoreError(f"{path} claims to be version {data['version']}")
+            raise StoreError(f"{path}: version must be {version}, got {data['version']}")
         return data
+
+    def manifest_data(self, version: int) -> Any:
+        """The parsed JSON of a committed version's manifest, not yet checked (`dmt verify`
+        lists every problem of it; everything else uses `manifest`)."""
+        current = self.current_version()
+        known = isinstance(version, int) and 1 <= version <= current
+        if not (known and self._is_file(self.version_path(version))):
+            listing = ", ".join(str(v) for v in self.versions()) or "none"
+            raise UnknownNameError(
+                f"store {str(self.path)!r} has no version {_shorten(version)}; versions: {listing}"
+            )
+        path = self.version_path(version)
+        text = self._read(path, limit=MAX_MANIFEST_BYTES)
+        try:
+            return json.loads(text)
+        except ValueError as exc:
+            raise StoreError(f"{path} is damaged: {exc}") from exc
+        except RecursionError as exc:
+            raise StoreError(f"{path} is damaged: its JSON is nested too deeply") from exc
 
     def versions(self) -> list[int]:
         """Committed versions, oldest first (files newer than CURRENT are unfinished writes)."""
         current = self.current_version()
-        found = []
-        if not (self.path / "versions").is_dir():
+        folder = self.path / "versions"
+        try:
+            names = os.listdir(folder)
+        except OSError as exc:
             raise StoreError(
-                f"store {str(self.path)!r} is damaged: its versions/ directory is missing"
-            )
-        for path in (self.path / "versions").iterdir():
-            match = VERSION_FILE.match(path.name)
+                f"store {str(self.path)!r} is damaged: cannot list {folder}: {exc.strerror}"
+            ) from exc
+        found = []
+        for name in names:
+            match = VERSION_FILE.match(name)
             if match and int(match.group(1)) <= current:
                 found.append(int(match.group(1)))
         return sorted(found)
+
+    @staticmethod
+    def _is_file(path: Path) -> bool:
+        try:
+            return path.is_file()
+        except OSError:
+            return False
+
+    def _read(self, path: Path, limit: int) -> str:
+        """A store file's text: UTF-8, at most `limit` bytes, or an error naming the file."""
+        try:
+            with open(path, "rb") as handle:
+                data = handle.read(limit + 1)
+        except OSError as exc:
+            raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
+        if len(data) > limit:
+            raise StoreError(f"{path} is damaged: it is larger than {limit} bytes")
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise StoreError(f"{path} is damaged: it is not UTF-8 text ({exc.reason})") from exc
 
     def blob_path(self, sha256: str) -> Path:
         if not SHA256.match(sha256):
@@ -182,6 +240,8 @@ class Store:
             data = path.read_bytes()
         except FileNotFoundError as exc:
             raise StoreError(f"weight file {path} is missing") from exc
+        except OSError as exc:
+            raise StoreError(f"cannot read weight file {path}: {exc.strerror}") from exc
         if hashlib.sha256(data).hexdigest() != sha256:
             raise StoreError(
                 f"weight file {path} is damaged: its sha256 does not match the manifest"

@@ -66,6 +66,13 @@ class TrainSettings:
     workers: int = 0  # background processes decoding samples (for image files)
 
     def __post_init__(self) -> None:
+        seed_limit = 2**32 - 1  # numpy's seeds stop here, torch's at 2**64 - 1: plugins get both
+        if type(self.seed) is not int or not 0 <= self.seed <= seed_limit:
+            shown = repr(self.seed)
+            shown = shown if len(shown) <= 40 else f"{shown[:20]}... ({len(shown)} digits)"
+            raise InvalidValueError(
+                f"seed must be an integer from 0 to {seed_limit} (2**32 - 1), got {shown}"
+            )
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise InvalidValueError(f"epochs must be a positive integer, got {self.epochs!r}")
         if not isinstance(self.batch_size, int) or self.batch_size < 1:

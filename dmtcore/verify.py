@@ -1,18 +1,21 @@
 """`dmt verify`: check a whole store and report every problem found, not just the first.
 
-Checked: CURRENT, every committed manifest (structure, source sets), every weight file the
-manifests name (present, sha256), and that the current version (or every version) rebuilds:
-each weight file fits the shapes the manifest implies.
+Checked: CURRENT, every committed manifest against the manifest schema (every malformed field,
+each named by its path), every weight file the manifests name (present, sha256), and that the
+current version (or every version) rebuilds: its backbone and connection options are valid for
+their kinds and each weight file fits the shapes the manifest implies.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from dmtcore.errors import DmtError
+from dmtcore.errors import DmtError, first_line
+from dmtcore.manifest import manifest_problems
 from dmtcore.registry import Registry
-from dmtcore.store import Store
+from dmtcore.store import CURRENT, Store
 
 
 @dataclass(frozen=True)
@@ -27,41 +30,80 @@ def verify_store(
     path: Path, registry: Registry, every_version: bool = False
 ) -> tuple[list[int], list[Problem]]:
     """The versions checked and the problems found (an empty list: the store is sound)."""
-    from dmtcore.checkpoint import load_model
-
     store = Store.open(path)
     try:
         current = store.current_version()
+    except DmtError as exc:
+        return [], [Problem(str(store.path / CURRENT), str(exc))]
+    try:
         versions = store.versions()
     except DmtError as exc:
-        return [], [Problem(str(store.path / "CURRENT"), str(exc))]
+        return [], [Problem(str(store.path / "versions"), str(exc))]
     problems: list[Problem] = []
     if current not in versions:
         problems.append(
-            Problem(str(store.path / "CURRENT"), f"names version {current}, which has no manifest")
+            Problem(str(store.path / CURRENT), f"names version {current}, which has no manifest")
         )
     checked_blobs: set[str] = set()
     for version in versions:
-        try:
-            manifest = store.manifest(version)
-        except DmtError as exc:
-            problems.append(Problem(str(store.version_path(version)), str(exc)))
+        manifest, found = _checked_manifest(store, version)
+        problems += found
+        if manifest is None:
             continue
-        blobs_ok = True
-        for task in manifest["tasks"]:
-            for ref in task["weights"].values():
-                sha256 = ref["sha256"]
-                if sha256 in checked_blobs:
-                    continue
-                try:
-                    store.read_blob(sha256)
-                    checked_blobs.add(sha256)
-                except DmtError as exc:
-                    blobs_ok = False
-                    problems.append(Problem(str(store.blob_path(sha256)), str(exc)))
-        if blobs_ok and (every_version or version == current):
-            try:
-                load_model(store, manifest, registry)
-            except DmtError as exc:
-                problems.append(Problem(str(store.version_path(version)), str(exc)))
+        blob_problems = _blob_problems(store, manifest, checked_blobs)
+        problems += blob_problems
+        if not blob_problems and (every_version or version == current):
+            problems += _rebuild_problems(store, manifest, registry)
     return versions, list(dict.fromkeys(problems))
+
+
+def _checked_manifest(store: Store, version: int) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """The manifest of `version` if it is well-formed, and every problem it has."""
+    file = str(store.version_path(version))
+    try:
+        data = store.manifest_data(version)
+    except DmtError as exc:
+        return None, [Problem(file, str(exc))]
+    problems = [Problem(file, message) for message in manifest_problems(data)]
+    if not problems and data["version"] != version:
+        problems.append(Problem(file, f"version must be {version}, got {data['version']}"))
+    return (None if problems else data), problems
+
+
+def _blob_problems(store: Store, manifest: dict[str, Any], checked: set[str]) -> list[Problem]:
+    """Weight files that are missing or do not match their sha256 (each checked once)."""
+    problems = []
+    for task in manifest["tasks"]:
+        for ref in task["weights"].values():
+            sha256 = ref["sha256"]
+            if sha256 in checked:
+                continue
+            try:
+                store.read_blob(sha256)
+                checked.add(sha256)
+            except DmtError as exc:
+                problems.append(Problem(str(store.blob_path(sha256)), str(exc)))
+    return problems
+
+
+def _rebuild_problems(store: Store, manifest: dict[str, Any], registry: Registry) -> list[Problem]:
+    """Why the model of a well-formed manifest cannot be rebuilt, if it cannot. Anything that
+    goes wrong here is a finding about the store, so every exception becomes a problem."""
+    from dmtcore.checkpoint import load_model
+
+    file = str(store.version_path(manifest["version"]))
+    try:
+        registry.backbone(manifest["backbone"]["name"]).resolve_options(
+            manifest["backbone"]["options"]
+        )
+        registry.connection(manifest["connection"]["name"]).resolve_options(
+            manifest["connection"]["options"]
+        )
+        load_model(store, manifest, registry)
+    except DmtError as exc:
+        return [Problem(file, first_line(exc))]
+    except Exception as exc:
+        return [
+            Problem(file, f"the model cannot be rebuilt: {type(exc).__name__}: {first_line(exc)}")
+        ]
+    return []

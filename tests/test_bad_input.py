@@ -305,7 +305,7 @@ def test_hand_edited_manifest_is_refused_naming_the_file(store_copy: Path, run_c
     path.write_text(json.dumps(manifest))
     for args in (["status"], ["eval"], ["add-task", "digits.prime", "--no-tracking"]):
         result = run_cli(*args, "--store", store_copy, expect=5)
-        assert "v000003.json: connection must have a name and an options object" in result.stderr
+        assert "v000003.json: connection.options is missing" in result.stderr
 
 
 def test_a_frozen_task_that_changed_is_never_committed(

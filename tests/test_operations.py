@@ -191,7 +191,8 @@ def test_verify_reports_every_problem(store_copy: Path, run_cli) -> None:
 def test_verify_catches_a_manifest_that_does_not_fit_its_weights(store_copy: Path, run_cli) -> None:
     path = store_copy / "versions" / "v000003.json"
     manifest = json.loads(path.read_text())
-    manifest["tasks"][1]["output"]["size"] = 3  # the head's weights have 2 outputs
+    task = manifest["tasks"][0]  # a well-formed 11-way task whose head has 10 outputs
+    task["output"]["size"], task["class_names"] = 11, [*task["class_names"], "ten"]
     path.write_text(json.dumps(manifest))
     result = run_cli("verify", "--store", store_copy, expect=5)
     assert "v000003.json" in result.stdout and "does not fit the manifest" in result.stdout
