@@ -30,9 +30,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from dmtcore.errors import StoreError, StoreLockedError, UnknownNameError
+from dmtcore.errors import DmtError, StoreError, StoreLockedError, UnknownNameError
 from dmtcore.faults import crash_point
-from dmtcore.manifest import MAX_VERSION, validate_manifest
+from dmtcore.manifest import MAX_VERSION, manifest_problems, validate_manifest
 
 CURRENT = "CURRENT"
 VERSION_FILE = re.compile(r"^v([0-9]{6})\.json$")
@@ -268,8 +268,14 @@ class Store:
             holder = {"pid": os.getpid(), "command": command, "started": now_iso()}
             try:
                 check_layout(self.path)
-                os.ftruncate(fd, 0)
-                os.pwrite(fd, json.dumps(holder).encode(), 0)
+                try:
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, json.dumps(holder).encode(), 0)
+                except OSError as exc:
+                    raise StoreError(
+                        f"cannot write to store {str(self.path)!r}: {exc.strerror}; "
+                        "the store is unchanged"
+                    ) from exc
                 self.remove_unfinished_writes()
                 crash_point("locked")
                 yield
@@ -330,10 +336,13 @@ class Store:
                 os.unlink(entry.path)
             elif match:
                 try:
-                    for task in json.loads(Path(entry.path).read_text())["tasks"]:
-                        referenced.update(ref["sha256"] for ref in task["weights"].values())
-                except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
-                    return  # a damaged manifest: never guess which blobs are unused
+                    data = self.manifest_data(int(match.group(1)))
+                except DmtError:
+                    return  # an unreadable manifest: never guess which blobs are unused
+                if manifest_problems(data):
+                    return  # a damaged one (e.g. a sha256 edited): the same
+                for task in data["tasks"]:
+                    referenced.update(ref["sha256"] for ref in task["weights"].values())
         for entry in _plain_files(self.path / "blobs"):
             if (
                 BLOB_FILE.match(entry.name)
@@ -352,11 +361,17 @@ class Store:
                 os.fsync(handle.fileno())
             crash_point("file-before-rename")
             os.replace(tmp, target)
-            _fsync_dir(target.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             raise StoreError(
                 f"cannot write {target}: {exc.strerror}; the store is unchanged"
+            ) from exc
+        try:
+            _fsync_dir(target.parent)
+        except OSError as exc:  # the file is in place: saying "unchanged" would be false
+            raise StoreError(
+                f"wrote {target}, but syncing its directory failed: {exc.strerror}; it may not "
+                "survive a power cut: run 'dmt verify' once the disk is healthy"
             ) from exc
 
     def write_blob(self, data: bytes) -> str:
