@@ -368,10 +368,14 @@ class Store:
             ) from exc
         try:
             _fsync_dir(target.parent)
-        except OSError as exc:  # the file is in place: saying "unchanged" would be false
-            raise StoreError(
-                f"wrote {target}, but syncing its directory failed: {exc.strerror}; it may not "
-                "survive a power cut: run 'dmt verify' once the disk is healthy"
+        except OSError as exc:
+            if target.name != CURRENT:  # a blob or manifest no version refers to yet
+                raise StoreError(
+                    f"cannot write {target}: {exc.strerror}; the store is unchanged"
+                ) from exc
+            raise StoreError(  # CURRENT is replaced: the version is committed
+                f"committed, but syncing {target.parent} failed: {exc.strerror}; the new "
+                "version may not survive a power cut: run 'dmt verify' once the disk is healthy"
             ) from exc
 
     def write_blob(self, data: bytes) -> str:

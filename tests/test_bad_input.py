@@ -400,6 +400,27 @@ def test_full_disk_leaves_the_store_as_it_was(
     assert fingerprint(store_copy) == before
 
 
+def test_a_failed_sync_after_the_commit_says_it_committed(
+    store_copy: Path, run_cli, monkeypatch
+) -> None:
+    """Once CURRENT is replaced the version stands: 'the store is unchanged' would be false."""
+    import errno
+
+    import dmtcore.store
+
+    real_fsync_dir = dmtcore.store._fsync_dir
+
+    def fsync_dir(path: Path) -> None:
+        if Path(path) == store_copy:
+            raise OSError(errno.EIO, "Input/output error")
+        real_fsync_dir(path)
+
+    monkeypatch.setattr(dmtcore.store, "_fsync_dir", fsync_dir)
+    result = run_cli("rollback", "2", "--store", store_copy, expect=5)
+    assert "committed, but syncing" in result.stderr and "Input/output error" in result.stderr
+    assert (store_copy / "CURRENT").read_text() == "4\n"
+
+
 def test_unwritable_store(store_copy: Path, run_cli, monkeypatch) -> None:
     import os
 
