@@ -50,6 +50,21 @@ def main() -> None:
 # -- shared options ----------------------------------------------------------------------------
 
 
+def _store_given_before_the_command(ctx: click.Context, param: Any, value: Path) -> Path:
+    """`dmt --store X status` and `dmt status --store X` mean the same; the command's own
+    --store wins over the environment, and one given in both places must agree."""
+    before = ctx.find_root().params.get("store")
+    if before is None:
+        return value
+    source = ctx.get_parameter_source("store")
+    if source == click.core.ParameterSource.COMMANDLINE and Path(value) != before:
+        raise click.UsageError(
+            f"--store is given twice: {str(before)!r} before the command and {str(value)!r} "
+            "after it; give it once"
+        )
+    return before
+
+
 def store_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--store",
@@ -58,7 +73,8 @@ def store_option(f: Callable[..., Any]) -> Callable[..., Any]:
         envvar=STORE_ENV,
         default=DEFAULT_STORE,
         show_default=True,
-        help=f"Store directory (env {STORE_ENV}).",
+        callback=_store_given_before_the_command,
+        help=f"Store directory (env {STORE_ENV}); also accepted before the command.",
     )(f)
 
 
@@ -273,8 +289,14 @@ def _progress(message: str) -> None:
 
 
 @click.group(cls=DmtGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="dmt", prog_name="dmt")
-def cli() -> None:
+@click.version_option(package_name="dmt-vision", prog_name="dmt")
+@click.option(
+    "--store",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help=f"Store directory for the command (env {STORE_ENV}); the same as after it.",
+)
+def cli(store: Path | None) -> None:
     """dmt grows a multi-task vision model one task at a time.
 
     Every task owns a frozen CNN column; new tasks learn transfer connections into the

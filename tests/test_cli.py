@@ -190,3 +190,21 @@ def test_a_moved_store_keeps_its_artifacts_inside(
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     newest = max(runs, key=lambda r: r.info.start_time)
     assert newest.info.artifact_uri.startswith(f"{moved.resolve()}/")  # a plain path, inside
+
+
+def test_store_is_accepted_before_the_command_too(store_copy: Path, run_cli) -> None:
+    before = run_cli("--store", store_copy, "status", "--json")
+    after = run_cli("status", "--store", store_copy, "--json")
+    assert json.loads(before.stdout) == json.loads(after.stdout)
+    twice = run_cli("--store", store_copy, "status", "--store", "elsewhere", expect=2)
+    assert "--store is given twice" in twice.stderr
+
+
+def test_the_package_has_a_name_of_its_own_on_the_index() -> None:
+    """'dmt' on the package index is an unrelated project: plugins depend on 'dmt-vision'."""
+    import importlib.metadata
+
+    distribution = importlib.metadata.distribution("dmt-vision")
+    scripts = {e.name: e.value for e in distribution.entry_points if e.group == "console_scripts"}
+    assert scripts == {"dmt": "dmtcore.cli:main"}
+    assert {e.name for e in distribution.entry_points if e.group == "dmt"} >= {"digits", "shapes"}
