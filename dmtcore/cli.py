@@ -698,7 +698,8 @@ def remove_task(
     """Cut task NAME out and retrain the connections of the tasks that read it (DMT §4.3).
 
     Prints every remaining task's primary metric before the removal, right after the cut,
-    and after reconnection.
+    and after reconnection, and which state was kept: reconnection keeps its best epoch only
+    if it beats the cut ('kept: epoch N'), else the cut itself ('kept: cut').
     """
     from dmtcore.operations import DataOptions
     from dmtcore.operations import remove_task as run_remove_task
@@ -729,10 +730,11 @@ def remove_task(
                     r["cut"],
                     r["after"],
                     "yes" if r["reconnected"] else "no",
+                    r["kept"] or "-",
                 )
                 for t, r in report.items()
             ],
-            ("task", "metric", "before", "cut", "after", "reconnected"),
+            ("task", "metric", "before", "cut", "after", "reconnected", "kept"),
         )
 
     _emit(as_json, payload, human)
@@ -1002,7 +1004,11 @@ def eval_command(
     as_json: bool,
     **options: Any,
 ) -> None:
-    """Evaluate stored tasks (all by default) on a split of their data."""
+    """Evaluate stored tasks (all by default) on a split of their data.
+
+    Each task's data is split with the seed it was trained with (recorded in the store), so
+    `val` is the split that picked its best epoch; --seed seeds only random augmentation.
+    """
     from dmtcore.operations import DataOptions, evaluate_store
 
     settings = _settings(

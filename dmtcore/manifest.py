@@ -332,7 +332,8 @@ TASK = Record(
         "weights": Record({part: Record({"sha256": SHA256}) for part in WEIGHT_PARTS}),
         "relations": ListOf(MapOf(Number(finite=True), key=TASK_NAME)),
     },
-    {"recipe": MapOf(Anything())},
+    # data_seed: the seed the task's dataset factory got when it was trained (absent: 0)
+    {"recipe": MapOf(Anything()), "data_seed": Integer(0, 2**32 - 1)},
 )
 
 OPERATION = Record(

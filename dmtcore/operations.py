@@ -102,11 +102,15 @@ def make_target(
     device: torch.device,
     world: World = World(),
     plugin: str | None = None,
+    data_seed: int | None = None,
 ) -> Target:
     """Load a task's splits and check their first batches, before anything trains (later
     batches are checked as they are read; messages name `plugin`, the task's). Training
-    batches are this rank's share; every rank validates on the whole validation split."""
-    request = DataRequest(data.data_dir, input_spec, settings.seed, data.download)
+    batches are this rank's share; every rank validates on the whole validation split.
+    The factory gets `data_seed` (a stored task's, see `recorded_data_seed`), or the
+    run's seed for a task trained now; shuffling always follows the run's seed."""
+    seed = settings.seed if data_seed is None else data_seed
+    request = DataRequest(data.data_dir, input_spec, seed, data.download)
     splits = load_splits(spec, request, plugin)
     generator = torch.Generator().manual_seed(settings.seed)
     common = {
@@ -135,8 +139,22 @@ def make_target(
     return Target(spec, train, val)
 
 
+def recorded_data_seed(entry: dict[str, Any]) -> int:
+    """The seed a stored task's dataset factory was given when the task was trained. Every
+    later call (eval, remove-task) hands it the same one, so that a factory which splits by
+    `request.seed` serves the same train/val split again: a different seed would evaluate
+    on samples the task trained on. Stores written before it was recorded were trained and
+    evaluated with the default seed as far as anything later could tell: 0."""
+    return int(entry.get("data_seed", 0))
+
+
 def _task_entry(
-    spec: TaskSpec, host: PluginHost, slot: str, sources: list[str], metrics: dict[str, float]
+    spec: TaskSpec,
+    host: PluginHost,
+    slot: str,
+    sources: list[str],
+    metrics: dict[str, float],
+    seed: int,
 ) -> dict[str, Any]:
     return {
         "name": spec.name,
@@ -144,6 +162,7 @@ def _task_entry(
         "plugin": host.registry.owner("task", spec.name),
         "sources": sources,
         **spec.describe(),
+        "data_seed": seed,
         "metrics": metrics,
         "weights": {},
     }
@@ -300,6 +319,7 @@ def _train_tasks(
     model = load_model(store, manifest, host.registry) or empty_model(
         manifest, host.registry, input_spec
     )
+    torch.manual_seed(settings.seed)  # what a factory draws from torch's RNG, then the heads
     targets = [
         make_target(
             spec, input_spec, settings, data, device, world, host.registry.owner("task", spec.name)
@@ -329,7 +349,9 @@ def _train_tasks(
         for spec in specs:
             sources = model.tasks[spec.name].sources
             new["tasks"].append(
-                _task_entry(spec, host, slots[spec.name], sources, result.metrics[spec.name])
+                _task_entry(
+                    spec, host, slots[spec.name], sources, result.metrics[spec.name], settings.seed
+                )
             )
         new["operation"] = _operation(operation, names, settings, result, result.metrics)
         _commit_weights(store, model, new, set(names), write=world.is_main)
@@ -481,7 +503,9 @@ def remove_task(
     notify: Notify = _stderr,
 ) -> RunResult:
     """Cut task `name` out, then retrain the connections of the tasks that read it (DMT §4.3).
-    The result's summary holds every remaining task's primary metric before, cut, and after."""
+    The state right after the cut is epoch 0 of the best-epoch rule, so reconnection never
+    ends below it. The result's summary holds every remaining task's primary metric before,
+    cut, and after, and which state was kept ('cut' or 'epoch N')."""
     store = Store.open(path)
     world, device = _world_and_device(settings)
     with _writer(store, world, f"remove-task {name}"):
@@ -496,8 +520,12 @@ def remove_task(
         model.to(device)
         input_spec = model.input_spec
         plugins = stored_plugins(manifest)
+        seeds = {entry["name"]: recorded_data_seed(entry) for entry in manifest["tasks"]}
+        torch.manual_seed(settings.seed)
         targets = {
-            t: make_target(specs[t], input_spec, settings, data, device, world, plugins[t])
+            t: make_target(
+                specs[t], input_spec, settings, data, device, world, plugins[t], seeds[t]
+            )
             for t in remaining
         }
         before = {t: evaluate(model, specs[t], targets[t].val) for t in remaining}
@@ -524,7 +552,11 @@ def remove_task(
                     _epoch_hook(host, run, world),
                     notify,
                     world,
+                    start={t: cut[t] for t in affected},
                 )
+            kept = _kept(result)
+            if result is not None and kept == "cut" and world.is_main:
+                notify("no epoch of reconnection beat the cut on validation: kept the cut weights")
             after = {
                 t: (result.metrics[t] if result and t in result.metrics else cut.get(t, before[t]))
                 for t in remaining
@@ -542,6 +574,7 @@ def remove_task(
                     "cut": cut.get(t, before[t])[specs[t].primary_metric],
                     "after": after[t][specs[t].primary_metric],
                     "reconnected": t in affected,
+                    "kept": kept if t in affected else None,
                 }
                 for t in remaining
             }
@@ -553,6 +586,14 @@ def remove_task(
             return new, after
 
         return _tracked(host, run, store, work, notify, world)
+
+
+def _kept(result: FitResult | None) -> str:
+    """Which state reconnection kept: 'cut' (no epoch beat the state right after the cut, or
+    nothing was trainable) or 'epoch N' (the best one, as the best-epoch rule chose)."""
+    if result is None or result.best_epoch == 0:
+        return "cut"
+    return f"epoch {result.best_epoch}"
 
 
 def load_current(
@@ -583,7 +624,8 @@ def evaluate_store(
     settings: TrainSettings = TrainSettings(),
     data: DataOptions = DataOptions(),
 ) -> dict[str, dict[str, float]]:
-    """Metrics of the stored tasks on a split of their data."""
+    """Metrics of the stored tasks on a split of their data. Each task's factory gets the
+    split seed recorded with the task, never `settings.seed`: that seeds torch's RNG only."""
     model, manifest = load_current(path, host)
     names = select_tasks(manifest, tasks)
     specs = specs_for(manifest, names, host)
@@ -591,8 +633,10 @@ def evaluate_store(
     model.to(device)
     batches = []
     plugins = stored_plugins(manifest)
+    seeds = {entry["name"]: recorded_data_seed(entry) for entry in manifest["tasks"]}
+    torch.manual_seed(settings.seed)
     for name in names:
-        request = DataRequest(data.data_dir, model.input_spec, settings.seed, data.download)
+        request = DataRequest(data.data_dir, model.input_spec, seeds[name], data.download)
         splits = load_splits(specs[name], request, plugins[name])
         dataset = getattr(splits, split, None)
         if dataset is None:

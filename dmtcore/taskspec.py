@@ -71,7 +71,13 @@ class HeadSpec:
 
 @dataclass(frozen=True)
 class DataRequest:
-    """What the engine tells a dataset factory: where data lives and what size it will use."""
+    """What the engine tells a dataset factory: where data lives and what size it will use.
+
+    `seed` is the task's split seed: the `--seed` it was added with, recorded in the manifest
+    and given again on every later call (eval, remove-task), so a factory that splits its
+    samples by it serves the same train/val split each time. Randomness that may vary between
+    runs, such as augmentation, should draw from torch's global RNG, which dmt seeds from the
+    command's `--seed`."""
 
     data_dir: Path
     input_spec: InputSpec | None

@@ -4,8 +4,10 @@ Only the parts in the model's `TrainingPlan` learn; frozen columns run without a
 eval mode, and with deterministic data their features are computed once and then read from
 the feature cache. Several targets train by taking turns, one batch each, each on its own data
 and loss (DMT §4.1). After every epoch the targets are validated and the best epoch by the
-mean primary metric is kept; the trained parts are restored to it at the end. Under torchrun
-each rank trains on its share of the data through DistributedDataParallel.
+mean primary metric is kept; the trained parts are restored to it at the end. A caller whose
+starting point is already a result (remove-task's cut) passes its metrics as epoch 0: training
+then never ends below it. Under torchrun each rank trains on its share of the data through
+DistributedDataParallel.
 """
 
 from __future__ import annotations
@@ -175,9 +177,14 @@ def fit(
     on_epoch: Callable[[EpochReport], None] = lambda report: None,
     notify: Callable[[str], None] = lambda message: None,
     world: World = World(),
+    start: dict[str, dict[str, float]] | None = None,
 ) -> FitResult:
     """Train the model's planned parts on `targets`, validating after every epoch (or every
-    `settings.eval_every` steps); the best validation point is restored at the end."""
+    `settings.eval_every` steps); the best validation point is restored at the end.
+
+    `start` is the validation metrics of every target before training (remove-task's cut):
+    the untrained state is then epoch 0 of the best-epoch rule, kept (`best_epoch` 0) unless a
+    later validation beats its mean primary metric, so retraining never ends below it."""
     device = targets[0].train.device
     if settings.compile:
         check_compiler(device)
@@ -202,7 +209,7 @@ def fit(
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     try:
-        result = _fit(model, targets, settings, on_epoch, world, device, cache)
+        result = _fit(model, targets, settings, on_epoch, world, device, cache, start)
     finally:
         if cache is not None:
             cache.close()
@@ -220,6 +227,7 @@ def _fit(
     world: World,
     device: torch.device,
     cache: FeatureCache | None,
+    start: dict[str, dict[str, float]] | None = None,
 ) -> FitResult:
     groups = model.param_groups(settings.connection_lr_mult)
     optimizer = OPTIMIZERS[settings.optimizer](
@@ -234,6 +242,9 @@ def _fit(
     best_score = -math.inf
     best_state: Any = None
     best: tuple[int, dict[str, dict[str, float]]] | None = None
+    if start is not None:  # epoch 0: the state as given, to beat
+        best_score, best_state = _mean_primary(targets, start), model.trained_state()
+        best = (0, start)
     reports: list[EpochReport] = []
     steps_per_epoch = sum(len(t.train) for t in targets)
     step = 0
@@ -255,7 +266,7 @@ def _fit(
         metrics = {
             t.spec.name: evaluate(model, t.spec, t.val, cache, settings.precision) for t in targets
         }
-        score = sum(metrics[t.spec.name][t.spec.primary_metric] for t in targets) / len(targets)
+        score = _mean_primary(targets, metrics)
         is_best = score > best_score
         if is_best:
             best_score, best_state, best = score, model.trained_state(), (epoch, metrics)
@@ -299,13 +310,18 @@ def _fit(
         bar.close()
         if not settings.eval_every:
             validate(epoch)
-    if best_state is None:  # eval_every larger than the whole run: validate once at the end
+    if not reports:  # eval_every larger than the whole run: validate once at the end
         validate(settings.epochs)
     assert best is not None
     model.load_trained_state(best_state)
     model.eval()
     crash_point("fitted")
     return FitResult(best[0], best[1], reports)
+
+
+def _mean_primary(targets: list[Target], metrics: dict[str, dict[str, float]]) -> float:
+    """The best-epoch rule's score: the targets' primary metrics, averaged."""
+    return sum(metrics[t.spec.name][t.spec.primary_metric] for t in targets) / len(targets)
 
 
 def cpu_has_bf16() -> bool:
