@@ -330,6 +330,15 @@ class MlflowTracker:
         if cache:
             self.client.set_tag(self.run_id, "dmt.feature_cache", cache["location"])
         self.client.set_tag(self.run_id, "dmt.version", str(result.version))
+        kept = {
+            task: row["kept"]
+            for task, row in (result.summary.get("report") or {}).items()
+            if row.get("kept")
+        }
+        if kept:  # remove-task: whether reconnection beat the cut (DMT §4.3)
+            self.client.set_tag(
+                self.run_id, "dmt.kept", ", ".join(f"{t}: {k}" for t, k in kept.items())
+            )
         self.client.log_artifact(self.run_id, str(result.manifest_path), artifact_path="manifest")
         self._log_relations(result)
         if self.register:

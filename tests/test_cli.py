@@ -80,6 +80,9 @@ def test_add_status_eval_predict_history_remove(
         "remove-task",
     ]
     assert all(r.info.status == "FINISHED" for r in runs)
+    remove = next(r for r in runs if r.data.tags["dmt.operation"] == "remove-task")
+    kept = removed["report"]["digits.even"]["kept"]
+    assert remove.data.tags["dmt.kept"] == f"digits.even: {kept}"
     add_even = next(r for r in runs if r.data.tags["dmt.tasks"] == "digits.even")
     assert add_even.data.metrics["digits.even.balanced_accuracy"] > 0.85
     assert add_even.data.params["epochs"] == "2"
