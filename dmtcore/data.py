@@ -246,9 +246,9 @@ def _check_class_labels(
 ) -> torch.Tensor:
     if labels.dim() != 1 or labels.is_floating_point():
         raise DataError(
-            f"{origin}: {spec.output} labels must be one class index per image, of "
-            f"{CLASS_LABEL_DTYPES}; got shape {tuple(labels.shape)} dtype {labels.dtype} "
-            f"in {which}"
+            f"{origin}: {spec.output} labels must be one class index per image, got shape "
+            f"{tuple(labels.shape)} dtype {labels.dtype} in {which}; valid: shape (N,) of "
+            f"{CLASS_LABEL_DTYPES}"
         )
     low, high = (int(v) for v in labels.aminmax())
     if low < 0 or high >= spec.num_outputs:

@@ -82,13 +82,13 @@ VIOLATIONS = [
     ("normalised", "pixel values in the first batch range -1.9"),
     (
         "float-labels",
-        "binary labels must be one class index per image, of an integer dtype (torch.long; "
-        "bool for binary); got shape (64,) dtype torch.float32 in the first batch",
+        "binary labels must be one class index per image, got shape (64,) dtype torch.float32 "
+        "in the first batch; valid: shape (N,) of an integer dtype (torch.long; bool for binary)",
     ),
     (
         "float-labels-multiclass",
-        "multiclass labels must be one class index per image, of an integer dtype (torch.long; "
-        "bool for binary); got shape (64,) dtype torch.float64 in the first batch",
+        "multiclass labels must be one class index per image, got shape (64,) dtype "
+        "torch.float64 in the first batch; valid: shape (N,) of an integer dtype",
     ),
 ]
 
