@@ -1,9 +1,10 @@
 """dmt: grow a multi-task vision model one task at a time.
 
 The public plugin API. Importing it is cheap (no torch, no mlflow), so plugins that only
-declare tasks load fast:
+declare tasks load fast. Everything a task plugin declares comes from here (the contract of
+its data: README, "Writing a task plugin"):
 
-    from dmtcore import TaskSpec, hookimpl
+    from dmtcore import DataRequest, HeadSpec, TaskData, TaskSpec, hookimpl
 
     @hookimpl
     def dmt_register_tasks(registry):

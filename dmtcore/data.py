@@ -110,7 +110,9 @@ def load_splits(spec: TaskSpec, request: DataRequest, plugin: str | None = None)
 
 
 def adapt_images(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
-    """Bring a batch (N×C×H×W or N×H×W) to the store's channels and size."""
+    """Bring a batch (N×C×H×W, or N×H×W from `dmt predict`'s arrays) to the store's channels
+    (1 → 3 by repeating, 3 → 1 by luminance) and size (bilinear, antialiased). Plugin data
+    reaches it checked: float C×H×W in [0, 1] with the task's or the store's channels."""
     if images.dim() == 3:
         images = images.unsqueeze(1)
     if images.dim() != 4:
@@ -143,28 +145,77 @@ def labels_for(spec: TaskSpec, labels: Any) -> torch.Tensor:
     return labels.view(-1, 1) if labels.dim() == 1 else labels
 
 
+# Pixels may stray this far outside [0, 1] (rounding in a plugin's own resizing or colour
+# conversion); 0..255 pixels or normalised ones (about -2..2) are far outside it.
+PIXEL_SLACK = 1e-3
+CLASS_LABEL_DTYPES = "an integer dtype (torch.long; bool for binary)"
+
+
+def valid_channels(spec: TaskSpec, input_spec: InputSpec | None) -> tuple[int, ...]:
+    """The channel counts a task's images may have: its declared `input_shape` channels, or
+    the store's, which its factory is told in `request.input_spec` and may deliver instead."""
+    counts = {spec.input_shape[0]} | ({input_spec.channels} if input_spec else set())
+    return tuple(sorted(counts))
+
+
 def check_images(
-    origin: str, images: Any, which: str, shape: tuple[int, ...] | None = None
+    origin: str,
+    images: Any,
+    which: str,
+    shape: tuple[int, ...] | None = None,
+    channels: tuple[int, ...] = (),
 ) -> tuple[int, ...]:
-    """Fail, naming where, unless `images` is a batch of C×H×W (or H×W) images of the given
-    per-image shape with finite values; returns the per-image shape. One pass over the pixels
-    (cheap beside a forward pass: see `Batches`)."""
-    if not torch.is_tensor(images) or images.dim() not in (3, 4):
+    """Fail, naming where, unless `images` is a batch of float C×H×W images in [0, 1] with
+    one of `channels` (when given) and the given per-image shape; returns the per-image shape.
+    An H×W image, integer pixels or 0..255 floats would train silently on other values than
+    `dmt predict` feeds the model (it scales files to [0, 1]), so they are refused here.
+    One min/max pass over the pixels (cheap beside a forward pass: see `Batches`)."""
+    if not torch.is_tensor(images) or images.dim() != 4:
         got = tuple(images.shape) if torch.is_tensor(images) else type(images).__name__
-        raise DataError(f"{origin}: images must be tensors of C×H×W, got {which} of {got}")
+        hw = torch.is_tensor(images) and images.dim() == 3
+        hint = " (give each image its channel dimension: image[None])" if hw else ""
+        raise DataError(
+            f"{origin}: images must be tensors of C×H×W each (a batch of N×C×H×W), "
+            f"got {which} of {got}{hint}"
+        )
+    if channels and images.shape[1] not in channels:
+        raise DataError(
+            f"{origin}: {which} has images of {images.shape[1]} channels; valid: "
+            f"{' or '.join(map(str, channels))} (the task's input_shape, or the store's input "
+            "spec given in request.input_spec)"
+        )
     if shape is not None and tuple(images.shape[1:]) != shape:
         raise DataError(
             f"{origin}: {which} has images of shape {tuple(images.shape[1:])}, the first batch "
             f"{shape}; all images of a split must have one shape"
         )
-    if images.is_floating_point() and not bool(torch.isfinite(images).all()):
-        raise DataError(f"{origin}: {which} has NaN or infinite pixel values")
+    if not images.is_floating_point():
+        raise DataError(
+            f"{origin}: {which} has images of dtype {images.dtype}; images must be floats in "
+            "[0, 1] (divide 8-bit pixels by 255)"
+        )
+    if images.numel():
+        _check_pixel_range(origin, images, which)
     return tuple(images.shape[1:])
+
+
+def _check_pixel_range(origin: str, images: torch.Tensor, which: str) -> None:
+    low, high = (float(v) for v in images.aminmax())  # NaN propagates, inf shows
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise DataError(f"{origin}: {which} has NaN or infinite pixel values")
+    if low < -PIXEL_SLACK or high > 1 + PIXEL_SLACK:
+        raise DataError(
+            f"{origin}: pixel values in {which} range {low:.4g}..{high:.4g}; valid: 0..1 "
+            "(floats in [0, 1], as dmt predict reads image files; divide 8-bit pixels by 255, "
+            "do not normalise)"
+        )
 
 
 def check_labels(origin: str, spec: TaskSpec, raw_labels: Any, which: str) -> torch.Tensor:
     """Fail, naming where, unless the labels fit the task's output kind and size: vectorised
-    min/max, integrality and finiteness checks only, cheap enough for every batch."""
+    min/max and finiteness checks only, cheap enough for every batch. Class labels must have
+    an integer dtype: a float label (even 1.0) is most likely a regression or multilabel
+    target given to a classification task."""
     try:
         labels = torch.as_tensor(raw_labels)
     except (TypeError, ValueError, RuntimeError) as exc:
@@ -176,21 +227,7 @@ def check_labels(origin: str, spec: TaskSpec, raw_labels: Any, which: str) -> to
     if labels.is_complex():
         raise DataError(f"{origin}: labels in {which} have dtype {labels.dtype}; expected numbers")
     if spec.output in ("binary", "multiclass"):
-        if labels.dim() != 1 or (
-            labels.is_floating_point()
-            and not (bool(torch.isfinite(labels).all()) and torch.equal(labels, labels.round()))
-        ):
-            raise DataError(
-                f"{origin}: {spec.output} labels must be one class index per image, "
-                f"got shape {tuple(labels.shape)} dtype {labels.dtype} in {which}"
-            )
-        low, high = (int(v) for v in labels.aminmax())
-        if low < 0 or high >= spec.num_outputs:
-            raise DataError(
-                f"{origin}: labels in {which} range {low}..{high}, but the task has "
-                f"{spec.num_outputs} outputs (valid labels: 0..{spec.num_outputs - 1})"
-            )
-        return labels
+        return _check_class_labels(origin, spec, labels, which)
     width = 1 if labels.dim() == 1 else labels.shape[1]
     if labels.dim() > 2 or width != spec.num_outputs:
         raise DataError(
@@ -204,6 +241,24 @@ def check_labels(origin: str, spec: TaskSpec, raw_labels: Any, which: str) -> to
     return labels
 
 
+def _check_class_labels(
+    origin: str, spec: TaskSpec, labels: torch.Tensor, which: str
+) -> torch.Tensor:
+    if labels.dim() != 1 or labels.is_floating_point():
+        raise DataError(
+            f"{origin}: {spec.output} labels must be one class index per image, got shape "
+            f"{tuple(labels.shape)} dtype {labels.dtype} in {which}; valid: shape (N,) of "
+            f"{CLASS_LABEL_DTYPES}"
+        )
+    low, high = (int(v) for v in labels.aminmax())
+    if low < 0 or high >= spec.num_outputs:
+        raise DataError(
+            f"{origin}: labels in {which} range {low}..{high}, but the task has "
+            f"{spec.num_outputs} outputs (valid labels: 0..{spec.num_outputs - 1})"
+        )
+    return labels
+
+
 def check_batch(
     origin: str,
     spec: TaskSpec,
@@ -211,10 +266,11 @@ def check_batch(
     raw_labels: Any,
     which: str,
     shape: tuple[int, ...] | None = None,
+    channels: tuple[int, ...] = (),
 ) -> tuple[int, ...]:
     """Fail, naming the task, plugin, split and batch, if a batch cannot be what the task
     says; returns the per-image shape that later batches must have."""
-    shape = check_images(origin, images, which, shape)
+    shape = check_images(origin, images, which, shape, channels)
     labels = check_labels(origin, spec, raw_labels, which)
     if labels.shape[0] != images.shape[0]:
         raise DataError(
@@ -323,8 +379,9 @@ class Batches:
 
     This is where plugin data enters the engine, so every consumer (training, validation, the
     feature cache's fill pass) gets the same guarantees: every batch is checked (labels fit the
-    task, images keep the first batch's shape, values are finite: some 30 µs a batch of 64,
-    0.1% of a digits epoch), and anything the plugin's dataset raises, here or in a worker
+    task; images are float C×H×W with the task's or the store's channels, keep the first
+    batch's shape, pixels are in [0, 1]: one min/max pass, under 30 µs a batch of 64, 0.1% of
+    a digits epoch), and anything the plugin's dataset raises, here or in a worker
     process, is a DataError naming the task, its plugin, the split and the batch."""
 
     spec: TaskSpec
@@ -345,6 +402,7 @@ class Batches:
     def __post_init__(self) -> None:
         self.origin = f"{data_origin(self.spec, self.plugin)}, {self.split} split"
         self.image_shape: tuple[int, ...] | None = None  # of the first batch read
+        self.channels = valid_channels(self.spec, self.input_spec)
         self.checked_whole = False  # in-memory data checked once as a whole (GPU-resident)
         with plugin_code(self.origin, "reading its size"):
             size = len(self.dataset)
@@ -405,7 +463,7 @@ class Batches:
         if not self.checked_whole:
             which = _batch_name(number)
             self.image_shape = check_batch(
-                self.origin, self.spec, images, labels, which, self.image_shape
+                self.origin, self.spec, images, labels, which, self.image_shape, self.channels
             )
 
     def fetch(self, index: torch.Tensor) -> torch.Tensor:
@@ -417,7 +475,9 @@ class Batches:
             which = f"samples {int(index[0])}..{int(index[-1])}"
             with plugin_code(self.origin, f"reading {which}"):
                 images = torch.stack([torch.as_tensor(self.dataset[int(i)][0]) for i in index])
-            self.image_shape = check_images(self.origin, images, which, self.image_shape)
+            self.image_shape = check_images(
+                self.origin, images, which, self.image_shape, self.channels
+            )
         return self._formatted(adapt_images(images, self.input_spec).to(self.device))
 
     def all_labels(self) -> torch.Tensor:
@@ -440,7 +500,14 @@ class Batches:
                 size = sum(t.numel() * t.element_size() for t in tensors)
                 if size <= DEVICE_RESIDENT_BYTES:
                     moved = tuple(t.to(self.device) for t in tensors)
-                    check_batch(self.origin, self.spec, moved[0], tensors[1], "the whole split")
+                    check_batch(
+                        self.origin,
+                        self.spec,
+                        moved[0],
+                        tensors[1],
+                        "the whole split",
+                        channels=self.channels,
+                    )
                     self.checked_whole = True
                     self._on_device = moved
                 else:
