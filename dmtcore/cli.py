@@ -193,6 +193,13 @@ def train_options(default_epochs: int) -> Callable[[Callable[..., Any]], Callabl
             help="torch.compile the trained parts (on a CPU: over a minute up front, no faster).",
         ),
         click.option(
+            "--bn-recalibration/--no-bn-recalibration",
+            default=None,
+            help="Before each validation, re-estimate the new parts' BatchNorm statistics in "
+            "one pass over the training data (they lag the weights when epochs have few steps) "
+            "[default: only when a task gets under 10 steps per epoch or 20 in all].",
+        ),
+        click.option(
             "--workers",
             type=int,
             default=0,
@@ -757,6 +764,7 @@ def _split_options(options: dict[str, Any]) -> tuple[Any, dict[str, Any], tuple[
         workers=options["workers"],
         channels_last=options["channels_last"],
         compile=options["compile_"],
+        bn_recalibration=options["bn_recalibration"],
     )
     data = {"data_dir": options["data_dir"], "download": options["download"]}
     return settings, data, (options["tracking_uri"], options["no_tracking"], options["no_register"])

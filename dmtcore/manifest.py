@@ -111,6 +111,13 @@ class Integer(Node):
         )
 
 
+class Boolean(Node):
+    expected = "true or false"
+
+    def accepts(self, value: Any) -> bool:
+        return isinstance(value, bool)
+
+
 @dataclass(frozen=True)
 class Number(Node):
     """Any JSON number; `finite` also refuses NaN and infinities."""
@@ -344,6 +351,7 @@ OPERATION = Record(
         "best_epoch": Nullable(Integer(0)),
         "metrics": MapOf(METRICS, key=TASK_NAME),
         "feature_cache": MapOf(Anything()),
+        "bn_recalibrated": Boolean(),
         "report": MapOf(Anything(), key=TASK_NAME),
     },
 )

@@ -392,6 +392,7 @@ def _operation(
         "best_epoch": result.best_epoch if result else None,
         "metrics": metrics,
         "feature_cache": result.feature_cache if result else {},
+        "bn_recalibrated": result.bn_recalibrated if result else False,
     }
 
 

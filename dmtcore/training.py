@@ -12,6 +12,7 @@ DistributedDataParallel.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import shutil
@@ -40,6 +41,15 @@ OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]]], torch.optim.Optimizer]] =
     "sgd": lambda groups: torch.optim.SGD(groups, momentum=0.9),
 }
 PRECISIONS = ("fp32", "bf16")
+# BatchNorm's running averages (momentum 0.1) follow the last ~10 steps and start at mean 0,
+# variance 1 (0.9**20: 12% of those initial values is left after 20 steps). Fewer steps than
+# this per epoch, or in the whole run, make eval-mode scores unreliable: fit warns.
+MIN_STEPS_PER_EPOCH = 10
+MIN_STEPS_PER_RUN = 20
+# Batches per trained task that re-estimate BatchNorm statistics: 50 batches of 64 are 3,200
+# images, plenty for per-channel means and variances, and bound the pass on large datasets
+# to the cost of some 17 training steps.
+RECALIBRATION_BATCHES = 50
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,12 @@ class TrainSettings:
     # compilation and later epochs run no faster (benchmarks/speed_options.py), so off.
     compile: bool = False
     workers: int = 0  # background processes decoding samples (for image files)
+    # Re-estimate the trained parts' BatchNorm statistics on (up to RECALIBRATION_BATCHES of)
+    # the training data before every validation, so that validation, the best-epoch choice
+    # and the stored model use statistics of the weights as they are: see recalibrate_batchnorm.
+    # None (auto): only when a task gets few steps (few_steps_warning), where running averages
+    # lag the weights and the pass is a handful of batches; on digits it costs ~20% of an epoch.
+    bn_recalibration: bool | None = None
 
     def __post_init__(self) -> None:
         seed_limit = 2**32 - 1  # numpy's seeds stop here, torch's at 2**64 - 1: plugins get both
@@ -124,6 +140,7 @@ class FitResult:
     metrics: dict[str, dict[str, float]]
     epochs: list[EpochReport]
     feature_cache: dict[str, Any] = field(default_factory=dict)  # empty when not used
+    bn_recalibrated: bool = False  # BatchNorm statistics re-estimated before each validation
 
 
 def _turns(
@@ -168,6 +185,7 @@ class Trainable(Protocol):
     def trained_state(self) -> Any: ...
     def load_trained_state(self, state: Any) -> None: ...
     def relation_weights(self) -> dict[str, list[dict[str, float]]]: ...
+    def modules(self) -> Iterator[torch.nn.Module]: ...
 
 
 def fit(
@@ -190,6 +208,10 @@ def fit(
         check_compiler(device)
         notify("torch.compile: the first steps compile the trained parts (a minute or more)")
         model.compile_planned()
+    for target in targets:
+        warning = few_steps_warning(target, settings)
+        if warning:
+            notify(warning)
     if settings.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
         notify(
             "warning: --precision bf16 on a CPU without bfloat16 instructions "
@@ -239,6 +261,7 @@ def _fit(
     names = [t.spec.name for t in targets]
     losses = {t.spec.name: loss_function(t.spec.loss) for t in targets}
     step_model = wrap(model, world, device)
+    recalibrates = recalibrates_batchnorm(targets, settings)
     best_score = -math.inf
     best_state: Any = None
     best: tuple[int, dict[str, dict[str, float]]] | None = None
@@ -262,6 +285,8 @@ def _fit(
         train_loss = {n: float(totals[n]) / counts[n] for n in names if counts[n]}
         for name, value in train_loss.items():
             _check_finite(name, value, epoch, settings)
+        if recalibrates:
+            recalibrate_batchnorm(model, targets, cache, settings.precision)
         sync_buffers(model, world)
         metrics = {
             t.spec.name: evaluate(model, t.spec, t.val, cache, settings.precision) for t in targets
@@ -316,12 +341,103 @@ def _fit(
     model.load_trained_state(best_state)
     model.eval()
     crash_point("fitted")
-    return FitResult(best[0], best[1], reports)
+    return FitResult(best[0], best[1], reports, bn_recalibrated=recalibrates)
 
 
 def _mean_primary(targets: list[Target], metrics: dict[str, dict[str, float]]) -> float:
     """The best-epoch rule's score: the targets' primary metrics, averaged."""
     return sum(metrics[t.spec.name][t.spec.primary_metric] for t in targets) / len(targets)
+
+
+def few_steps_warning(target: Target, settings: TrainSettings) -> str | None:
+    """A warning when the task gets too few optimiser steps for its BatchNorm statistics and
+    validation scores to mean much (a few hundred images in batches of 64), saying what to do."""
+    per_epoch = len(target.train)
+    total = per_epoch * settings.epochs
+    if per_epoch >= MIN_STEPS_PER_EPOCH and total >= MIN_STEPS_PER_RUN:
+        return None
+    images = len(target.train.sampler)
+    partial = target.train.batch_sampler.drop_last and images % settings.batch_size
+    dropped = ", last partial batch dropped" if partial else ""
+    advice = []
+    if per_epoch < MIN_STEPS_PER_EPOCH:
+        smaller = images // MIN_STEPS_PER_EPOCH
+        advice.append(
+            f"a smaller --batch-size ({smaller} gives {images // smaller} steps per epoch)"
+            if smaller >= 2
+            else "more training images"
+        )
+    if total < MIN_STEPS_PER_RUN:
+        advice.append("more --epochs")
+    unrecalibrated = (
+        ", with --no-bn-recalibration even at chance" if settings.bn_recalibration is False else ""
+    )
+    return (
+        f"warning: task {target.spec.name!r} gets only {per_epoch} optimiser "
+        f"step{'s' * (per_epoch != 1)} per epoch, {total} in all ({images} training images, "
+        f"batch size {settings.batch_size}{dropped}); with fewer than {MIN_STEPS_PER_EPOCH} per "
+        f"epoch or {MIN_STEPS_PER_RUN} in all, scores may be poor{unrecalibrated}: "
+        f"use {' and '.join(advice)}"
+    )
+
+
+def recalibrates_batchnorm(targets: list[Target], settings: TrainSettings) -> bool:
+    """Whether to re-estimate BatchNorm statistics before each validation: as the option says,
+    or by default when some task gets too few steps for its running averages to catch up."""
+    if settings.bn_recalibration is not None:
+        return settings.bn_recalibration
+    return any(few_steps_warning(t, settings) for t in targets)
+
+
+def trained_batchnorms(model: Trainable) -> list[torch.nn.modules.batchnorm._BatchNorm]:
+    """BatchNorm layers that `train_mode` switches to training: exactly the trained parts',
+    never a frozen column's (those must stay bit-identical)."""
+    model.train_mode()
+    return [
+        m
+        for m in model.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+        and m.training
+        and m.track_running_stats
+    ]
+
+
+def recalibrate_batchnorm(
+    model: Trainable, targets: list[Target], cache: FeatureCache | None, precision: str
+) -> None:
+    """Replace the trained parts' BatchNorm running statistics by their plain average over one
+    pass of the training data, as the weights now are (no gradients; swa_utils.update_bn).
+
+    With momentum 0.1 the running averages follow the last ~10 steps and start from mean 0,
+    variance 1: after a handful of steps they describe weights that no longer exist, and
+    eval-mode outputs can be at chance while the training loss is low. Random state (torch's,
+    and each training split's shuffling generator) is restored afterwards, so training goes
+    on exactly as it would have without this pass."""
+    norms = trained_batchnorms(model)
+    if not norms:
+        return
+    device = targets[0].train.device
+    momenta = [m.momentum for m in norms]
+    generators = {id(t.train.generator): t.train.generator for t in targets if t.train.generator}
+    states = {key: g.get_state() for key, g in generators.items()}
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the pass
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            for target in targets:
+                name = target.spec.name
+                batches = target.train.indexed()
+                for images, _, index in itertools.islice(batches, RECALIBRATION_BATCHES):
+                    given = cache.lookup(name, "train", index) if cache else None
+                    with autocast(device, precision):
+                        model(images, [name], given)
+    finally:
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+        for key, generator in generators.items():
+            generator.set_state(states[key])
 
 
 def cpu_has_bf16() -> bool:
