@@ -256,7 +256,8 @@ class Store:
 
         The lock is an flock, so the kernel releases it when its holder dies: a stale lock from a
         killed process is simply taken over, and what that process left half-written is removed.
-        Nothing is truncated or cleaned up before the lock is held and the layout is checked.
+        Only the lock, checked by `_open_lock`, is written before `remove_unfinished_writes`
+        checks the layout; nothing else is written or deleted before that.
         """
         lock_path = self.path / "writer.lock"
         fd = self._open_lock(lock_path)
@@ -267,7 +268,6 @@ class Store:
                 raise StoreLockedError(self._describe_holder(lock_path)) from None
             holder = {"pid": os.getpid(), "command": command, "started": now_iso()}
             try:
-                check_layout(self.path)
                 try:
                     os.ftruncate(fd, 0)
                     os.pwrite(fd, json.dumps(holder).encode(), 0)
@@ -352,6 +352,7 @@ class Store:
 
     def _write_atomically(self, target: Path, data: bytes) -> None:
         tmp = self.path / "tmp" / f"{target.name}.{os.getpid()}.part"
+        replaced = False
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
             with open(fd, "wb") as handle:
@@ -361,21 +362,19 @@ class Store:
                 os.fsync(handle.fileno())
             crash_point("file-before-rename")
             os.replace(tmp, target)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise StoreError(
-                f"cannot write {target}: {exc.strerror}; the store is unchanged"
-            ) from exc
-        try:
+            replaced = True
             _fsync_dir(target.parent)
         except OSError as exc:
-            if target.name != CURRENT:  # a blob or manifest no version refers to yet
+            tmp.unlink(missing_ok=True)
+            if replaced and target.name == CURRENT:  # the version is committed: say so
                 raise StoreError(
-                    f"cannot write {target}: {exc.strerror}; the store is unchanged"
+                    f"committed, but syncing {target.parent} failed: {exc.strerror}; the new "
+                    "version may not survive a power cut: run 'dmt verify' once the disk is "
+                    "healthy"
                 ) from exc
-            raise StoreError(  # CURRENT is replaced: the version is committed
-                f"committed, but syncing {target.parent} failed: {exc.strerror}; the new "
-                "version may not survive a power cut: run 'dmt verify' once the disk is healthy"
+            # A blob or manifest no version refers to yet: the next writer removes it.
+            raise StoreError(
+                f"cannot write {target}: {exc.strerror}; the store is unchanged"
             ) from exc
 
     def write_blob(self, data: bytes) -> str:
