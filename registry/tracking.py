@@ -20,7 +20,7 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,14 +121,21 @@ def _create_database(store: Path, target: Path) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def _read_only(database: Path) -> Iterator[tuple[sqlite3.Connection, set[str]]]:
+    """A read-only sqlite3 connection to `database` and the names of its tables: looking at
+    a database before MLflow opens it (MLflow would try to migrate it) takes milliseconds."""
+    with contextlib.closing(
+        sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)
+    ) as connection:
+        yield connection, {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+
+
 def _open_problem(database: Path) -> str | None:
-    """Why MLflow could not use `database` (a half-run migration), or None: checked with
-    sqlite3 in read-only mode, in milliseconds, before MLflow touches the file."""
+    """Why MLflow could not use `database` (a half-run migration), or None."""
     try:
-        with contextlib.closing(
-            sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)
-        ) as connection:
-            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        with _read_only(database) as (_, tables):
+            pass
     except sqlite3.DatabaseError as exc:
         return f"not a readable SQLite database: {exc}"
     leftovers = sorted(t for t in tables if t.startswith("_alembic_tmp_"))
@@ -151,10 +158,7 @@ def _holds_records(database: Path) -> bool:
     """Whether a database holds runs, registered models or experiments beyond MLflow's
     'Default'. One that cannot be read counts as holding records."""
     try:
-        with contextlib.closing(
-            sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)
-        ) as connection:
-            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+        with _read_only(database) as (connection, tables):
             return any(
                 connection.execute(query).fetchone()[0]
                 for table, query in RECORDS.items()
