@@ -122,26 +122,12 @@ from dmtcore import TaskData, TaskSpec, hookimpl
 PROBLEM = {problem!r}
 
 
-class LaterNaN(Dataset):
-    """Finite for the first batch the engine checks, NaN afterwards."""
-
-    def __init__(self, images, labels):
-        self.images, self.labels, self.calls = images, labels, 0
-
-    def __len__(self):
-        return len(self.labels)
-
-    def __getitem__(self, index):
-        self.calls += 1
-        image = self.images[index] if self.calls <= 64 else torch.full_like(self.images[index], float("nan"))
-        return image, self.labels[index]
-
-
 class Later(Dataset):
     """Samples read one at a time that go wrong after the first LATER reads in a process: the
-    engine's first-batch check passes, and the problem comes in a later batch."""
+    engine's first-batch check passes, and the problem comes in a later batch (NaN pixels as
+    soon as the check's 64 samples are read)."""
 
-    LATER = 192
+    LATER = 64 if PROBLEM == "nan-later" else 192
 
     def __init__(self, images, labels):
         self.images, self.labels, self.calls = images, labels, 0
@@ -160,6 +146,8 @@ class Later(Dataset):
             return image, label + 5
         if PROBLEM == "size-later" and self.calls == self.LATER + 1:
             return torch.zeros(1, 16, 16), label
+        if PROBLEM == "nan-later":
+            return torch.full_like(image, float("nan")), label
         return image, label
 
 
@@ -197,9 +185,7 @@ def datasets(request):
         train = (train[0], torch.stack([train[1], train[1]], 1))
     if PROBLEM == "nan-first":
         train = (torch.full_like(train[0], float("nan")), train[1])
-    if PROBLEM == "nan-later":
-        return TaskData(LaterNaN(*train), TensorDataset(*val))
-    if PROBLEM in ("raises-later", "label-later", "size-later"):
+    if PROBLEM in ("raises-later", "label-later", "size-later", "nan-later"):
         return TaskData(Later(*train), TensorDataset(*val))
     if PROBLEM in ("val-raises", "val-label-later"):
         return TaskData(TensorDataset(*train), Later(*val))
