@@ -71,7 +71,7 @@ def hand_run(task: str, host: Any, input_spec: Any, settings: Any) -> dict[str, 
     torch.manual_seed(settings.seed)
     backbone = host.registry.backbone("dmt-cnn")
     column = backbone.build(input_spec, backbone.resolve_options({}))
-    model = nn.Sequential(*column.stages, nn.Linear(column.out_features, spec.num_outputs))
+    model = nn.Sequential(*column.stages, nn.Linear(column.out_shape[0], spec.num_outputs))
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
     generator = torch.Generator().manual_seed(settings.seed)

@@ -53,7 +53,7 @@ def warm_up(host: Any, input_spec: Any, tensors: Any, device: str) -> None:
 
     backbone = host.registry.backbone("dmt-cnn")
     column = backbone.build(input_spec, backbone.resolve_options({}))
-    model = torch.nn.Sequential(*column.stages, torch.nn.Linear(column.out_features, 2)).to(device)
+    model = torch.nn.Sequential(*column.stages, torch.nn.Linear(column.out_shape[0], 2)).to(device)
     optimizer = torch.optim.Adam(model.parameters())
     x = tensors[0][:64].to(device)
     torch.nn.functional.cross_entropy(model(x), (tensors[1][:64] > 0).long().to(device)).backward()

@@ -33,8 +33,9 @@ class HardSharingModel(nn.Module):
         super().__init__()
         self.trunk = backbone.build(input_spec, backbone_options)
         self.names = [spec.name for spec in specs]
+        size = (input_spec.height, input_spec.width)
         self.heads = nn.ModuleList(
-            build_head(spec.head, self.trunk.out_features, spec.num_outputs) for spec in specs
+            build_head(spec.head, self.trunk.out_shape, spec.num_outputs, size) for spec in specs
         )
 
     def forward(

@@ -24,6 +24,7 @@ from torch.utils.data import (
 )
 
 from dmtcore import interrupts
+from dmtcore.dense_labels import check_dense_labels, check_label_size, dense_targets
 from dmtcore.errors import DataError, DmtError, InvalidValueError, first_line
 from dmtcore.names import InputSpec
 from dmtcore.taskspec import DataRequest, TaskData, TaskSpec
@@ -137,8 +138,12 @@ def adapt_images(images: torch.Tensor, spec: InputSpec) -> torch.Tensor:
     return images.contiguous()
 
 
-def labels_for(spec: TaskSpec, labels: Any) -> torch.Tensor:
+def labels_for(spec: TaskSpec, labels: Any, input_spec: InputSpec | None = None) -> torch.Tensor:
+    """Checked labels as the task's loss takes them (dense maps at the store's size)."""
     labels = torch.as_tensor(labels)
+    if spec.dense:
+        size = (input_spec.height, input_spec.width) if input_spec else labels.shape[-2:]
+        return dense_targets(spec, labels, tuple(size))
     if spec.output in ("binary", "multiclass"):
         return labels.long().view(-1)
     labels = labels.float()
@@ -228,6 +233,9 @@ def check_labels(origin: str, spec: TaskSpec, raw_labels: Any, which: str) -> to
         raise DataError(f"{origin}: labels in {which} have dtype {labels.dtype}; expected numbers")
     if spec.output in ("binary", "multiclass"):
         return _check_class_labels(origin, spec, labels, which)
+    if spec.dense:
+        check_dense_labels(origin, spec, labels, which)
+        return labels
     width = 1 if labels.dim() == 1 else labels.shape[1]
     if labels.dim() > 2 or width != spec.num_outputs:
         raise DataError(
@@ -276,6 +284,8 @@ def check_batch(
         raise DataError(
             f"{origin}: {which} has {images.shape[0]} images but {labels.shape[0]} labels"
         )
+    if spec.dense:
+        check_label_size(origin, labels, images, which)
     return shape
 
 
@@ -483,7 +493,7 @@ class Batches:
     def all_labels(self) -> torch.Tensor:
         """Every label of an in-memory split, checked as a whole, as the task's loss takes them."""
         labels = check_labels(self.origin, self.spec, self.dataset.tensors[1], "the whole split")
-        return labels_for(self.spec, labels)
+        return labels_for(self.spec, labels, self.input_spec)
 
     def _formatted(self, images: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -522,7 +532,9 @@ class Batches:
         images = adapt_images(torch.as_tensor(images), self.input_spec)
         return (
             self._formatted(images.to(self.device, non_blocking=non_blocking)),
-            labels_for(self.spec, labels).to(self.device, non_blocking=non_blocking),
+            labels_for(self.spec, labels, self.input_spec).to(
+                self.device, non_blocking=non_blocking
+            ),
             index,
         )
 

@@ -16,7 +16,7 @@ from torch.utils.data import TensorDataset
 
 from dmtcore.data import Batches
 from dmtcore.feature_cache import FeatureCache
-from dmtcore.metrics import compute_metrics
+from dmtcore.metrics import MetricState
 from dmtcore.model import evaluating
 from dmtcore.taskspec import TaskSpec
 
@@ -34,13 +34,16 @@ def evaluate(
     precision: str = "fp32",
 ) -> dict[str, float]:
     """The task's metrics over a whole split, in eval mode (frozen features from `cache`)."""
-    outputs, labels = [], []
+    state = metric_state(spec)
     with evaluating(model), torch.inference_mode(), autocast(batches.device, precision):
         for images, batch_labels, index in batches.indexed():
             given = cache.lookup(spec.name, "val", index) if cache else None
-            outputs.append(model(images, [spec.name], given)[spec.name].float().cpu())
-            labels.append(batch_labels.cpu())
-    return compute_metrics(list(spec.metrics), torch.cat(outputs), torch.cat(labels))
+            state.update(model(images, [spec.name], given)[spec.name], batch_labels)
+    return state.result()
+
+
+def metric_state(spec: TaskSpec) -> MetricState:
+    return MetricState(spec.output, list(spec.metrics), int(spec.num_outputs or 1))
 
 
 def shared_images(dataset: Any) -> Any:
@@ -86,15 +89,11 @@ def _evaluate_together(
 ) -> dict[str, dict[str, float]]:
     names = [spec.name for spec in specs]
     labels = {spec.name: batches.all_labels() for spec, batches in zip(specs, splits, strict=True)}
-    outputs: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    states = {spec.name: metric_state(spec) for spec in specs}
     with evaluating(model), torch.inference_mode(), autocast(lead.device, precision):
-        for images, _, _ in lead.indexed():
+        for images, _, index in lead.indexed():
             logits = model(images, names)
             for name in names:
-                outputs[name].append(logits[name].float().cpu())
-    return {
-        spec.name: compute_metrics(
-            list(spec.metrics), torch.cat(outputs[spec.name]), labels[spec.name]
-        )
-        for spec in specs
-    }
+                batch_labels = labels[name][index.to(labels[name].device)]
+                states[name].update(logits[name], batch_labels)
+    return {name: state.result() for name, state in states.items()}

@@ -23,9 +23,13 @@ from typing import Any
 
 from dmtcore.errors import StoreError
 from dmtcore.names import MAX_INPUT_CHANNELS, MAX_INPUT_SIDE, TASK_NAME_PATTERN
-from dmtcore.taskspec import HEAD_KINDS, LOSS_NAMES, OUTPUT_KINDS
+from dmtcore.taskspec import DENSE_KINDS, FIXED_OUTPUTS, HEAD_KINDS, LOSS_NAMES, OUTPUT_KINDS
 
-FORMAT = 1
+# Format 2 (issue 14) adds pixel-level tasks: the output kinds segmentation/depth/normals, the
+# 'dense' head, their losses and metrics, and spatial column options. Format 1 manifests (every
+# store written before) are read as they are; every new version is written as format 2.
+FORMAT = 2
+READABLE_FORMATS = (1, 2)
 WEIGHT_PARTS = ("column", "connections", "head")
 MAX_VERSION = 999_999  # version files are named vNNNNNN.json
 SLOT = re.compile(r"^t(\d{1,9})$")
@@ -161,18 +165,6 @@ class Text(Node):
         if self.choices:
             return value in self.choices
         return self.pattern is None or bool(self.pattern.fullmatch(value))
-
-
-@dataclass(frozen=True)
-class Constant(Node):
-    value: Any
-
-    @property
-    def expected(self) -> str:
-        return repr(self.value)
-
-    def accepts(self, value: Any) -> bool:
-        return type(value) is type(self.value) and value == self.value
 
 
 @dataclass(frozen=True)
@@ -358,7 +350,7 @@ OPERATION = Record(
 
 SCHEMA = Record(
     {
-        "format": Constant(FORMAT),
+        "format": Integer(min(READABLE_FORMATS), max(READABLE_FORMATS)),
         "name": NAME,
         "store_id": NAME,
         "model_name": NAME,
@@ -433,13 +425,19 @@ def _check_outputs(data: dict[str, Any]) -> Iterator[str]:
     for index, task in enumerate(data["tasks"]):
         at, output, head = _join("tasks", index), task["output"], task["head"]
         kind, size = output["kind"], output["size"]
-        if kind == "binary" and size != 2:
-            yield f"{at}.output.size must be 2 for a binary task, got {size}"
-        if kind == "multiclass" and size < 2:
-            yield f"{at}.output.size must be at least 2 for a multiclass task, got {size}"
+        fixed = FIXED_OUTPUTS.get(kind)
+        if fixed is not None and size != fixed:
+            yield f"{at}.output.size must be {fixed} for a {kind} task, got {size}"
+        if kind in ("multiclass", "segmentation") and size < 2:
+            yield f"{at}.output.size must be at least 2 for a {kind} task, got {size}"
         names = task["class_names"]
-        if names is not None and kind in ("binary", "multiclass") and len(names) != size:
+        with_classes = ("binary", "multiclass", "segmentation")
+        if names is not None and kind in with_classes and len(names) != size:
             yield f"{at}.class_names must name {size} classes (output.size), got {len(names)}"
+        if (head["kind"] == "dense") != (kind in DENSE_KINDS):
+            yield f"{at}.head.kind {head['kind']!r} does not fit a {kind} task"
+        if kind in DENSE_KINDS and data["format"] < 2:
+            yield f"{at}.output.kind {kind!r} needs manifest format 2, got {data['format']}"
         if head["kind"] == "mlp" and not head["hidden"]:
             yield f"{at}.head.hidden must list at least one width for an 'mlp' head"
         if task["primary_metric"] not in task["metrics"]:
@@ -463,8 +461,12 @@ def manifest_problems(data: Any) -> list[str]:
 
     The rules between fields are checked once every field has the right type, so each rule may
     index the manifest freely."""
-    if isinstance(data, dict) and "format" in data and data["format"] != FORMAT:
-        return [f"unsupported manifest format {_shown(data['format'])} (expected {FORMAT})"]
+    if isinstance(data, dict) and "format" in data and data["format"] not in READABLE_FORMATS:
+        readable = " or ".join(map(str, READABLE_FORMATS))
+        return [
+            f"unsupported manifest format {_shown(data['format'])} (this release reads "
+            f"{readable}; a newer format was written by a newer dmt)"
+        ]
     problems = list(SCHEMA.problems(data, ""))
     if not problems:
         for check in CROSS_CHECKS:

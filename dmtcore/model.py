@@ -117,7 +117,8 @@ class MultiTaskModel(nn.Module):
         self._planned_only = False
         self.columns[slot] = column
         self.connections[slot] = TaskConnections(stages, shortcut)
-        self.heads[slot] = build_head(head, column.out_features, num_outputs)
+        size = (self.input_spec.height, self.input_spec.width)
+        self.heads[slot] = build_head(head, column.out_shape, num_outputs, size)
 
     def check_sources(self) -> None:
         unknown = {s for t in self.tasks.values() for s in t.sources if s not in self.tasks}

@@ -261,15 +261,19 @@ def train_tasks(
     created = not Path(path).exists()
     if world.is_main and not Store.exists(path):
         kind = connection or DEFAULT_CONNECTION
+        # Pixel-level tasks need spatial features: the default column in its spatial form.
+        column_options = {"spatial": True} if any(spec.dense for spec in specs) else {}
         try:
-            init_store(path, host, connection=kind)
+            init_store(path, host, connection=kind, backbone_options=column_options)
         except StoreError:
             if not Store.exists(path):  # not a race with another init: a real problem
                 raise
         else:
+            spatial = " spatial=true" if column_options else ""
             notify(
-                f"initialised a new store at {path} (backbone {DEFAULT_BACKBONE}, connection "
-                f"{kind}, input {InputSpec.from_shape(specs[0].input_shape)} from {names[0]})"
+                f"initialised a new store at {path} (backbone {DEFAULT_BACKBONE}{spatial}, "
+                f"connection {kind}, input {InputSpec.from_shape(specs[0].input_shape)} from "
+                f"{names[0]})"
             )
     world.barrier()  # the other ranks open the store rank 0 made sure exists
     store = Store.open(path)

@@ -32,7 +32,7 @@ from typing import Any
 
 from dmtcore.errors import DmtError, StoreError, StoreLockedError, UnknownNameError
 from dmtcore.faults import crash_point
-from dmtcore.manifest import MAX_VERSION, manifest_problems, validate_manifest
+from dmtcore.manifest import FORMAT, MAX_VERSION, manifest_problems, validate_manifest
 
 CURRENT = "CURRENT"
 VERSION_FILE = re.compile(r"^v([0-9]{6})\.json$")
@@ -394,7 +394,13 @@ class Store:
         """
         previous = self.current_version() if self.exists(self.path) else None
         version = (previous or 0) + 1
-        manifest = {**manifest, "version": version, "parent": previous, "created": now_iso()}
+        manifest = {
+            **manifest,
+            "format": FORMAT,  # what this release writes, whatever the parent was written as
+            "version": version,
+            "parent": previous,
+            "created": now_iso(),
+        }
         validate_manifest(manifest, "new manifest")
         for task in manifest["tasks"]:
             for ref in task["weights"].values():

@@ -15,29 +15,71 @@ from typing import Any, Literal
 from dmtcore.errors import InvalidValueError
 from dmtcore.names import InputSpec, validate_task_name
 
-OutputKind = Literal["binary", "multiclass", "multilabel", "regression"]
-OUTPUT_KINDS: tuple[str, ...] = ("binary", "multiclass", "multilabel", "regression")
+OutputKind = Literal[
+    "binary", "multiclass", "multilabel", "regression", "segmentation", "depth", "normals"
+]
+IMAGE_KINDS: tuple[str, ...] = ("binary", "multiclass", "multilabel", "regression")
+# Pixel-level kinds: one output map per image, at the store's input size (NDDR-CNN §4).
+DENSE_KINDS: tuple[str, ...] = ("segmentation", "depth", "normals")
+OUTPUT_KINDS: tuple[str, ...] = IMAGE_KINDS + DENSE_KINDS
+# Unlabelled pixels of a segmentation mask (the NYUv2 convention of MTAN and LibMTL). Depth
+# marks them with 0, normals with an all-zero vector.
+IGNORE_LABEL = -1
+# Output channels fixed by the kind; the others are the plugin's to give.
+FIXED_OUTPUTS = {"binary": 2, "depth": 1, "normals": 3}
 
 DEFAULT_LOSS = {
     "binary": "cross_entropy",
     "multiclass": "cross_entropy",
     "multilabel": "bce_with_logits",
     "regression": "mse",
+    "segmentation": "pixel_cross_entropy",
+    "depth": "depth_l1",
+    "normals": "cosine",
 }
 DEFAULT_METRICS = {
     "binary": ("balanced_accuracy", "accuracy"),
     "multiclass": ("accuracy", "balanced_accuracy"),
     "multilabel": ("label_accuracy",),
     "regression": ("neg_mae", "neg_rmse"),
+    "segmentation": ("miou", "pixel_accuracy"),
+    "depth": ("abs_rel", "rmse", "delta1", "abs_err"),
+    "normals": ("mean_angle", "median_angle", "within_11_25", "within_22_5", "within_30"),
 }
-HEAD_KINDS = ("linear", "mlp")
-LOSS_NAMES = ("cross_entropy", "bce_with_logits", "mse", "l1")  # implemented in dmtcore.metrics
-METRIC_NAMES = ("accuracy", "balanced_accuracy", "label_accuracy", "neg_mae", "neg_rmse")
+HEAD_KINDS = ("linear", "mlp", "dense")
+DENSE_HEAD_WIDTH = 64
+# Losses and metrics a kind may use (implemented in dmtcore.metrics).
+LOSSES_BY_KIND = {
+    **{kind: ("cross_entropy",) for kind in ("binary", "multiclass")},
+    "multilabel": ("bce_with_logits",),
+    "regression": ("mse", "l1"),
+    "segmentation": ("pixel_cross_entropy",),
+    "depth": ("depth_l1", "berhu"),
+    "normals": ("cosine",),
+}
+METRICS_BY_KIND = {
+    "binary": ("accuracy", "balanced_accuracy"),
+    "multiclass": ("accuracy", "balanced_accuracy"),
+    "multilabel": ("label_accuracy",),
+    "regression": ("neg_mae", "neg_rmse"),
+    **{kind: DEFAULT_METRICS[kind] for kind in DENSE_KINDS},
+}
+LOSS_NAMES = tuple(dict.fromkeys(n for names in LOSSES_BY_KIND.values() for n in names))
+METRIC_NAMES = tuple(dict.fromkeys(n for names in METRICS_BY_KIND.values() for n in names))
+# Errors are better when lower; everything else when higher. The best-epoch rule, reports and
+# tracking read the direction from here rather than assuming one.
+LOWER_IS_BETTER = frozenset({"abs_rel", "rmse", "abs_err", "mean_angle", "median_angle"})
+
+
+def higher_is_better(metric: str) -> bool:
+    return metric not in LOWER_IS_BETTER
 
 
 @dataclass(frozen=True)
 class HeadSpec:
-    """A declarative head: `linear`, or `mlp` with hidden widths; outputs come from the task."""
+    """A declarative head: `linear`, or `mlp` with hidden widths, for image-level tasks; `dense`
+    for pixel-level ones (an ASPP-lite decoder of `hidden[0]` channels, upsampled to the
+    input size). Outputs come from the task."""
 
     kind: str = "linear"
     hidden: tuple[int, ...] = ()
@@ -47,6 +89,12 @@ class HeadSpec:
         if self.kind not in HEAD_KINDS:
             raise InvalidValueError(
                 f"unknown head kind {self.kind!r}; valid: {', '.join(HEAD_KINDS)}"
+            )
+        if self.kind == "dense" and not self.hidden:
+            object.__setattr__(self, "hidden", (DENSE_HEAD_WIDTH,))
+        if self.kind == "dense" and len(self.hidden) != 1:
+            raise InvalidValueError(
+                f"a 'dense' head has one width (its decoder's channels), got hidden={self.hidden}"
             )
         if self.kind == "mlp" and not self.hidden:
             raise InvalidValueError(
@@ -107,7 +155,12 @@ class TaskSpec:
     """A task a plugin offers. Only name, description, input_shape, output and datasets are required.
 
     `num_outputs` defaults to 2 for binary tasks (a two-way softmax, so every task reports
-    probabilities the same way); multiclass, multilabel and regression tasks must give it.
+    probabilities the same way), 1 for depth and 3 for normals; multiclass, multilabel,
+    regression and segmentation tasks must give it.
+
+    Pixel-level kinds (`DENSE_KINDS`) label every pixel: segmentation an H×W integer map of
+    class ids (`IGNORE_LABEL` for unlabelled pixels), depth a 1×H×W float map (0 where there
+    is no ground truth), normals a 3×H×W map of unit vectors (all-zero where there is none).
 
     `recipe` is for tasks that no plugin registers by name, such as an image folder given on
     the command line: a JSON-able description from which a plugin's `dmt_task_from_recipe`
@@ -121,7 +174,7 @@ class TaskSpec:
     output: OutputKind
     datasets: DatasetFactory = field(repr=False)
     num_outputs: int | None = None
-    head: HeadSpec = field(default_factory=HeadSpec)
+    head: HeadSpec | None = None  # linear for image-level kinds, dense for pixel-level ones
     loss: str | None = None
     metrics: Sequence[str] | None = None
     primary_metric: str | None = None
@@ -136,17 +189,20 @@ class TaskSpec:
             )
         InputSpec.from_shape(self.input_shape)
         object.__setattr__(self, "input_shape", tuple(int(s) for s in self.input_shape))
+        fixed = FIXED_OUTPUTS.get(self.output)
         if self.num_outputs is None:
-            if self.output != "binary":
+            if fixed is None:
                 raise InvalidValueError(
                     f"task {self.name!r}: {self.output} tasks must set num_outputs"
                 )
-            object.__setattr__(self, "num_outputs", 2)
-        if self.output == "binary" and self.num_outputs != 2:
+            object.__setattr__(self, "num_outputs", fixed)
+        if fixed is not None and self.num_outputs != fixed:
             raise InvalidValueError(
-                f"task {self.name!r}: binary tasks have num_outputs=2, got {self.num_outputs}"
+                f"task {self.name!r}: {self.output} tasks have num_outputs={fixed}, "
+                f"got {self.num_outputs}"
             )
-        if self.num_outputs < 1 or (self.output == "multiclass" and self.num_outputs < 2):
+        two_or_more = ("multiclass", "segmentation")
+        if self.num_outputs < 1 or (self.output in two_or_more and self.num_outputs < 2):
             raise InvalidValueError(
                 f"task {self.name!r}: num_outputs={self.num_outputs} is too small"
             )
@@ -154,18 +210,21 @@ class TaskSpec:
             raise InvalidValueError(
                 f"task {self.name!r}: datasets must be a callable DataRequest -> TaskData"
             )
+        self._resolve_head()
         if self.loss is None:
             object.__setattr__(self, "loss", DEFAULT_LOSS[self.output])
         if self.metrics is None:
             object.__setattr__(self, "metrics", DEFAULT_METRICS[self.output])
         object.__setattr__(self, "metrics", tuple(self.metrics))
-        for value, valid, what in [
-            (self.loss, LOSS_NAMES, "loss"),
-            *((m, METRIC_NAMES, "metric") for m in self.metrics),
+        for value, valid, known, what in [
+            (self.loss, LOSSES_BY_KIND[self.output], LOSS_NAMES, "loss"),
+            *((m, METRICS_BY_KIND[self.output], METRIC_NAMES, "metric") for m in self.metrics),
         ]:
             if value not in valid:
+                problem = "does not fit" if value in known else "is unknown for"
                 raise InvalidValueError(
-                    f"task {self.name!r}: unknown {what} {value!r}; valid: {', '.join(valid)}"
+                    f"task {self.name!r}: {what} {value!r} {problem} a {self.output} task; "
+                    f"valid: {', '.join(valid)}"
                 )
         if self.primary_metric is None:
             object.__setattr__(self, "primary_metric", self.metrics[0])
@@ -176,7 +235,7 @@ class TaskSpec:
         if self.class_names is not None:
             object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
             if (
-                self.output in ("binary", "multiclass")
+                self.output in ("binary", "multiclass", "segmentation")
                 and len(self.class_names) != self.num_outputs
             ):
                 raise InvalidValueError(
@@ -194,6 +253,27 @@ class TaskSpec:
                     f"task {self.name!r}: recipe must be JSON-able (it goes into the manifest): {exc}"
                 ) from exc
             object.__setattr__(self, "recipe", recipe)
+
+    @property
+    def dense(self) -> bool:
+        """Whether the task labels every pixel (and needs a column with spatial features)."""
+        return self.output in DENSE_KINDS
+
+    def _resolve_head(self) -> None:
+        head = self.head
+        if head is None:
+            head = HeadSpec("dense") if self.dense else HeadSpec()
+            object.__setattr__(self, "head", head)
+        if not isinstance(head, HeadSpec):
+            raise InvalidValueError(
+                f"task {self.name!r}: head must be a HeadSpec, got {type(head).__name__}"
+            )
+        if (head.kind == "dense") != self.dense:
+            valid = "dense" if self.dense else "linear or mlp"
+            raise InvalidValueError(
+                f"task {self.name!r}: a {self.output} task cannot have a {head.kind!r} head; "
+                f"valid: {valid}"
+            )
 
     def describe(self) -> dict[str, Any]:
         """The part of the spec a store keeps, so the task can be used without its plugin."""

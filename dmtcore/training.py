@@ -3,8 +3,8 @@
 Only the parts in the model's `TrainingPlan` learn; frozen columns run without autograd and in
 eval mode, and with deterministic data their features are computed once and then read from
 the feature cache. Several targets train by taking turns, one batch each, each on its own data
-and loss (DMT §4.1). After every epoch the targets are validated and the best epoch by the
-mean primary metric is kept; the trained parts are restored to it at the end. A caller whose
+and loss (DMT §4.1). After every epoch the targets are validated and the best epoch by
+`epoch_score` (the primary metric in its direction; a group's mean relative improvement) is kept; the trained parts are restored to it at the end. A caller whose
 starting point is already a result (remove-task's cut) passes its metrics as epoch 0: training
 then never ends below it. Under torchrun each rank trains on its share of the data through
 DistributedDataParallel.
@@ -34,7 +34,7 @@ from dmtcore.faults import crash_point
 from dmtcore.feature_cache import FeatureCache, check_cache_settings
 from dmtcore.metrics import loss_function
 from dmtcore.runinfo import EpochReport
-from dmtcore.taskspec import TaskSpec
+from dmtcore.taskspec import TaskSpec, higher_is_better
 
 OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]]], torch.optim.Optimizer]] = {
     "adam": lambda groups: torch.optim.Adam(groups),
@@ -265,8 +265,9 @@ def _fit(
     best_score = -math.inf
     best_state: Any = None
     best: tuple[int, dict[str, dict[str, float]]] | None = None
+    reference = start  # what a group's relative improvements are measured against
     if start is not None:  # epoch 0: the state as given, to beat
-        best_score, best_state = _mean_primary(targets, start), model.trained_state()
+        best_score, best_state = epoch_score(targets, start, start), model.trained_state()
         best = (0, start)
     reports: list[EpochReport] = []
     steps_per_epoch = sum(len(t.train) for t in targets)
@@ -281,7 +282,7 @@ def _fit(
                 cache.fill(model, target.spec.name, split, batches, progress=world.is_main)
 
     def validate(epoch: int) -> None:
-        nonlocal best_score, best_state, best, totals, counts, started
+        nonlocal best_score, best_state, best, totals, counts, started, reference
         train_loss = {n: float(totals[n]) / counts[n] for n in names if counts[n]}
         for name, value in train_loss.items():
             _check_finite(name, value, epoch, settings)
@@ -291,7 +292,8 @@ def _fit(
         metrics = {
             t.spec.name: evaluate(model, t.spec, t.val, cache, settings.precision) for t in targets
         }
-        score = _mean_primary(targets, metrics)
+        reference = reference or metrics
+        score = epoch_score(targets, metrics, reference)
         is_best = score > best_score
         if is_best:
             best_score, best_state, best = score, model.trained_state(), (epoch, metrics)
@@ -344,9 +346,30 @@ def _fit(
     return FitResult(best[0], best[1], reports, bn_recalibrated=recalibrates)
 
 
-def _mean_primary(targets: list[Target], metrics: dict[str, dict[str, float]]) -> float:
-    """The best-epoch rule's score: the targets' primary metrics, averaged."""
-    return sum(metrics[t.spec.name][t.spec.primary_metric] for t in targets) / len(targets)
+def epoch_score(
+    targets: list[Target],
+    metrics: dict[str, dict[str, float]],
+    reference: dict[str, dict[str, float]],
+) -> float:
+    """The best-epoch rule's score, higher is better. One target: its primary metric, negated
+    when lower is better (an error). A jointly trained group: the mean of every target's
+    relative improvement of its primary metric over `reference` (the first validation, or
+    the state training started from), the Δm of Maninis et al. (2019) that LibMTL reports,
+    so that an angle error in degrees and an mIoU in [0, 1] count alike. A NaN metric (no
+    labelled pixel in the split) never wins."""
+    signed = []
+    for target in targets:
+        name, metric = target.spec.name, target.spec.primary_metric
+        sign = 1.0 if higher_is_better(metric) else -1.0
+        value = metrics[name][metric]
+        if math.isnan(value):
+            return -math.inf
+        if len(targets) == 1:
+            return sign * value
+        base = reference[name][metric]
+        base = base if math.isfinite(base) and abs(base) > 1e-12 else 1.0
+        signed.append(sign * (value - base) / abs(base))
+    return sum(signed) / len(signed)
 
 
 def few_steps_warning(target: Target, settings: TrainSettings) -> str | None:

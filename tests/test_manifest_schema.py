@@ -87,7 +87,7 @@ def out_of_range(manifest: dict[str, Any]) -> list[Mutation]:
     tasks = manifest["tasks"]
     nan = math.nan
     cases: list[Mutation] = [
-        ("set", ("format",), 2),
+        ("set", ("format",), 3),
         ("set", ("name",), ""),
         ("set", ("store_id",), ""),
         ("set", ("model_name",), ""),

@@ -33,7 +33,7 @@ def test_dmt_cnn_column_adapts_to_the_input(host, spec, shapes) -> None:
 def test_resnet18_column_has_four_stages(host) -> None:
     column = host.registry.backbone("resnet18").build(InputSpec(1, 32, 32), {"weights_file": None})
     assert [s[0] for s in column.feature_shapes] == [64, 128, 256, 512]
-    assert column.out_features == 512
+    assert column.out_shape == (512,) and not column.spatial
 
 
 def model_with(host, connection: str, tasks: int) -> MultiTaskModel:

@@ -39,8 +39,9 @@ def test_binary_defaults() -> None:
         ({"output": "ranking"}, "unknown output kind 'ranking'"),
         ({"output": "multiclass"}, "multiclass tasks must set num_outputs"),
         ({"num_outputs": 3}, "binary tasks have num_outputs=2, got 3"),
-        ({"metrics": ["f1"]}, "unknown metric 'f1'"),
-        ({"loss": "hinge"}, "unknown loss 'hinge'"),
+        ({"metrics": ["f1"]}, "metric 'f1' is unknown for a binary task; valid: accuracy"),
+        ({"metrics": ["miou"]}, "metric 'miou' does not fit a binary task"),
+        ({"loss": "hinge"}, "loss 'hinge' is unknown for a binary task"),
         (
             {"primary_metric": "accuracy", "metrics": ["balanced_accuracy"]},
             "primary metric 'accuracy' is not among",

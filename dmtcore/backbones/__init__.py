@@ -16,12 +16,14 @@ class Column(nn.Module):
         self.feature_shapes = infer_feature_shapes(self.stages, input_shape)
 
     @property
-    def out_features(self) -> int:
-        """Width of the last stage's output, which the head reads."""
-        shape = self.feature_shapes[-1]
-        if len(shape) != 1:
-            raise ValueError(f"the last stage must output flat features, got shape {shape}")
-        return shape[0]
+    def out_shape(self) -> tuple[int, ...]:
+        """The last stage's output shape, which the head reads: C, or C×h×w for a column with
+        spatial features (which pixel-level heads need)."""
+        return self.feature_shapes[-1]
+
+    @property
+    def spatial(self) -> bool:
+        return len(self.out_shape) == 3
 
 
 def infer_feature_shapes(
