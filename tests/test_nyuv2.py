@@ -58,22 +58,6 @@ def datasets(task: str, data: Path, size: tuple[int, int] | None = None, downloa
     return nyuv2._factory(target)(DataRequest(data, spec, download=download))
 
 
-def dense_kinds_merged() -> bool:
-    from dmtcore.errors import InvalidValueError
-    from dmtcore.taskspec import TaskSpec
-
-    try:
-        TaskSpec("x.y", "", (3, 8, 8), "depth", lambda r: None, num_outputs=1)  # type: ignore[arg-type]
-    except InvalidValueError:
-        return False
-    return True
-
-
-needs_dense_kinds = pytest.mark.skipif(
-    not dense_kinds_merged(), reason="dense kinds not merged yet"
-)
-
-
 def test_missing_data_names_the_folder_and_where_to_get_it(tmp_path: Path) -> None:
     from dmtcore.errors import DataError
 
@@ -112,7 +96,6 @@ def test_sample_without_its_label_file_is_named(tmp_path: Path) -> None:
         datasets("segmentation", tmp_path)
 
 
-@needs_dense_kinds
 def test_missing_data_through_the_cli(tmp_path: Path, run_cli) -> None:
     data, store = tmp_path / "data", tmp_path / "store"
     result = run_cli(
@@ -262,7 +245,6 @@ def test_malformed_file_is_refused_in_one_line_naming_it(
     assert fingerprint(tmp_path / "nyuv2") == before
 
 
-@needs_dense_kinds
 def test_registers_three_dense_tasks() -> None:
     from dmt_plugins import nyuv2
     from dmtcore.plugins import create_plugin_host
