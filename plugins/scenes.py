@@ -53,7 +53,8 @@ _EPS = 1e-6
 def sample_scenes(n: int, seed: int) -> dict[str, Any]:
     """Every random choice of `n` scenes, in world coordinates (y up, floor at y = 0).
 
-    Nothing here depends on the resolution, so a seed gives the same scenes at any size."""
+    Nothing here depends on the resolution, so a seed gives the same scenes at any size.
+    An object's `kind` is 0 sphere, 1 box, 2 cylinder: its class id minus 2."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
@@ -119,7 +120,8 @@ def _place(s: dict[str, Any], rng: Any) -> None:
     Objects stand left to right in a random order. Seen from the camera, neighbours' bearings
     differ by more than either's half-width (plus a margin), so no object reaches another's
     centre bearing: each one's middle shows from the floor to its top, though its sides may
-    pass behind a neighbour. Neighbours also keep their footprints apart. Where a scene's
+    pass behind a neighbour. Neighbours also keep their footprints apart, and objects two
+    apart have disjoint sectors (each gap exceeds its pair's half-widths). Where a scene's
     objects need more than the view's width, they are moved back until they fit; the spare
     width is spread at random between them. Built, not drawn until it fits: no loop, no
     dropped objects."""
@@ -132,9 +134,10 @@ def _place(s: dict[str, Any], rng: Any) -> None:
     spare[np.arange(MAX_OBJECTS + 1)[None] > s["count"][:, None]] = 0.0
     spare /= spare.sum(axis=1, keepdims=True)
     for _ in range(6):
-        gaps = _gaps(s, distance, order)
-        needed = gaps.sum(axis=1)
+        needed = _gaps(s, distance, order).sum(axis=1)
         distance *= np.maximum(needed / (2 * HALF_VIEW), 1.0)[:, None] ** 1.05
+    gaps = _gaps(s, distance, order)
+    needed = gaps.sum(axis=1)
     slack = np.maximum(2 * HALF_VIEW - needed, 0.0)[:, None]
     steps = np.concatenate([np.zeros((n, 1)), gaps], axis=1) + slack * spare[:, :MAX_OBJECTS]
     ranked = (
