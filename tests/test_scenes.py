@@ -208,10 +208,6 @@ def test_native_size_splits_take_seconds(tmp_path: Path) -> None:
 
 
 def test_the_plugin_registers_its_tasks() -> None:
-    from dmtcore import taskspec
-
-    if "segmentation" not in taskspec.OUTPUT_KINDS:
-        pytest.skip("dense kinds not merged yet")
     from dmtcore.plugins import create_plugin_host
 
     tasks = create_plugin_host(["dmt_plugins.scenes"], autoload=False).registry.tasks
