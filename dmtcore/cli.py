@@ -20,6 +20,7 @@ import click
 
 from dmtcore.errors import DmtError, Interrupted, InvalidValueError
 from dmtcore.store import Store
+from dmtcore.taskspec import higher_is_better
 
 STORE_ENV = "DMT_STORE"
 DEFAULT_STORE = "dmt-store"
@@ -281,6 +282,11 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
         if index == 0:
             click.echo("  ".join("-" * w for w in widths))
+
+
+def _metric_label(name: str) -> str:
+    """A metric's name, marked '↓' when lower is better (errors), so a table reads right."""
+    return name if higher_is_better(name) else f"{name} ↓"
 
 
 def _fmt(value: Any) -> str:
@@ -732,7 +738,7 @@ def remove_task(
             [
                 (
                     t,
-                    r["metric"],
+                    _metric_label(r["metric"]),
                     r["before"],
                     r["cut"],
                     r["after"],
@@ -947,6 +953,7 @@ def status(store: Path, as_json: bool) -> None:
             "sources": t["sources"],
             "primary_metric": t["primary_metric"],
             "metric": t["metrics"][t["primary_metric"]],
+            "higher_is_better": higher_is_better(t["primary_metric"]),
         }
         for t in manifest["tasks"]
     ]
@@ -970,8 +977,10 @@ def status(store: Path, as_json: bool) -> None:
         click.echo(
             f"Store {store} ({manifest['name']}), version {manifest['version']} of {manifest['created']}"
         )
+        switches = [k for k, v in manifest["backbone"]["options"].items() if v is True]
+        backbone = " ".join([manifest["backbone"]["name"], *(f"{k}=true" for k in switches)])
         click.echo(
-            f"Input {spec}, backbone {manifest['backbone']['name']}, connection {manifest['connection']['name']}"
+            f"Input {spec}, backbone {backbone}, connection {manifest['connection']['name']}"
         )
         if not tasks:
             click.echo("No tasks yet: add one with 'dmt add-task NAME' (see 'dmt tasks').")
@@ -983,7 +992,7 @@ def status(store: Path, as_json: bool) -> None:
                     t["plugin"],
                     f"{t['output']['kind']}/{t['output']['size']}",
                     len(t["sources"]),
-                    t["primary_metric"],
+                    _metric_label(t["primary_metric"]),
                     t["metric"],
                 )
                 for t in tasks
@@ -1053,6 +1062,13 @@ def eval_command(
     metavar="MODULE_OR_FILE",
     help="Load a plugin, e.g. one providing the store's backbone or connection kind.",
 )
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Write every dense map as a viewable PNG and a raw .npy, and predictions.json, here.",
+)
 @json_option
 def predict(
     inputs: tuple[Path, ...],
@@ -1061,6 +1077,7 @@ def predict(
     device: str,
     batch_size: int,
     plugins: tuple[str, ...],
+    out_dir: Path | None,
     as_json: bool,
 ) -> None:
     """Predict every task for image files (PNG, JPEG, ...) or .npy arrays, streaming them in
@@ -1068,14 +1085,17 @@ def predict(
 
     Values: 8-bit images and uint8 arrays are divided by 255, 16-bit images and uint16
     arrays by 65535; float images and float, bool or other integer arrays are taken as
-    they are. An .npy array is H×W, C×H×W or N×C×H×W. Ctrl-C stops at the next batch."""
+    they are. An .npy array is H×W, C×H×W or N×C×H×W. Ctrl-C stops at the next batch.
+
+    Pixel-level tasks predict a map per image at the store's input size: --json gives the
+    arrays (class ids H×W with per-pixel probabilities, depth H×W, normals 3×H×W); --out DIR
+    writes them as PNG and .npy files, batch by batch."""
     if batch_size < 1:
         raise InvalidValueError(f"batch size must be a positive integer, got {batch_size}")
     from dmtcore.data import resolve_device
     from dmtcore.operations import load_current, select_tasks
     from dmtcore.plugins import create_plugin_host
     from dmtcore.predict import iter_batches
-    from dmtcore.predict import predict as run_predict
 
     # Loading a store needs no task plugin: only a third-party backbone or connection kind.
     host = create_plugin_host(plugins, autoload=False)
@@ -1083,9 +1103,19 @@ def predict(
     names = select_tasks(manifest, list(dict.fromkeys(task_names)))
     model.to(resolve_device(device))
     outputs = {
-        t["name"]: {"kind": t["output"]["kind"], "class_names": t.get("class_names")}
+        t["name"]: {
+            "kind": t["output"]["kind"],
+            "size": t["output"]["size"],
+            "class_names": t.get("class_names"),
+        }
         for t in manifest["tasks"]
     }
+    summary = {"store": str(store), "version": manifest["version"]}
+    if out_dir is not None:
+        _predict_to_folder(model, inputs, batch_size, names, outputs, out_dir, summary, as_json)
+        return
+    from dmtcore.predict import predict as run_predict
+
     labels: list[str] = []
 
     def batches() -> Iterator[Any]:
@@ -1095,13 +1125,48 @@ def predict(
 
     result = run_predict(model, batches(), names, outputs)
     rows = [
-        {"input": label, **{t: result[t]["prediction"][i] for t in names}}
+        {"input": label, **{t: _shown_prediction(result[t]["prediction"][i]) for t in names}}
         for i, label in enumerate(labels)
     ]
     _emit(
         as_json,
-        {"store": str(store), "version": manifest["version"], "inputs": labels, "tasks": result},
+        {**summary, "inputs": labels, "tasks": result},
         lambda: _table([tuple(r.values()) for r in rows], ("input", *names)),
+    )
+
+
+def _shown_prediction(value: Any) -> Any:
+    """A dense map is named by its size in the table (--json or --out give the values)."""
+    if isinstance(value, list) and value and isinstance(value[0], list):
+        import numpy as np
+
+        return "map " + "×".join(map(str, np.shape(value))) + " (--out DIR saves it)"
+    return value
+
+
+def _predict_to_folder(
+    model: Any,
+    inputs: tuple[Path, ...],
+    batch_size: int,
+    names: list[str],
+    outputs: dict[str, dict[str, Any]],
+    out_dir: Path,
+    summary: dict[str, Any],
+    as_json: bool,
+) -> None:
+    from dmtcore.predict import iter_batches, predict_to_folder
+
+    labelled = iter_batches(inputs, model.input_spec, batch_size)
+    writer = predict_to_folder(model, labelled, names, outputs, out_dir)
+    path = writer.finish(summary)
+    rows = writer.rows
+    _emit(
+        as_json,
+        {**summary, "out": str(out_dir), "predictions": str(path), "rows": rows},
+        lambda: (
+            _table([tuple(r.values()) for r in rows], ("input", *names)),
+            click.echo(f"wrote {len(rows)} input(s) into {out_dir} (see {path.name})"),
+        ),
     )
 
 

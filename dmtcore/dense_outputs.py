@@ -113,7 +113,9 @@ class PredictionWriter:
             np.save(npy, values, allow_pickle=False)
             map_image(kind, values, int(self.outputs[task].get("size") or 1)).save(png)
         except OSError as exc:
-            raise StoreError(f"cannot write {png.name} into {str(self.directory)!r}: {exc}") from exc
+            raise StoreError(
+                f"cannot write {png.name} into {str(self.directory)!r}: {exc}"
+            ) from exc
         return png.name
 
     def finish(self, summary: dict[str, Any]) -> Path:
@@ -123,3 +125,36 @@ class PredictionWriter:
         except OSError as exc:
             raise StoreError(f"cannot write {path}: {exc}") from exc
         return path
+
+
+PREVIEW_IMAGES = 4
+
+
+def dense_preview(model: Any, spec: Any, batches: Any, count: int = PREVIEW_IMAGES) -> Any:
+    """A grid of the first `count` validation images of a dense task: input, ground truth and
+    prediction side by side (what MLflow shows for the run, to see at a glance what the
+    numbers mean)."""
+    from dmtcore.model import evaluating
+    from dmtcore.visualize import depth_image, grid_image, image_from_array
+
+    images, labels, _ = next(iter(batches.indexed()))
+    images, labels = images[:count], labels[:count]
+    with evaluating(model), torch.inference_mode():
+        logits = model(images, [spec.name])[spec.name].float().cpu()
+    predicted = dense_maps(spec.output, logits)
+    truth = labels.cpu().numpy()
+    size = int(spec.num_outputs or 1)
+    rows = []
+    for index in range(len(images)):
+        if spec.output == "depth":  # 0 marks pixels without ground truth: black
+            truth_image = depth_image(truth[index][0])
+        else:
+            truth_image = map_image(spec.output, truth[index], size)
+        rows.append(
+            [
+                image_from_array(images[index].float().cpu().numpy()),
+                truth_image,
+                map_image(spec.output, predicted[index], size),
+            ]
+        )
+    return grid_image(rows)

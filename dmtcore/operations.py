@@ -30,6 +30,7 @@ from dmtcore.errors import (
     InvalidValueError,
     PluginError,
     StoreError,
+    first_line,
 )
 from dmtcore.evaluation import evaluate, evaluate_tasks
 from dmtcore.faults import crash_point
@@ -39,7 +40,7 @@ from dmtcore.names import InputSpec, unknown_name
 from dmtcore.plugins import PluginHost
 from dmtcore.runinfo import RunInfo, RunResult
 from dmtcore.store import Store
-from dmtcore.taskspec import DataRequest, TaskSpec
+from dmtcore.taskspec import DataRequest, TaskSpec, higher_is_better
 from dmtcore.training import FitResult, Target, TrainSettings, fit
 
 DEFAULT_BACKBONE = "dmt-cnn"
@@ -347,6 +348,7 @@ def _train_tasks(
 
     def work() -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
         result = fit(model, targets, settings, _epoch_hook(host, run, world), notify, world)
+        run.extra["previews"] = _dense_previews(model, targets, notify, world)
         new = copy.deepcopy(manifest)
         new["input_spec"] = list(input_spec.shape)
         new["next_slot"] += len(specs)
@@ -560,6 +562,9 @@ def remove_task(
                     start={t: cut[t] for t in affected},
                 )
             kept = _kept(result)
+            run.extra["previews"] = _dense_previews(
+                model, [targets[t] for t in affected], notify, world
+            )
             if result is not None and kept == "cut" and world.is_main:
                 notify("no epoch of reconnection beat the cut on validation: kept the cut weights")
             after = {
@@ -578,6 +583,7 @@ def remove_task(
                     "before": before[t][specs[t].primary_metric],
                     "cut": cut.get(t, before[t])[specs[t].primary_metric],
                     "after": after[t][specs[t].primary_metric],
+                    "higher_is_better": higher_is_better(specs[t].primary_metric),
                     "reconnected": t in affected,
                     "kept": kept if t in affected else None,
                 }
@@ -591,6 +597,25 @@ def remove_task(
             return new, after
 
         return _tracked(host, run, store, work, notify, world)
+
+
+def _dense_previews(
+    model: MultiTaskModel, targets: list[Target], notify: Notify, world: World
+) -> dict[str, Any]:
+    """Input / truth / prediction grids of the trained dense tasks, for the tracker to show.
+    A picture is never worth a failed run: a problem drawing one is a warning."""
+    previews: dict[str, Any] = {}
+    if not world.is_main:
+        return previews
+    from dmtcore.dense_outputs import dense_preview
+
+    for target in targets:
+        if target.spec.dense:
+            try:
+                previews[target.spec.name] = dense_preview(model, target.spec, target.val)
+            except Exception as exc:  # a preview must not cost the version
+                notify(f"warning: no preview image for {target.spec.name!r}: {first_line(exc)}")
+    return previews
 
 
 def _kept(result: FitResult | None) -> str:

@@ -26,8 +26,8 @@ import torch
 
 from dmtcore import interrupts
 from dmtcore.data import adapt_images
+from dmtcore.dense_outputs import PredictionWriter, readable_outputs
 from dmtcore.errors import DataError
-from dmtcore.metrics import probabilities
 from dmtcore.model import MultiTaskModel
 from dmtcore.names import InputSpec
 
@@ -229,33 +229,58 @@ def decode_images(values: Sequence[Any], input_spec: InputSpec) -> torch.Tensor:
     return torch.cat(batches)
 
 
+def predict_batches(
+    model: MultiTaskModel, batches: Iterable[torch.Tensor], tasks: Sequence[str]
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Every requested task's raw outputs per batch (float32, on the CPU), computing all tasks
+    in one forward pass per batch; Ctrl-C stops at the next batch."""
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for batch in batches:
+            interrupts.check()
+            yield {
+                name: logits.float().cpu()
+                for name, logits in model(batch.to(device), list(tasks)).items()
+            }
+
+
 def predict(
     model: MultiTaskModel,
     batches: Iterable[torch.Tensor],
     tasks: Sequence[str],
     outputs: dict[str, dict[str, Any]],
 ) -> dict[str, dict[str, list[Any]]]:
-    """Per task: the predicted class (or values) and probabilities of every image, computing all
-    tasks in one forward pass per batch. `outputs` maps task -> {'kind', 'class_names'}."""
-    model.eval()
-    device = next(model.parameters()).device
-    result: dict[str, dict[str, list[Any]]] = {
-        t: {"prediction": [], "probabilities": []} for t in tasks
-    }
-    with torch.inference_mode():
-        for batch in batches:
-            interrupts.check()
-            for name, logits in model(batch.to(device), tasks).items():
-                kind = outputs[name]["kind"]
-                probs = probabilities(kind, logits.float().cpu())
-                if kind in ("binary", "multiclass"):
-                    index = probs.argmax(1).tolist()
-                    names = outputs[name].get("class_names")
-                    prediction: list[Any] = [names[i] for i in index] if names else index
-                elif kind == "multilabel":
-                    prediction = (probs > 0.5).int().tolist()
-                else:
-                    prediction = probs.tolist()
-                result[name]["prediction"] += prediction
-                result[name]["probabilities"] += probs.tolist()
+    """Per task: the prediction of every image (class, labels, values, or a map for dense
+    tasks) and, where the task has them, probabilities (see `readable_outputs`).
+    `outputs` maps task -> {'kind', 'class_names'}."""
+    result: dict[str, dict[str, list[Any]]] = {t: {} for t in tasks}
+    for logits in predict_batches(model, batches, tasks):
+        for name, values in logits.items():
+            spec = outputs[name]
+            for key, items in readable_outputs(
+                spec["kind"], values, spec.get("class_names")
+            ).items():
+                result[name].setdefault(key, []).extend(items)
     return result
+
+
+def predict_to_folder(
+    model: MultiTaskModel,
+    labelled_batches: Iterable[tuple[torch.Tensor, list[str]]],
+    tasks: Sequence[str],
+    outputs: dict[str, dict[str, Any]],
+    directory: Path,
+) -> PredictionWriter:
+    """`dmt predict --out`: every batch's dense maps written as files as soon as computed."""
+    writer = PredictionWriter(directory, list(tasks), outputs)
+    pending: list[list[str]] = []
+
+    def batches() -> Iterator[torch.Tensor]:
+        for images, labels in labelled_batches:
+            pending.append(labels)
+            yield images
+
+    for logits in predict_batches(model, batches(), tasks):
+        writer.add(logits, pending.pop(0))
+    return writer

@@ -12,7 +12,10 @@ Input, either:
 - a DataFrame whose `image` column (or only column) holds image file paths, raw bytes, or base64
   text of encoded images (`{"dataframe_split": {"columns": ["image"], "data": [["iVBOR..."]]}}`).
 Output: one row per image with, for every task, the prediction (class name or index, 0/1 labels,
-or values) and `<task>.probabilities`. The optional param `tasks` (comma-separated) selects tasks.
+or values) and `<task>.probabilities`. A pixel-level task's prediction is a map at the store's
+input size, as nested lists: class ids H×W for segmentation (with `<task>.probabilities`, the
+per-pixel softmax K×H×W), depth H×W, unit normals 3×H×W (no probabilities column for those two).
+The optional param `tasks` (comma-separated) selects tasks.
 The logged signature declares the `tasks` param and leaves the input open, since MLflow's schema
 enforcement cannot accept both input forms; `predict` checks its input itself.
 """
@@ -69,7 +72,8 @@ class DmtModel(PythonModel):
         columns: dict[str, list[Any]] = {}
         for task in tasks:
             columns[task] = result[task]["prediction"]
-            columns[f"{task}.probabilities"] = result[task]["probabilities"]
+            if "probabilities" in result[task]:
+                columns[f"{task}.probabilities"] = result[task]["probabilities"]
         return pd.DataFrame(columns)
 
 

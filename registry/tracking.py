@@ -345,6 +345,9 @@ class MlflowTracker:
             )
         self.client.log_artifact(self.run_id, str(result.manifest_path), artifact_path="manifest")
         self._log_relations(result)
+        for task, image in (run.extra.get("previews") or {}).items():
+            # input / truth / prediction of the first validation images of each dense task
+            self.client.log_image(self.run_id, image, artifact_file=f"previews/{task}.png")
         if self.register:
             from dmt_registry.publish import register
             from dmtcore.store import Store
