@@ -8,7 +8,8 @@ image-level `toyd.left` (is the square in the left half?).
 
 `DENSE_TOY_PROBLEM` (read when the data is requested) breaks the labels on purpose, as a
 plugin author could: mask-size, mask-float, class-out-of-range, depth-nan, depth-negative,
-normals-colour, normals-channels. `DENSE_TOY_TRAIN` sets the number of training images.
+normals-colour, normals-channels; train-unlabelled and val-unlabelled leave no labelled pixel
+in that split. `DENSE_TOY_TRAIN` sets the number of training images.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ def make(seed: int, n: int) -> dict[str, torch.Tensor]:
 
 def broken(which: str, labels: torch.Tensor, problem: str) -> torch.Tensor:
     """The labels of task `which` with `problem` in them (unchanged if it is not theirs)."""
+    if which != "left" and problem == "train-unlabelled":
+        return torch.full_like(labels, -1) if which == "seg" else labels * 0
     if which == "seg" and problem == "mask-size":
         return labels[:, ::2, ::2].contiguous()
     if which == "seg" and problem == "mask-float":
@@ -73,9 +76,12 @@ def factory(which: str):
         problem = os.environ.get("DENSE_TOY_PROBLEM", "")
         train = make(1, int(os.environ.get("DENSE_TOY_TRAIN", "128")))
         val = make(2, 64)
+        val_labels = val[which]
+        if problem == "val-unlabelled" and which != "left":
+            val_labels = torch.full_like(val_labels, -1) if which == "seg" else val_labels * 0
         return TaskData(
             TensorDataset(train["images"], broken(which, train[which], problem)),
-            TensorDataset(val["images"], val[which]),
+            TensorDataset(val["images"], val_labels),
         )
 
     return datasets

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from dmtcore.dense_labels import dense_targets
 from dmtcore.metrics import LOSSES, MetricState, berhu, cosine, depth_l1, pixel_cross_entropy
 from dmtcore.taskspec import (
     DEFAULT_METRICS,
@@ -290,3 +291,27 @@ def test_a_nan_metric_never_wins_the_best_epoch() -> None:
     nan = {"t.seg": {"miou": math.nan}, "t.depth": {"abs_rel": 0.01}}
     assert epoch_score(group, nan, reference) == -math.inf
     assert epoch_score([group[1]], {"t.depth": {"abs_rel": math.nan}}, reference) == -math.inf
+
+
+# -- labels at the store's size --------------------------------------------------------------
+
+
+def doubled(labels: torch.Tensor) -> torch.Tensor:
+    return labels.repeat_interleave(2, -1).repeat_interleave(2, -2)
+
+
+def test_labels_are_resized_by_nearest_neighbour_to_the_stores_size() -> None:
+    """A task served at twice the store's size: ids stay ids (-1 included), depth 0 stays
+    0, normals stay unit or all-zero; nothing is averaged across a boundary."""
+    _, labels = segmentation_batch()
+    _, depth = depth_batch()
+    _, normals = normals_batch()
+    size = tuple(labels.shape[-2:])
+    spec = {kind: target("t.x", kind, num_outputs=2 if kind == "segmentation" else None).spec
+            for kind in DENSE_KINDS}  # fmt: skip
+    assert torch.equal(dense_targets(spec["segmentation"], doubled(labels), size), labels)
+    assert torch.equal(dense_targets(spec["depth"], doubled(depth), size), depth)
+    resized = dense_targets(spec["normals"], doubled(normals), size)
+    assert torch.allclose(resized, normals, atol=1e-6)
+    lengths = resized.norm(dim=1)
+    assert torch.all((lengths == 0) | ((lengths - 1).abs() < 1e-6))
