@@ -126,3 +126,20 @@ def dense_targets(spec: TaskSpec, labels: torch.Tensor, size: tuple[int, int]) -
         lengths = labels.norm(dim=1, keepdim=True)
         labels = torch.where(lengths > 0, labels / lengths.clamp_min(1e-12), labels)
     return labels
+
+
+def has_labelled_pixels(kind: str, targets: torch.Tensor) -> bool:
+    """Whether a batch of targets (as the loss takes them) labels any pixel at all."""
+    if kind == "segmentation":
+        return bool((targets != IGNORE_LABEL).any())
+    if kind == "depth":
+        return bool((targets > 0).any())
+    return bool((targets != 0).any())
+
+
+def no_labelled_pixels(origin: str) -> DataError:
+    return DataError(
+        f"{origin}: the whole split has no labelled pixel (every label is {IGNORE_LABEL}, "
+        "depth 0 or an all-zero normal), so nothing can be learned or measured; label some "
+        "pixels"
+    )

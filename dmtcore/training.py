@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from dmtcore import interrupts
 from dmtcore.data import Batches
+from dmtcore.dense_labels import has_labelled_pixels, no_labelled_pixels
 from dmtcore.distributed import World, sync_buffers, wrap
 from dmtcore.errors import InvalidValueError, TrainingError
 from dmtcore.evaluation import autocast, evaluate
@@ -270,6 +271,7 @@ def _fit(
         best_score, best_state = epoch_score(targets, start, start), model.trained_state()
         best = (0, start)
     reports: list[EpochReport] = []
+    unlabelled = {t.spec.name for t in targets if t.spec.dense}  # until epoch 1 shows a label
     steps_per_epoch = sum(len(t.train) for t in targets)
     step = 0
     totals: dict[str, torch.Tensor] = {}
@@ -292,6 +294,11 @@ def _fit(
         metrics = {
             t.spec.name: evaluate(model, t.spec, t.val, cache, settings.precision) for t in targets
         }
+        for target in targets:
+            if target.spec.dense and math.isnan(
+                metrics[target.spec.name][target.spec.primary_metric]
+            ):
+                raise no_labelled_pixels(target.val.origin)
         reference = reference or metrics
         score = epoch_score(targets, metrics, reference)
         is_best = score > best_score
@@ -317,6 +324,12 @@ def _fit(
         )
         for target, images, labels, index in _turns(targets):
             name = target.spec.name
+            if (
+                epoch == 1
+                and name in unlabelled
+                and has_labelled_pixels(target.spec.output, labels)
+            ):
+                unlabelled.discard(name)
             given = cache.lookup(name, "train", index) if cache else None
             with autocast(device, settings.precision):
                 logits = step_model(images, [name], given)[name]
@@ -335,6 +348,9 @@ def _fit(
                 validate(epoch)
             bar.update()
         bar.close()
+        for target in targets:
+            if target.spec.name in unlabelled:
+                raise no_labelled_pixels(target.train.origin)
         if not settings.eval_every:
             validate(epoch)
     if not reports:  # eval_every larger than the whole run: validate once at the end

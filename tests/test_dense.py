@@ -254,12 +254,6 @@ def test_bad_dense_data_is_one_line_and_changes_nothing(
     assert fingerprint(store) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: a validation split without any labelled pixel makes every epoch's "
-    "metrics NaN, epoch_score -inf, and training.fit ends in `assert best is not None` "
-    "(AssertionError traceback, exit 1) instead of one line naming the split, exit 7",
-)
 @pytest.mark.parametrize("task", ["toyd.seg", "toyd.depth", "toyd.normals"])
 def test_a_validation_split_without_labelled_pixels_is_bad_data(
     spatial_store: Path, run_cli, tmp_path: Path, monkeypatch, task
@@ -276,12 +270,6 @@ def test_a_validation_split_without_labelled_pixels_is_bad_data(
     assert fingerprint(store) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine gap: a training split without any labelled pixel trains on nothing (loss 0 "
-    "every step, printed as -0.0000) and commits the untrained task with exit 0; it should "
-    "be one line naming the split, exit 7, nothing committed",
-)
 def test_a_training_split_without_labelled_pixels_is_bad_data(
     spatial_store: Path, run_cli, tmp_path: Path, monkeypatch
 ) -> None:
