@@ -39,7 +39,7 @@ spatial form (spatial=true: five convolutions, output stride 8, no FC), at scene
 the frozen columns are up to k = 4 dense tasks (scenes.segmentation, scenes.depth and two more
 segmentations of the same images, bench.scenes-objects and bench.scenes-curved) and the added
 task is scenes.normals. Dense features are large (a 64×64 image gives this column 67 840
-cached values per frozen column, against 1 500 for shapes at 3×8×8), so below the table each
+cached values per frozen column, against 1 200 for shapes at 3×8×8), so below the table each
 dataset's cache line says how big the cache was, where it went, and the very message add-task
 gave; `--cache-budget-mb` sets the cache path's budget, to see what it does past it.
 
