@@ -191,12 +191,19 @@ class EpochRecorder:
 @dataclass(frozen=True)
 class Growth:
     """A dataset for the growth benchmarks: the task added, and the tasks already in the store
-    (the first k of `frozen`), at the store's input size."""
+    (the first k of `frozen`), at the store's input size, with the stores' column options
+    (pixel-level tasks need a column with spatial features)."""
 
     name: str
     new: str
     frozen: tuple[str, ...]
     input_spec: InputSpec
+    backbone_options: tuple[tuple[str, Any], ...] = ()
+
+    def describe(self) -> str:
+        """The stores' input and column, as the tables print them."""
+        options = "".join(f" {k}={str(v).lower()}" for k, v in self.backbone_options)
+        return f"{self.name} {self.input_spec} (dmt-cnn{options})"
 
 
 GROWTH = {
@@ -229,6 +236,13 @@ GROWTH = {
             "bench.colour-green",
         ),
         InputSpec(3, 8, 8),
+    ),
+    "scenes": Growth(
+        "scenes",
+        "scenes.normals",
+        ("scenes.segmentation", "scenes.depth", "bench.scenes-objects", "bench.scenes-curved"),
+        InputSpec(3, 64, 64),
+        (("spatial", True),),
     ),
 }
 
@@ -287,7 +301,13 @@ def grow_stores(
     stores = {}
     if 0 in ks:
         stores[0] = folder / f"{growth.name}-k0"
-        init_store(stores[0], host, growth.input_spec, connection="none")
+        init_store(
+            stores[0],
+            host,
+            growth.input_spec,
+            connection="none",
+            backbone_options=dict(growth.backbone_options),
+        )
     wanted = sorted(k for k in ks if k > 0)
     if not wanted:
         return stores
@@ -296,7 +316,13 @@ def grow_stores(
             f"{growth.name}: at most {len(growth.frozen)} frozen columns, not {wanted[-1]}"
         )
     work = folder / f"{growth.name}-growing"
-    init_store(work, host, growth.input_spec, connection=connection)
+    init_store(
+        work,
+        host,
+        growth.input_spec,
+        connection=connection,
+        backbone_options=dict(growth.backbone_options),
+    )
     for k, task in enumerate(growth.frozen[: wanted[-1]], start=1):
         add_task(work, task, host, settings, notify=quiet)
         if k in wanted:

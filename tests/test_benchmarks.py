@@ -14,11 +14,11 @@ import pytest
 ROOT = Path(__file__).parents[1]
 
 
-def run_benchmark(name: str, tmp_path: Path) -> tuple[str, Any]:
-    """Run benchmarks/NAME --quick; return its stdout and the JSON it wrote."""
+def run_benchmark(name: str, tmp_path: Path, *options: str) -> tuple[str, Any]:
+    """Run benchmarks/NAME --quick [OPTIONS]; return its stdout and the JSON it wrote."""
     out = tmp_path / "result.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / name), "--quick", "--json", str(out)],
+        [sys.executable, str(ROOT / "benchmarks" / name), "--quick", "--json", str(out), *options],
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
@@ -116,3 +116,22 @@ def test_benchmark_cuda_without_gpu_fails_clearly(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode != 0 and "no CUDA GPU" in result.stderr
+
+
+@pytest.mark.slow
+def test_growth_cost_dense_quick(tmp_path: Path) -> None:
+    """Pixel-level stores (scenes, spatial dmt-cnn, 3x16x16 in quick mode): the cache path says
+    how big its cache is and where it went, in the table's line and in the JSON, and the size
+    is what the stage outputs add up to: 128 + 64 images × k × (40·8·8 + 60·4·4 + 80·2·2 +
+    100·2·2) values × 2 bytes."""
+    stdout, data = run_benchmark("growth_cost.py", tmp_path, "--datasets", "scenes")
+    rows = data["rows"]
+    assert [(r["dataset"], r["task"]) for r in rows] == [("scenes", "scenes.normals")] * 6
+    assert all(positive(r["whole"]) and positive(r["later_epochs"]) for r in rows)
+    cached = {r["k"]: r for r in rows if r["path"] == "cache"}
+    assert {k: r["cache_bytes"] for k, r in cached.items()} == {1: 1628160, 2: 3256320}
+    assert all(r["cache_location"] == "memory" for r in cached.values())
+    assert "scenes 3x16x16 (dmt-cnn spatial=true)" in stdout
+    assert "scenes k=2 cache: 3256320 bytes (3.1 MiB) of float16 in memory," in stdout
+    said = "add-task said: feature cache: 2 frozen columns computed once, 3.1 MB of float16"
+    assert said in stdout
