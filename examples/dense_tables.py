@@ -332,6 +332,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    parser.add_argument(
+        "--connection-lr-mult",
+        type=float,
+        default=None,
+        help="override every connection kind's learning-rate multiplier (default: each kind's own)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
@@ -369,6 +375,7 @@ def main() -> None:
                     batch_size=args.batch_size,
                     lr=args.lr,
                     optimizer=args.optimizer,
+                    connection_lr_mult=args.connection_lr_mult,
                     seed=seed,
                     device=args.device,
                 )
@@ -387,11 +394,16 @@ def main() -> None:
         sys.exit(exc.exit_code)
     described = ", ".join(f"{k}={json.dumps(v)}" for k, v in options.items()) or "defaults"
     seeds = " ".join(map(str, args.seeds))
+    multiplier = (
+        f" (connections x{args.connection_lr_mult:g})"
+        if args.connection_lr_mult is not None
+        else ""
+    )
     title = (
         f"scenes segmentation + normals, test ({TEST_SIZE if not args.quick else QUICK_SIZES['test']} "
         f"scenes): paper (NYU v2, VGG-16) vs ours ({args.backbone} {described}, input "
         f"{setup['input']}, {epochs} epoch{'s' if epochs > 1 else ''}, batch {args.batch_size}, "
-        f"{args.optimizer} lr {args.lr:g}, seed{'s' if len(args.seeds) > 1 else ''} {seeds}, "
+        f"{args.optimizer} lr {args.lr:g}{multiplier}, seed{'s' if len(args.seeds) > 1 else ''} {seeds}, "
         f"{args.threads} thread{'s' if args.threads > 1 else ''})"
     )
     print_table(results, title, args.seeds)
