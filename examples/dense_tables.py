@@ -28,12 +28,12 @@ The paper's figures: Table 4 (VGG-16) for single-task, multi-task (hard sharing)
 and NDDR; NDDR-shortcut is Table 6's NDDR row (VGG-16-Shortcut), whose own baselines differ
 slightly. The paper's sluice network has no counterpart here; ttc has no paper figure.
 
-Cost, on a 2-core CPU shared with other jobs and `torch.set_num_threads(1)` (`--threads`):
-one epoch of every row took 8 minutes (single-task and hard sharing ~30 s each, the four
-jointly trained pairs 80–95 s each, ttc incremental ~55 s), so the default is 2 epochs, about
-15 minutes; the README gives the measured run. That is far less training than the paper's,
-so read the table as a short-budget comparison. `--epochs` and `--seeds 0 1 2` (averaged,
-with the spread shown) buy a steadier reading at that cost per epoch and per seed.
+Cost, on a 2-core CPU shared with other jobs, with `torch.set_num_threads(1)` (`--threads`):
+the default (2 epochs) took 13 minutes (one run of single-task, which trains two columns,
+and of each jointly trained pair ~1.5–2.5 minutes; hard sharing and ttc incremental ~1.3).
+That is far less training than the paper's, so read the table as a short-budget comparison
+whose one-seed differences of a point or so are within noise; `--epochs` and `--seeds 0 1 2`
+(averaged, the spread shown) buy a steadier reading at that cost per epoch and per seed.
 
     python examples/dense_tables.py [--epochs 2] [--seeds 0] [--input 3x64x64]
         [--backbone resnet18 --backbone-option dilated=true] [--json out.json] [--quick]
