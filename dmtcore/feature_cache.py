@@ -152,7 +152,7 @@ class FeatureCache:
         count = len(shapes)
         notify(
             f"feature cache: {count} frozen column{'s' * (count != 1)} computed once, "
-            f"{size} of {dtype} features in {location}"
+            f"{size} of {dtype} features {'in memory' if mapping is None else 'on disk'}"
         )
         return cls(tables, location, nbytes, dtype, device, mapping)
 

@@ -191,7 +191,7 @@ def test_remove_task_on_a_dense_store(trained, run_cli, tmp_path: Path) -> None:
     outputs = predicted(run_cli, store, images(tmp_path / "x.npy", 2))
     assert set(outputs) == {"toyd.seg", "toyd.depth"}
     assert np.asarray(outputs["toyd.seg"]["probabilities"]).shape == (2, 2, 16, 16)
-    assert np.asarray(outputs["toyd.depth"]["prediction"]).shape == (2, 1, 16, 16)
+    assert np.asarray(outputs["toyd.depth"]["prediction"]).shape == (2, 16, 16)
     evaluated = json.loads(run_cli("eval", "--store", store, "-p", PLUGIN, "--json").stdout)
     assert evaluated["metrics"]["toyd.depth"]["abs_rel"] == pytest.approx(depth["after"], rel=1e-5)
     run_cli("verify", "--store", store)
