@@ -81,7 +81,7 @@ def _coerce(kind: str, key: str, value: Any, default: Any) -> Any:
         valid, expected = True, ""
     if not valid:
         raise InvalidValueError(
-            f"connection kind {kind!r} option {key!r} must be {expected}, got {value!r}"
+            f"{kind} option {key!r} must be {expected}, got {value!r}"
         )
     return value
 
