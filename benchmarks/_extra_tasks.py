@@ -57,22 +57,15 @@ SCENES_SEGMENTATIONS = {
 
 
 def _scenes_factory(classes: tuple[int, ...]) -> Any:
-    def datasets(request: DataRequest) -> TaskData:
+    from dmt_plugins.scenes import split_datasets
+
+    def relabel(segmentation: Any) -> Any:
         import torch
-        from torch.utils.data import TensorDataset
 
-        from dmt_plugins.scenes import NATIVE_SHAPE, SPLIT_SIZES, generate
-
-        spec = request.input_spec
-        height, width = (spec.height, spec.width) if spec else NATIVE_SHAPE[1:]
         lookup = torch.tensor([*classes, -1])  # index -1 (unlabelled) stays -1
-        splits = {}
-        for split in SPLIT_SIZES:
-            data = generate(split, height, width)
-            splits[split] = TensorDataset(data["images"], lookup[data["segmentation"].long()])
-        return TaskData(**splits)
+        return lookup[segmentation.long()]
 
-    return datasets
+    return split_datasets("segmentation", relabel)
 
 
 @hookimpl

@@ -362,12 +362,12 @@ def init(
     as_json: bool,
 ) -> None:
     """Create an empty store."""
-    from dmtcore.names import InputSpec
+    from dmtcore.names import InputSpec, parse_option
     from dmtcore.operations import init_store
 
     spec = InputSpec.parse(input_spec) if input_spec else None
-    options = dict(_parse_option(o) for o in connection_option)
-    column_options = dict(_parse_option(o) for o in backbone_option)
+    options = dict(parse_option(o) for o in connection_option)
+    column_options = dict(parse_option(o) for o in backbone_option)
     host = _host(plugins, no_plugin_autoload)
     created = init_store(
         store, host, spec, backbone, connection, options, name, column_options, model_name
@@ -380,16 +380,6 @@ def init(
             f"Created store {store} ({backbone}, connection {connection}, input {spec or 'from the first task'})"
         ),
     )
-
-
-def _parse_option(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise InvalidValueError(f"invalid option {text!r}: expected KEY=VALUE")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
 
 
 @cli.command()
@@ -1095,21 +1085,14 @@ def predict(
     from dmtcore.data import resolve_device
     from dmtcore.operations import load_current, select_tasks
     from dmtcore.plugins import create_plugin_host
-    from dmtcore.predict import iter_batches
+    from dmtcore.predict import iter_batches, task_outputs
 
     # Loading a store needs no task plugin: only a third-party backbone or connection kind.
     host = create_plugin_host(plugins, autoload=False)
     model, manifest = load_current(store, host)
     names = select_tasks(manifest, list(dict.fromkeys(task_names)))
     model.to(resolve_device(device))
-    outputs = {
-        t["name"]: {
-            "kind": t["output"]["kind"],
-            "size": t["output"]["size"],
-            "class_names": t.get("class_names"),
-        }
-        for t in manifest["tasks"]
-    }
+    outputs = task_outputs(manifest)
     summary = {"store": str(store), "version": manifest["version"]}
     if out_dir is not None:
         _predict_to_folder(model, inputs, batch_size, names, outputs, out_dir, summary, as_json)

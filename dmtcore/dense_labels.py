@@ -22,6 +22,8 @@ from dmtcore.taskspec import IGNORE_LABEL, TaskSpec
 NORMAL_LENGTH_TOLERANCE = 0.1
 # Per-image label shape, without the batch dimension, by kind ("H×W" stands for the image's).
 LABEL_LAYOUT = {"segmentation": "H×W", "depth": "1×H×W (or H×W)", "normals": "3×H×W"}
+# The same as channel counts a batch's labels may have (None: H×W maps without a channel axis).
+LABEL_CHANNELS = {"segmentation": (None,), "depth": (1, None), "normals": (3,)}
 
 
 def check_dense_labels(origin: str, spec: TaskSpec, labels: torch.Tensor, which: str) -> None:
@@ -29,13 +31,7 @@ def check_dense_labels(origin: str, spec: TaskSpec, labels: torch.Tensor, which:
     kind = spec.output
     shape = tuple(labels.shape)
     expected = LABEL_LAYOUT[kind]
-    channels = {"segmentation": None, "depth": 1, "normals": 3}[kind]
-    fits = (
-        len(shape) == 3
-        if kind == "segmentation"
-        else (len(shape) == 4 and shape[1] == channels) or (kind == "depth" and len(shape) == 3)
-    )
-    if not fits:
+    if len(shape) not in (3, 4) or _channels(shape) not in LABEL_CHANNELS[kind]:
         raise DataError(
             f"{origin}: {kind} labels must be {expected} per image (a batch of "
             f"N×{expected.split(' ')[0]}), got a batch of {shape} in {which}"
@@ -62,6 +58,11 @@ def check_dense_labels(origin: str, spec: TaskSpec, labels: torch.Tensor, which:
         )
     if kind == "normals":
         _check_unit_length(origin, labels, which)
+
+
+def _channels(batch_shape: tuple[int, ...]) -> int | None:
+    """A batch's per-image channel count: None for N×H×W maps."""
+    return batch_shape[1] if len(batch_shape) == 4 else None
 
 
 def _check_class_map(origin: str, spec: TaskSpec, labels: torch.Tensor, which: str) -> None:

@@ -111,7 +111,7 @@ class PredictionWriter:
         png, npy = self.directory / f"{stem}.png", self.directory / f"{stem}.npy"
         try:
             np.save(npy, values, allow_pickle=False)
-            map_image(kind, values, int(self.outputs[task].get("size") or 1)).save(png)
+            map_image(kind, values, self.outputs[task]["size"]).save(png)
         except OSError as exc:
             raise StoreError(
                 f"cannot write {png.name} into {str(self.directory)!r}: {exc}"

@@ -43,7 +43,7 @@ def evaluate(
 
 
 def metric_state(spec: TaskSpec) -> MetricState:
-    return MetricState(spec.output, list(spec.metrics), int(spec.num_outputs or 1))
+    return MetricState(spec.output, list(spec.metrics), spec.num_outputs)
 
 
 def shared_images(dataset: Any) -> Any:

@@ -155,20 +155,14 @@ class MetricState:
             self.outputs.append(outputs.cpu())
             self.labels.append(labels.cpu())
             return
-        update = {"segmentation": _segmentation_sums, "depth": _depth_sums}.get(
-            self.kind, _normal_sums
-        )
-        for key, value in update(outputs, labels, self.num_outputs).items():
+        for key, value in DENSE_SUMS[self.kind](outputs, labels, self.num_outputs).items():
             value = value.detach().double().cpu()
             self.sums[key] = self.sums[key] + value if key in self.sums else value
 
     def result(self) -> dict[str, float]:
         if self.kind not in DENSE_KINDS:
             return compute_metrics(self.names, torch.cat(self.outputs), torch.cat(self.labels))
-        summarise = {"segmentation": _segmentation_metrics, "depth": _depth_metrics}.get(
-            self.kind, _normal_metrics
-        )
-        values = summarise(self.sums)
+        values = DENSE_SUMMARIES[self.kind](self.sums)
         return {name: values[name] for name in self.names}
 
 
@@ -249,6 +243,15 @@ def _normal_metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
         "median_angle": (middle + 0.5) * ANGLE_BIN,
         **{name: float(sums[name]) / n for name in ANGLE_THRESHOLDS},
     }
+
+
+# Per dense kind: a batch's sufficient statistics, and the metrics from their totals.
+DENSE_SUMS = {"segmentation": _segmentation_sums, "depth": _depth_sums, "normals": _normal_sums}
+DENSE_SUMMARIES = {
+    "segmentation": _segmentation_metrics,
+    "depth": _depth_metrics,
+    "normals": _normal_metrics,
+}
 
 
 def probabilities(output_kind: str, logits: torch.Tensor) -> torch.Tensor:

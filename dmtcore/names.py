@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -98,3 +99,15 @@ class InputSpec:
 
     def __str__(self) -> str:
         return f"{self.channels}x{self.height}x{self.width}"
+
+
+def parse_option(text: str) -> tuple[str, object]:
+    """`KEY=VALUE` as typed for `--backbone-option` and `--connection-option`: the value read
+    as JSON (`true`, `2`, `0.5`), or kept as text when it is not JSON (`weights.safetensors`)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise InvalidValueError(f"invalid option {text!r}: expected KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value

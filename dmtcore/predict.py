@@ -229,6 +229,18 @@ def decode_images(values: Sequence[Any], input_spec: InputSpec) -> torch.Tensor:
     return torch.cat(batches)
 
 
+def task_outputs(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What `predict` needs to know of each stored task's output: kind, size, class names."""
+    return {
+        t["name"]: {
+            "kind": t["output"]["kind"],
+            "size": t["output"]["size"],
+            "class_names": t.get("class_names"),
+        }
+        for t in manifest["tasks"]
+    }
+
+
 def predict_batches(
     model: MultiTaskModel, batches: Iterable[torch.Tensor], tasks: Sequence[str]
 ) -> Iterator[dict[str, torch.Tensor]]:
@@ -253,7 +265,7 @@ def predict(
 ) -> dict[str, dict[str, list[Any]]]:
     """Per task: the prediction of every image (class, labels, values, or a map for dense
     tasks) and, where the task has them, probabilities (see `readable_outputs`).
-    `outputs` maps task -> {'kind', 'class_names'}."""
+    `outputs` is `task_outputs(manifest)`."""
     result: dict[str, dict[str, list[Any]]] = {t: {} for t in tasks}
     for logits in predict_batches(model, batches, tasks):
         for name, values in logits.items():

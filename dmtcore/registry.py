@@ -80,9 +80,7 @@ def _coerce(kind: str, key: str, value: Any, default: Any) -> Any:
     else:
         valid, expected = True, ""
     if not valid:
-        raise InvalidValueError(
-            f"{kind} option {key!r} must be {expected}, got {value!r}"
-        )
+        raise InvalidValueError(f"{kind} option {key!r} must be {expected}, got {value!r}")
     return value
 
 

@@ -58,9 +58,9 @@ from torch.utils.data import TensorDataset
 
 from dmtcore.baselines import HardSharingModel
 from dmtcore.data import Batches, resolve_device
-from dmtcore.errors import DmtError, InvalidValueError
+from dmtcore.errors import DmtError
 from dmtcore.evaluation import evaluate
-from dmtcore.names import InputSpec
+from dmtcore.names import InputSpec, parse_option
 from dmtcore.operations import (
     DataOptions,
     evaluate_store,
@@ -305,16 +305,6 @@ def print_table(results: dict[str, dict[str, Any]], title: str, seeds: list[int]
         label = COLUMNS[column][0]
         print(f"order by {label}, paper (Table 4): {ordering(paper, column)}")
         print(f"order by {label}, ours:            {ordering(ours, column)}")
-
-
-def parse_option(text: str) -> tuple[str, Any]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise InvalidValueError(f"invalid backbone option {text!r}: expected KEY=VALUE")
-    try:
-        return key, json.loads(value)
-    except ValueError:
-        return key, value
 
 
 def parse_args() -> argparse.Namespace:

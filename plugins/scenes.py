@@ -29,6 +29,7 @@ engine evaluates them in one forward pass.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 
@@ -405,7 +406,11 @@ def generate(split: str, height: int, width: int) -> dict[str, Any]:
     }
 
 
-def _factory(label: str):
+def split_datasets(label: str, relabel: Callable[[Any], Any] | None = None) -> Any:
+    """The dataset factory of a task on the scenes' images: `label` is a key of `generate`,
+    optionally mapped by `relabel` (other tasks on the same images, such as the benchmarks'
+    coarser segmentations). Every such task shares the one image tensor per split and size."""
+
     def datasets(request: DataRequest) -> TaskData:
         from torch.utils.data import TensorDataset
 
@@ -414,7 +419,8 @@ def _factory(label: str):
         splits = {}
         for split in SPLIT_SIZES:
             data = generate(split, height, width)
-            splits[split] = TensorDataset(data["images"], data[label])
+            labels = relabel(data[label]) if relabel else data[label]
+            splits[split] = TensorDataset(data["images"], labels)
         return TaskData(**splits)
 
     return datasets
@@ -452,6 +458,6 @@ def dmt_register_tasks(registry: Any) -> None:
                 output=output,
                 num_outputs=outputs,
                 class_names=classes,
-                datasets=_factory(label),
+                datasets=split_datasets(label),
             )
         )

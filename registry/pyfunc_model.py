@@ -35,14 +35,12 @@ class DmtModel(PythonModel):
     def load_context(self, context: Any) -> None:
         from dmtcore.operations import load_current
         from dmtcore.plugins import create_plugin_host
+        from dmtcore.predict import task_outputs
 
         self.model, self.manifest = load_current(
             Path(context.artifacts["store"]), create_plugin_host(autoload=False)
         )
-        self.outputs = {
-            t["name"]: {"kind": t["output"]["kind"], "class_names": t.get("class_names")}
-            for t in self.manifest["tasks"]
-        }
+        self.outputs = task_outputs(self.manifest)
 
     def predict(self, context, model_input, params=None):
         # No type hints on purpose: MLflow would try (and fail) to derive a schema from them;

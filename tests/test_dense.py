@@ -197,6 +197,32 @@ def test_remove_task_on_a_dense_store(trained, run_cli, tmp_path: Path) -> None:
     run_cli("verify", "--store", store)
 
 
+def test_predict_out_writes_viewable_maps_and_the_raw_arrays(
+    trained, run_cli, tmp_path: Path
+) -> None:
+    """`--out` writes per image and dense task a PNG at the store's size and the very arrays
+    that `--json` gives, and predictions.json naming them; the table names each map's size."""
+    from PIL import Image
+
+    store = trained[0]
+    inputs = images(tmp_path / "x.npy", 2)
+    arrays = predicted(run_cli, store, inputs)
+    out = tmp_path / "preds"
+    written = json.loads(
+        run_cli("predict", inputs, "--store", store, "--out", out, "--json").stdout
+    )
+    assert json.loads((out / "predictions.json").read_text())["rows"] == written["rows"]
+    for index, row in enumerate(written["rows"]):
+        for task in ("toyd.seg", "toyd.normals", "toyd.depth"):
+            png = out / row[task]
+            with Image.open(png) as image:
+                assert (image.mode, image.size) == ("RGB", (16, 16)), png
+            raw = np.load(png.with_suffix(".npy"), allow_pickle=False)
+            assert np.array_equal(raw, np.asarray(arrays[task]["prediction"][index])), task
+    table = run_cli("predict", inputs, "--store", store).stdout
+    assert "map 16×16" in table and "map 3×16×16" in table, table
+
+
 # -- what cannot work fails in one line, changing nothing ------------------------------------
 
 
@@ -324,3 +350,10 @@ def test_a_tracked_dense_add_task_logs_dense_metrics(
         assert f"toyd.seg.{metric}" in logged and f"toyd.seg.val.{metric}" in logged, logged
     assert 0.0 <= logged["toyd.seg.miou"] <= 1.0
     assert run.info.status == "FINISHED"
+    # input / truth / prediction of 4 validation images, each 16×16 cell shown at 96×96
+    [preview] = client.list_artifacts(run.info.run_id, "previews")
+    assert preview.path == "previews/toyd.seg.png"
+    from PIL import Image
+
+    with Image.open(client.download_artifacts(run.info.run_id, preview.path)) as image:
+        assert image.size == (3 * 96 + 2 * 2, 4 * 96 + 3 * 2)

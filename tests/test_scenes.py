@@ -179,7 +179,7 @@ def test_every_task_reads_the_same_image_tensor(tiny_splits, tmp_path: Path) -> 
 
     spec = InputSpec(3, 16, 20)
     data = {  # each task added with its own --seed: the splits' seeds are fixed
-        label: scenes._factory(label)(DataRequest(tmp_path, spec, seed=seed))
+        label: scenes.split_datasets(label)(DataRequest(tmp_path, spec, seed=seed))
         for seed, (label, *_) in enumerate(scenes.TASKS)
     }
     images = data["segmentation"].train.tensors[0]
@@ -199,7 +199,7 @@ def test_native_size_splits_take_seconds(tmp_path: Path) -> None:
     """The full splits at the native 3×64×64 (no store size given): see `--durations`."""
     scenes.generate.cache_clear()
     request = DataRequest(data_dir=tmp_path, input_spec=None)
-    data = scenes._factory("normals")(request)
+    data = scenes.split_datasets("normals")(request)
     assert len(data.train) == scenes.SPLIT_SIZES["train"] == 800
     assert len(data.val) == scenes.SPLIT_SIZES["val"] == 200
     image, normals = data.val[0]
