@@ -161,7 +161,7 @@ def test_two_processes_sharing_a_small_disk_never_die_by_sigbus(
             break
     a.send_signal(signal.SIGSTOP)
     try:
-        assert seen and "in disk" in seen[-1], "".join(seen)
+        assert seen and "on disk" in seen[-1], "".join(seen)
         needed = float(re.search(r"([\d.]+) MB of float16", seen[-1])[1])
         assert needed > SMALL_DISK_MB / 2 and needed * 1.2 < SMALL_DISK_MB, "one cache fits"
         b = dmt(stores["B"], small_disk, "--feature-cache", "disk")
@@ -189,5 +189,5 @@ def test_a_process_killed_while_training_leaves_no_cache_behind(
     process = dmt(store_copy, temp, "--feature-cache", "disk", DMT_CRASH_AT="step:3")
     _, err = process.communicate(timeout=300)
     assert process.returncode == -signal.SIGKILL, err
-    assert "in disk" in err
+    assert "on disk" in err
     assert leftovers(temp) == []
