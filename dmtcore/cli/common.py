@@ -1,0 +1,297 @@
+"""What every `dmt` command shares: the group, its error handling, the shared options and the
+way results are printed (a table for people, one JSON document with --json)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dmtcore.errors import DmtError, Interrupted
+from dmtcore.taskspec import higher_is_better
+
+STORE_ENV = "DMT_STORE"
+
+
+DEFAULT_STORE = "dmt-store"
+
+
+class DmtGroup(click.Group):
+    """Turns dmt's errors and interruptions into a message and an exit code, no traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DmtError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted: nothing was committed; the store is as it was.", err=True)
+            ctx.exit(Interrupted.exit_code)
+
+
+def _store_given_before_the_command(ctx: click.Context, param: Any, value: Path) -> Path:
+    """`dmt --store X status` and `dmt status --store X` mean the same; the command's own
+    --store wins over the environment, and one given in both places must agree."""
+    before = ctx.find_root().params.get("store")
+    if before is None:
+        return value
+    source = ctx.get_parameter_source("store")
+    if source == click.core.ParameterSource.COMMANDLINE and Path(value) != before:
+        raise click.UsageError(
+            f"--store is given twice: {str(before)!r} before the command and {str(value)!r} "
+            "after it; give it once"
+        )
+    return before
+
+
+def store_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--store",
+        "store",
+        type=click.Path(path_type=Path, file_okay=False),
+        envvar=STORE_ENV,
+        default=DEFAULT_STORE,
+        show_default=True,
+        callback=_store_given_before_the_command,
+        help=f"Store directory (env {STORE_ENV}); also accepted before the command.",
+    )(f)
+
+
+def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print one JSON document to stdout."
+    )(f)
+
+
+def plugin_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option(
+        "-p",
+        "--plugin",
+        "plugins",
+        multiple=True,
+        metavar="MODULE_OR_FILE",
+        help="Load a plugin module or .py file (repeatable); 'no:NAME' blocks one.",
+    )(f)
+    return click.option(
+        "--no-plugin-autoload",
+        is_flag=True,
+        help="Do not load installed entry-point plugins (env DMT_DISABLE_PLUGIN_AUTOLOAD=1).",
+    )(f)
+
+
+def _apply(f: Callable[..., Any], options: list[Callable[..., Any]]) -> Callable[..., Any]:
+    """Apply option decorators so that `--help` lists them in the order given."""
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+DATA_OPTIONS = [
+    click.option("--batch-size", type=int, default=64, show_default=True),
+    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+    click.option("--seed", type=int, default=0, show_default=True),
+    click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path, file_okay=False),
+        default="data",
+        show_default=True,
+        envvar="DMT_DATA_DIR",
+        help="Where plugins look for datasets on disk.",
+    ),
+    click.option("--download", is_flag=True, help="Allow plugins to download missing datasets."),
+]
+
+
+def data_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    return _apply(f, DATA_OPTIONS)
+
+
+def train_options(default_epochs: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    options = [
+        click.option("--epochs", type=int, default=default_epochs, show_default=True),
+        click.option(
+            "--lr", type=float, default=1e-3, show_default=True, help="Base learning rate."
+        ),
+        click.option(
+            "--optimizer",
+            type=click.Choice(["adam", "sgd"]),
+            default="adam",
+            show_default=True,
+            help="sgd: momentum 0.9, as in the papers (their connection LR multipliers assume it).",
+        ),
+        click.option(
+            "--connection-lr-mult",
+            type=float,
+            default=None,
+            help="Learning-rate multiplier of connection weights [default: the kind's own].",
+        ),
+        click.option(
+            "--balance",
+            is_flag=True,
+            help="Draw every class equally often (minority resampling, DMT §4.1).",
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(["fp32", "bf16"]),
+            default="fp32",
+            show_default=True,
+            help="bf16: autocast to bfloat16 (for GPUs).",
+        ),
+        click.option(
+            "--feature-cache",
+            type=click.Choice(["auto", "memory", "disk", "off"]),
+            default="auto",
+            show_default=True,
+            help="Compute frozen columns once and reuse their features in later epochs; "
+            "auto spills to disk past the budget.",
+        ),
+        click.option(
+            "--cache-budget-mb",
+            type=float,
+            default=2048,
+            show_default=True,
+            help="Memory the feature cache may use.",
+        ),
+        click.option(
+            "--cache-dtype",
+            type=click.Choice(["float16", "bfloat16", "float32"]),
+            default="float16",
+            show_default=True,
+        ),
+        click.option(
+            "--channels-last/--no-channels-last",
+            default=False,
+            show_default=True,
+            help="Run convolutions in NHWC layout while training (no faster on CPUs; try it on GPUs).",
+        ),
+        click.option(
+            "--compile/--no-compile",
+            "compile_",
+            default=False,
+            show_default=True,
+            help="torch.compile the trained parts (on a CPU: over a minute up front, no faster).",
+        ),
+        click.option(
+            "--bn-recalibration/--no-bn-recalibration",
+            default=None,
+            help="Before each validation, re-estimate the new parts' BatchNorm statistics in "
+            "one pass over the training data (they lag the weights when epochs have few steps) "
+            "[default: only when a task gets under 10 steps per epoch or 20 in all].",
+        ),
+        click.option(
+            "--workers",
+            type=int,
+            default=0,
+            show_default=True,
+            help="Processes decoding samples in the background (for datasets of image files).",
+        ),
+        *DATA_OPTIONS,
+        click.option(
+            "--tracking-uri",
+            envvar="MLFLOW_TRACKING_URI",
+            default=None,
+            help="MLflow tracking URI [default: sqlite database inside the store].",
+        ),
+        click.option("--no-tracking", is_flag=True, help="Do not log this run to MLflow."),
+        click.option(
+            "--no-register",
+            is_flag=True,
+            help="Track the run but do not publish the new version to the Model Registry.",
+        ),
+    ]
+    return lambda f: _apply(f, options)
+
+
+def plugin_host(plugins: Sequence[str], no_plugin_autoload: bool) -> Any:
+    from dmtcore.plugins import create_plugin_host
+
+    return create_plugin_host(plugins, autoload=False if no_plugin_autoload else None)
+
+
+def train_settings(**kwargs: Any) -> Any:
+    from dmtcore.training import TrainSettings
+
+    return TrainSettings(**kwargs)
+
+
+def resolve_tracking_uri(store: Path, tracking_uri: str | None) -> tuple[str, bool]:
+    """The URI to use and whether it is the store's embedded database."""
+    from dmt_registry.tracking import default_tracking_uri
+
+    embedded_uri = default_tracking_uri(store)
+    uri = tracking_uri or embedded_uri
+    return uri, uri == embedded_uri
+
+
+def attach_tracker(
+    host: Any, store: Path, tracking_uri: str | None, no_tracking: bool, no_register: bool
+) -> str | None:
+    if no_tracking or not is_main_rank():
+        return None
+    from dmt_registry.tracking import MlflowTracker
+
+    uri, embedded = resolve_tracking_uri(store, tracking_uri)
+    host.register(MlflowTracker(uri, embedded, register=not no_register), "mlflow-tracker")
+    return uri
+
+
+def is_main_rank() -> bool:
+    """False in the processes torchrun starts besides rank 0: they train but report nothing."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def emit(as_json: bool, payload: Any, human: Callable[[], None]) -> None:
+    if not is_main_rank():
+        # One line per extra rank on stderr, so that a run's ranks can be compared.
+        metrics = payload.get("metrics") if isinstance(payload, dict) else None
+        rank, size = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+        click.echo(f"rank {rank}/{size} metrics: {json.dumps(metrics, sort_keys=True)}", err=True)
+        return
+    if as_json:
+        click.echo(json.dumps(payload, indent=2, default=str))
+    else:
+        human()
+
+
+def print_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> None:
+    cells = [[str(c) for c in header], *[[format_value(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    for index, row in enumerate(cells):
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if index == 0:
+            click.echo("  ".join("-" * w for w in widths))
+
+
+def metric_label(name: str) -> str:
+    """A metric's name, marked '↓' when lower is better (errors), so a table reads right."""
+    return name if higher_is_better(name) else f"{name} ↓"
+
+
+def format_value(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def echo_progress(message: str) -> None:
+    if is_main_rank():
+        click.echo(message, err=True)
+
+
+@click.group(cls=DmtGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dmt-vision", prog_name="dmt")
+@click.option(
+    "--store",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help=f"Store directory for the command (env {STORE_ENV}); the same as after it.",
+)
+def cli(store: Path | None) -> None:
+    """dmt grows a multi-task vision model one task at a time.
+
+    Every task owns a frozen CNN column; new tasks learn transfer connections into the
+    existing columns, so adding a task never changes an old task's outputs.
+    """

@@ -1,0 +1,317 @@
+"""Commands that create, inspect and repair a store: init, status, history, verify, rollback,
+and the catalogue of what plugins offer (plugins, tasks)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dmtcore.cli.common import (
+    cli,
+    emit,
+    json_option,
+    metric_label,
+    plugin_host,
+    plugin_options,
+    print_table,
+    store_option,
+)
+from dmtcore.store import Store
+from dmtcore.taskspec import higher_is_better
+
+
+@cli.command()
+@store_option
+@click.option(
+    "--input", "input_spec", default=None, help="Image shape CxHxW [default: the first task's]."
+)
+@click.option("--backbone", default="dmt-cnn", show_default=True)
+@click.option("--connection", default="ttc", show_default=True)
+@click.option(
+    "--connection-option",
+    "connection_option",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override an option of the connection kind (repeatable), e.g. init_alpha=0.2.",
+)
+@click.option(
+    "--name", default=None, help="Store name used in MLflow [default: the directory name]."
+)
+@click.option(
+    "--model-name",
+    default=None,
+    help="Registered model in the MLflow Model Registry [default: the store name].",
+)
+@click.option(
+    "--backbone-option",
+    "backbone_option",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override an option of the backbone (repeatable), e.g. weights_file=r18.safetensors.",
+)
+@plugin_options
+@json_option
+def init(
+    store: Path,
+    input_spec: str | None,
+    backbone: str,
+    connection: str,
+    connection_option: tuple[str, ...],
+    backbone_option: tuple[str, ...],
+    model_name: str | None,
+    name: str | None,
+    plugins: tuple[str, ...],
+    no_plugin_autoload: bool,
+    as_json: bool,
+) -> None:
+    """Create an empty store."""
+    from dmtcore.names import InputSpec, parse_option
+    from dmtcore.operations import init_store
+
+    spec = InputSpec.parse(input_spec) if input_spec else None
+    options = dict(parse_option(o) for o in connection_option)
+    column_options = dict(parse_option(o) for o in backbone_option)
+    host = plugin_host(plugins, no_plugin_autoload)
+    created = init_store(
+        store, host, spec, backbone, connection, options, name, column_options, model_name
+    )
+    manifest = created.manifest()
+    emit(
+        as_json,
+        {"store": str(store), "version": manifest["version"], "manifest": manifest},
+        lambda: click.echo(
+            f"Created store {store} ({backbone}, connection {connection}, input {spec or 'from the first task'})"
+        ),
+    )
+
+
+@cli.command()
+@plugin_options
+@json_option
+def plugins(plugins: tuple[str, ...], no_plugin_autoload: bool, as_json: bool) -> None:
+    """List loaded plugins, their hooks and what they registered."""
+    host = plugin_host(plugins, no_plugin_autoload)
+    registry = host.registry
+    rows = []
+    for info in host.plugins:
+        registered = [
+            f"{what}:{name}"
+            for (what, name), owner in registry.owners.items()
+            if owner == info.name
+        ]
+        rows.append({**vars(info), "registered": registered})
+    emit(
+        as_json,
+        rows,
+        lambda: print_table(
+            [
+                (r["name"], r["origin"], r["version"] or "-", r["module"], len(r["registered"]))
+                for r in rows
+            ],
+            ("plugin", "origin", "version", "module", "registered"),
+        ),
+    )
+
+
+@cli.command()
+@store_option
+@plugin_options
+@json_option
+def tasks(store: Path, plugins: tuple[str, ...], no_plugin_autoload: bool, as_json: bool) -> None:
+    """List the tasks plugins offer, marking those already in the store."""
+    host = plugin_host(plugins, no_plugin_autoload)
+    in_store = (
+        {t["name"] for t in Store.open(store).manifest()["tasks"]} if Store.exists(store) else set()
+    )
+    rows = [
+        {
+            "name": spec.name,
+            "plugin": host.registry.owner("task", spec.name),
+            "output": f"{spec.output}/{spec.num_outputs}",
+            "in_store": spec.name in in_store,
+            "description": spec.description,
+        }
+        for spec in host.registry.tasks.values()
+    ]
+    emit(
+        as_json,
+        rows,
+        lambda: print_table(
+            [
+                (
+                    r["name"],
+                    r["plugin"],
+                    r["output"],
+                    "yes" if r["in_store"] else "",
+                    r["description"],
+                )
+                for r in rows
+            ],
+            ("task", "plugin", "output", "in store", "description"),
+        ),
+    )
+
+
+@cli.command()
+@store_option
+@json_option
+def status(store: Path, as_json: bool) -> None:
+    """Show the store's current version and tasks (reads JSON only: instant)."""
+    opened = Store.open(store)
+    manifest = opened.manifest()
+    tasks = [
+        {
+            "name": t["name"],
+            "plugin": t["plugin"],
+            "output": t["output"],
+            "sources": t["sources"],
+            "primary_metric": t["primary_metric"],
+            "metric": t["metrics"][t["primary_metric"]],
+            "higher_is_better": higher_is_better(t["primary_metric"]),
+        }
+        for t in manifest["tasks"]
+    ]
+    payload = {
+        "store": str(store),
+        "name": manifest["name"],
+        "version": manifest["version"],
+        "created": manifest["created"],
+        "input_spec": manifest["input_spec"],
+        "backbone": manifest["backbone"],
+        "connection": manifest["connection"],
+        "tasks": tasks,
+    }
+
+    def human() -> None:
+        spec = (
+            "x".join(map(str, manifest["input_spec"]))
+            if manifest["input_spec"]
+            else "not fixed yet"
+        )
+        click.echo(
+            f"Store {store} ({manifest['name']}), version {manifest['version']} of {manifest['created']}"
+        )
+        switches = [k for k, v in manifest["backbone"]["options"].items() if v is True]
+        backbone = " ".join([manifest["backbone"]["name"], *(f"{k}=true" for k in switches)])
+        click.echo(
+            f"Input {spec}, backbone {backbone}, connection {manifest['connection']['name']}"
+        )
+        if not tasks:
+            click.echo("No tasks yet: add one with 'dmt add-task NAME' (see 'dmt tasks').")
+            return
+        print_table(
+            [
+                (
+                    t["name"],
+                    t["plugin"],
+                    f"{t['output']['kind']}/{t['output']['size']}",
+                    len(t["sources"]),
+                    metric_label(t["primary_metric"]),
+                    t["metric"],
+                )
+                for t in tasks
+            ],
+            ("task", "plugin", "output", "sources", "metric", "value"),
+        )
+
+    emit(as_json, payload, human)
+
+
+@cli.command()
+@store_option
+@json_option
+def history(store: Path, as_json: bool) -> None:
+    """List the store's versions, newest first."""
+    entries = Store.open(store).history()
+    emit(
+        as_json,
+        entries,
+        lambda: print_table(
+            [
+                (
+                    e["version"],
+                    e["created"],
+                    f"{e['operation']['name']} {' '.join(e['operation']['tasks'])}".strip(),
+                    ", ".join(e["tasks"]) or "-",
+                )
+                for e in entries
+            ],
+            ("version", "created", "operation", "tasks"),
+        ),
+    )
+
+
+@cli.command()
+@store_option
+@click.option(
+    "--all", "every_version", is_flag=True, help="Rebuild every version, not only the current one."
+)
+@click.option(
+    "-p",
+    "--plugin",
+    "plugins",
+    multiple=True,
+    metavar="MODULE_OR_FILE",
+    help="Load a plugin providing the store's backbone or connection kind.",
+)
+@json_option
+def verify(store: Path, every_version: bool, plugins: tuple[str, ...], as_json: bool) -> None:
+    """Check the whole store and report every problem: manifests, weight files and their
+    checksums, and that the model rebuilds. Exits 5 when anything is wrong."""
+    from dmtcore.errors import StoreError
+    from dmtcore.plugins import create_plugin_host
+    from dmtcore.verify import verify_store
+
+    host = create_plugin_host(plugins, autoload=False)
+    versions, problems = verify_store(store, host.registry, every_version)
+    payload = {
+        "store": str(store),
+        "ok": not problems,
+        "versions": versions,
+        "problems": [vars(p) for p in problems],
+    }
+    if as_json:
+        click.echo(json.dumps(payload, indent=2))
+    elif not problems:
+        click.echo(f"Store {store} is sound: {len(versions)} versions checked.")
+    else:
+        for problem in problems:
+            named = problem.message.startswith(problem.file)
+            click.echo(problem.message if named else f"{problem.file}: {problem.message}")
+    if problems:
+        raise StoreError(f"{len(problems)} problem(s) found in store {str(store)!r}")
+
+
+@cli.command()
+@click.argument("version", type=int)
+@store_option
+@json_option
+def rollback(version: int, store: Path, as_json: bool) -> None:
+    """Make an earlier VERSION current again (as a new version: history is never rewritten)."""
+    opened = Store.open(store)
+    manifest = _rollback_target(opened, version)
+    with opened.writer(f"rollback {version}"):
+        manifest["operation"] = {"name": "rollback", "tasks": [], "to_version": version}
+        new_version = opened.commit(manifest)
+    emit(
+        as_json,
+        {"store": str(store), "version": new_version, "rolled_back_to": version},
+        lambda: click.echo(
+            f"Rolled back to version {version}; the store is now at version {new_version}"
+        ),
+    )
+
+
+def _rollback_target(store: Store, version: int) -> dict[str, Any]:
+    """The manifest to roll back to, with every weight file it names verified, checked before
+    the writer lock is taken: committed versions never change, and a refused rollback then
+    touches nothing. Rolling back away from a damaged current version is allowed: it is how
+    a store is repaired."""
+    manifest = store.manifest(version)
+    for task in manifest["tasks"]:
+        for ref in task["weights"].values():
+            store.read_blob(ref["sha256"])
+    return manifest

@@ -1,0 +1,307 @@
+"""Commands that train and change the model: add-task, train, remove-task."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dmtcore.cli.common import (
+    attach_tracker,
+    cli,
+    echo_progress,
+    emit,
+    json_option,
+    metric_label,
+    plugin_host,
+    plugin_options,
+    print_table,
+    store_option,
+    train_options,
+    train_settings,
+)
+from dmtcore.errors import InvalidValueError
+from dmtcore.store import Store
+
+
+def _register_from_folder(host: Any, name: str, folder: Path) -> None:
+    """Make task NAME out of an image folder: the folder becomes a recipe, a plugin's
+    `dmt_task_from_recipe` builds the task (the built-in `imagefolder` does), and the task is
+    registered as that plugin's. The manifest keeps the recipe, so later commands find the
+    task's data without --from-folder. Everything is checked before the store is touched."""
+    from dmtcore.errors import ConflictError, PluginError
+    from dmtcore.names import validate_task_name
+    from dmtcore.operations import task_from_recipe
+
+    validate_task_name(name)
+    registry = host.registry
+    if name in registry.tasks:
+        raise ConflictError(
+            f"task {name!r} is already registered by plugin {registry.owner('task', name)!r}; "
+            "--from-folder needs a name no plugin uses (see 'dmt tasks')"
+        )
+    recipe = {"kind": "imagefolder", "folder": os.path.abspath(os.path.expanduser(folder))}
+    built = task_from_recipe(host, name, recipe)
+    if built is None:
+        raise PluginError(
+            "no loaded plugin builds tasks from an image folder; the built-in plugin "
+            "'imagefolder' is not loaded (blocked with '-p no:imagefolder' or "
+            "--no-plugin-autoload? then add '-p dmt_plugins.imagefolder')"
+        )
+    spec, plugin = built
+    previous, registry.current_plugin = registry.current_plugin, plugin
+    try:
+        registry.add_task(spec)
+    finally:
+        registry.current_plugin = previous
+
+
+FROM_FOLDER_HELP = (
+    "Make the task from an image folder: DIR/<class>/*.png|jpg (20% of each class held out "
+    "for validation, fixed seed), or DIR/train/<class> and DIR/val/<class>."
+)
+
+
+@cli.command("add-task")
+@click.argument("name")
+@store_option
+@click.option(
+    "--from-folder",
+    "from_folder",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="DIR",
+    help=FROM_FOLDER_HELP,
+)
+@train_options(default_epochs=5)
+@plugin_options
+@json_option
+def add_task(
+    name: str,
+    store: Path,
+    from_folder: Path | None,
+    plugins: tuple[str, ...],
+    no_plugin_autoload: bool,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Train task NAME as a new column connected to every existing task.
+
+    Existing columns, connections, heads and BatchNorm statistics stay frozen: every old
+    task's output is bit-identical afterwards. A missing store is created with defaults.
+    With --from-folder DIR, NAME is a new task made from the images in DIR.
+    """
+    from dmtcore.operations import DataOptions
+    from dmtcore.operations import add_task as run_add_task
+
+    settings, data, tracking = _split_options(options)
+    host = plugin_host(plugins, no_plugin_autoload)
+    if from_folder is not None:
+        _register_from_folder(host, name, from_folder)
+    host.registry.task(name)  # fail on an unknown name before touching anything
+    uri = attach_tracker(host, store, *tracking)
+    started = time.perf_counter()
+    _attach_epoch_printer(host, as_json)
+    result = run_add_task(store, name, host, settings, DataOptions(**data), notify=echo_progress)
+    seconds = time.perf_counter() - started
+    payload = {
+        "store": str(store),
+        "version": result.version,
+        "task": name,
+        "metrics": result.metrics[name],
+        "best_epoch": result.summary["best_epoch"],
+        "seconds": round(seconds, 2),
+        "tracking_uri": uri,
+    }
+
+    def human() -> None:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics[name].items())
+        click.echo(
+            f"Added {name} as version {result.version} in {seconds:.1f}s: {metrics} (best epoch {payload['best_epoch']})"
+        )
+
+    emit(as_json, payload, human)
+
+
+@cli.command()
+@click.argument("names", nargs=-1, required=True, metavar="TASK...")
+@store_option
+@click.option(
+    "--connection",
+    default=None,
+    help="Connection kind when the store is created here [default: ttc]; must match otherwise.",
+)
+@click.option(
+    "--from-folder",
+    "from_folder",
+    multiple=True,
+    metavar="TASK=DIR",
+    help="Make TASK (one of TASK...) from an image folder (repeatable); layout as add-task's.",
+)
+@train_options(default_epochs=5)
+@plugin_options
+@json_option
+def train(
+    names: tuple[str, ...],
+    store: Path,
+    connection: str | None,
+    from_folder: tuple[str, ...],
+    plugins: tuple[str, ...],
+    no_plugin_autoload: bool,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Train a group of new tasks jointly, all mutually connected (DMT §4.1).
+
+    Each step takes turns over the tasks, each on its own data and loss. Existing tasks stay
+    frozen; later add-task calls connect to the whole group.
+    """
+    from dmtcore.operations import DataOptions, train_tasks
+
+    settings, data, tracking = _split_options(options)
+    host = plugin_host(plugins, no_plugin_autoload)
+    for item in from_folder:
+        task, sep, folder = item.partition("=")
+        if not sep or not folder or task not in names:
+            raise InvalidValueError(
+                f"invalid --from-folder {item!r}: expected TASK=DIR with TASK one of the tasks "
+                f"to train ({', '.join(names)})"
+            )
+        _register_from_folder(host, task, Path(folder))
+    for name in names:
+        host.registry.task(name)
+    if connection is not None:
+        host.registry.connection(connection)
+    uri = attach_tracker(host, store, *tracking)
+    _attach_epoch_printer(host, as_json)
+    started = time.perf_counter()
+    result = train_tasks(
+        store, names, host, settings, DataOptions(**data), connection, notify=echo_progress
+    )
+    seconds = time.perf_counter() - started
+    payload = {
+        "store": str(store),
+        "version": result.version,
+        "tasks": list(names),
+        "metrics": result.metrics,
+        "best_epoch": result.summary["best_epoch"],
+        "seconds": round(seconds, 2),
+        "tracking_uri": uri,
+    }
+
+    def human() -> None:
+        click.echo(f"Trained {', '.join(names)} as version {result.version} in {seconds:.1f}s")
+        metric_names = sorted({m for values in result.metrics.values() for m in values})
+        print_table(
+            [(t, *(v.get(m, "") for m in metric_names)) for t, v in result.metrics.items()],
+            ("task", *metric_names),
+        )
+
+    emit(as_json, payload, human)
+
+
+@cli.command("remove-task")
+@click.argument("name")
+@store_option
+@train_options(default_epochs=3)
+@plugin_options
+@json_option
+def remove_task(
+    name: str,
+    store: Path,
+    plugins: tuple[str, ...],
+    no_plugin_autoload: bool,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Cut task NAME out and retrain the connections of the tasks that read it (DMT §4.3).
+
+    Prints every remaining task's primary metric before the removal, right after the cut,
+    and after reconnection, and which state was kept: reconnection keeps its best epoch only
+    if it beats the cut ('kept: epoch N'), else the cut itself ('kept: cut').
+    """
+    from dmtcore.operations import DataOptions
+    from dmtcore.operations import remove_task as run_remove_task
+
+    settings, data, tracking = _split_options(options)
+    Store.open(store)
+    host = plugin_host(plugins, no_plugin_autoload)
+    uri = attach_tracker(host, store, *tracking)
+    _attach_epoch_printer(host, as_json)
+    result = run_remove_task(store, name, host, settings, DataOptions(**data))
+    report = result.summary["report"]
+    payload = {
+        "store": str(store),
+        "version": result.version,
+        "removed": name,
+        "report": report,
+        "tracking_uri": uri,
+    }
+
+    def human() -> None:
+        click.echo(f"Removed {name}; store is now at version {result.version}")
+        print_table(
+            [
+                (
+                    t,
+                    metric_label(r["metric"]),
+                    r["before"],
+                    r["cut"],
+                    r["after"],
+                    "yes" if r["reconnected"] else "no",
+                    r["kept"] or "-",
+                )
+                for t, r in report.items()
+            ],
+            ("task", "metric", "before", "cut", "after", "reconnected", "kept"),
+        )
+
+    emit(as_json, payload, human)
+
+
+def _split_options(options: dict[str, Any]) -> tuple[Any, dict[str, Any], tuple[str | None, bool]]:
+    settings = train_settings(
+        epochs=options["epochs"],
+        batch_size=options["batch_size"],
+        lr=options["lr"],
+        optimizer=options["optimizer"],
+        connection_lr_mult=options["connection_lr_mult"],
+        seed=options["seed"],
+        device=options["device"],
+        balance=options["balance"],
+        precision=options["precision"],
+        feature_cache=options["feature_cache"],
+        cache_budget_mb=options["cache_budget_mb"],
+        cache_dtype=options["cache_dtype"],
+        workers=options["workers"],
+        channels_last=options["channels_last"],
+        compile=options["compile_"],
+        bn_recalibration=options["bn_recalibration"],
+    )
+    data = {"data_dir": options["data_dir"], "download": options["download"]}
+    return settings, data, (options["tracking_uri"], options["no_tracking"], options["no_register"])
+
+
+def _attach_epoch_printer(host: Any, as_json: bool) -> None:
+    """One line per epoch on stderr (the progress bar shows the steps within it)."""
+    from dmtcore.hookspecs import hookimpl
+
+    class EpochPrinter:
+        @hookimpl
+        def dmt_epoch_end(self, run: Any, report: Any) -> None:
+            parts = [
+                f"{task} {metric} {values[metric]:.4f}"
+                for task, values in report.val_metrics.items()
+                for metric in list(values)[:1]
+            ]
+            loss = ", ".join(f"{v:.4f}" for v in report.train_loss.values())
+            mark = " *" if report.is_best else ""
+            click.echo(
+                f"epoch {report.epoch}: loss {loss}; val {'; '.join(parts)} ({report.seconds:.1f}s){mark}",
+                err=True,
+            )
+
+    host.register(EpochPrinter(), "epoch-printer")
