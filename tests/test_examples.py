@@ -74,3 +74,38 @@ def test_dense_tables_quick_prints_every_row(tmp_path: Path) -> None:
         assert 5 < mean < 150 and 1 < median < 180, (method, row)  # in degrees, not radians
         assert 0 <= within[0] <= within[1] <= within[2] <= 100, (method, row)
         assert row["seconds"] > 0 and row["unchanged"], (method, row)
+
+
+def _refresh_readme():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "refresh_readme", ROOT / "examples" / "refresh_readme.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_refresh_readme_rewrites_only_between_its_markers() -> None:
+    refresh = _refresh_readme()
+    text = (
+        "intro\n<!-- generated:quickstart -->\nold figures\n<!-- /generated:quickstart -->\nrest\n"
+    )
+    assert refresh.replace_block(text, "quickstart", "new figures") == (
+        "intro\n<!-- generated:quickstart -->\nnew figures\n<!-- /generated:quickstart -->\nrest\n"
+    )
+    with pytest.raises(SystemExit, match="generated:walkthrough"):
+        refresh.replace_block(text, "walkthrough", "x")
+
+
+def test_refresh_readme_shows_a_run_with_its_middle_epochs_elided() -> None:
+    refresh = _refresh_readme()
+    stderr = "".join(f"epoch {i}: loss 0.1; val t accuracy 0.9 (0.{i}s)\n" for i in range(1, 6))
+    command = refresh.Command(["add-task", "t"], "train t", "Added t as version 2\n", stderr, 3.0)
+    block = refresh.console_block([(command, None)])
+    lines = block.splitlines()
+    assert lines[1].startswith("$ dmt add-task t") and lines[1].endswith("# train t")
+    assert lines[2].startswith("epoch 1:") and lines[3] == "..." and lines[4].startswith("epoch 5:")
+    assert lines[5] == "Added t as version 2" and lines[-1] == "```"
