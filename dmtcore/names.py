@@ -37,22 +37,36 @@ def validate_task_name(name: str) -> str:
     return name
 
 
+# Up to this many known names are listed in an unknown-name error; past it (136 tasks), the
+# close matches and the command that lists them all say more than one very long line.
+MAX_LISTED_NAMES = 12
+# The command that lists the names of a kind, for an error that does not list them.
+LISTED_BY = {"task": "dmt tasks"}
+
+
 def suggest(name: str, known: Iterable[str]) -> str:
-    """A ' Did you mean ...?' hint for an unknown name, or '' when nothing is close."""
-    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
+    """A ' Did you mean ...?' hint for an unknown name, or '' when nothing is close: names
+    spelled alike, then names of which it is the last dotted part ('even' → 'digits.even')."""
+    known = list(known)
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    close += [k for k in known if k.endswith(f".{name}") and k not in close]
     if not close:
         return ""
-    return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+    return " Did you mean " + " or ".join(repr(c) for c in close[:3]) + "?"
 
 
 def unknown_name(kind: str, name: str, known: Iterable[str], where: str = "") -> UnknownNameError:
-    """The error for a name that is not registered, with close matches and the valid names."""
+    """The error for a name that is not registered, with close matches and the valid names
+    (or, when there are many, how many there are and which command lists them)."""
     known = sorted(known)
-    listing = ", ".join(known) if known else "none"
     place = f" {where}" if where else ""
-    return UnknownNameError(
-        f"unknown {kind} {name!r}{place}.{suggest(name, known)} Known: {listing}."
-    )
+    if len(known) <= MAX_LISTED_NAMES:
+        listing = f" Known: {', '.join(known) if known else 'none'}."
+    else:
+        command = "dmt status" if where else LISTED_BY.get(kind)
+        lists = f"; '{command}' lists them" if command else ""
+        listing = f" {len(known)} {kind}s are known{lists}."
+    return UnknownNameError(f"unknown {kind} {name!r}{place}.{suggest(name, known)}{listing}")
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,11 @@ model's scale, raising `DataError` naming the input. `dmt predict` and the regis
 model share them, so both read the same input the same way.
 
 Scale: 8-bit images and uint8 arrays are divided by 255, 16-bit images and uint16 arrays by
-65535; float images and float, bool or other integer arrays are taken as they are.
+65535; float images and float, bool or other integer arrays are taken as they are, and an
+array must then be in [0, 1]: raw 0–16 or 0–255 floats would give confident wrong answers.
+
+Layouts (`array_layout`): an array is read the one way that fits the store's input, and
+refused, naming its shape, when no way or more than one way fits.
 """
 
 from __future__ import annotations
@@ -35,13 +39,15 @@ MAX_IMAGE_PIXELS = 50_000_000  # far above any sane input, far below a decompres
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-VALID_ARRAYS = "expected a .npy file written by numpy.save holding H×W, C×H×W or N×C×H×W numbers"
+VALID_ARRAYS = "expected a .npy file written by numpy.save holding images as numbers"
+# Floats may stray this far outside [0, 1] (rounding in the user's own conversion).
+VALUE_SLACK = 1e-3
 
 
 def iter_batches(
     paths: Sequence[Path], input_spec: InputSpec, batch_size: int = 256
 ) -> Iterator[tuple[torch.Tensor, list[str]]]:
-    """Images (PNG, JPEG, ...) and .npy arrays (H×W, C×H×W or N×C×H×W), decoded and adapted to
+    """Images (PNG, JPEG, ...) and .npy arrays (see `array_layout`), decoded and adapted to
     the store's input spec, in batches of at most `batch_size`, with one label per image.
     Arrays are memory-mapped and read a batch at a time, so memory stays flat however many
     images there are."""
@@ -55,7 +61,7 @@ def iter_batches(
         if not path.is_file():
             raise DataError(f"input {str(path)!r} does not exist")
         if path.suffix.lower() in (".npy", ".npz"):
-            array = open_npy(path)
+            array = array_layout(open_npy(path), input_spec, f"input {str(path)!r}")
             single = len(array) == 1
             for start in range(0, len(array), batch_size):
                 chunk = array[start : start + batch_size]
@@ -78,7 +84,7 @@ def iter_batches(
 
 
 def open_npy(path: Path) -> np.ndarray:
-    """A .npy file as an N×C×H×W view, memory-mapped rather than read, after checking what it
+    """A .npy file as it is stored, memory-mapped rather than read, after checking what it
     is: numpy's own errors for an empty file, an .npz archive or a pickle are not about the
     user's file, and an empty dimension would only fail later, inside torch."""
     what = f"input {str(path)!r}"
@@ -98,13 +104,70 @@ def open_npy(path: Path) -> np.ndarray:
     except (ValueError, OSError, EOFError) as exc:
         raise DataError(f"{what} is not a readable .npy array: {exc}") from exc
     _check_dtype(array.dtype, what)
-    shape = {2: (1, 1, *array.shape), 3: (1, *array.shape), 4: array.shape}.get(array.ndim)
-    if shape is None:
-        raise DataError(f"{what} has shape {array.shape}; {VALID_ARRAYS}")
-    if shape[0] == 0:
+    if array.ndim in (3, 4) and array.shape[0] == 0:
         raise DataError(f"{what} holds no images")
     _check_not_empty(array.shape, what)
-    return array.reshape(shape)
+    return array
+
+
+def accepted_channels(input_spec: InputSpec) -> tuple[int, ...]:
+    """The channel counts `adapt_images` converts to the store's: its own, 1 (repeated), and
+    3 for a 1-channel store (luminance)."""
+    extra = (1, 3) if input_spec.channels == 1 else (1,)
+    return tuple(sorted({input_spec.channels, *extra}))
+
+
+def array_layout(array: np.ndarray, input_spec: InputSpec, what: str) -> np.ndarray:
+    """`array` as an N×C×H×W view, read the only way that fits the store's input: H×W or
+    C×H×W is one image, N×C×H×W a batch; channels-last H×W×C and N×H×W×C when the channels
+    cannot be first; N×H×W (N gray images) for a 1-channel store of that very H×W. A shape
+    that fits no way, or two ways (3×H×W for a 1-channel store: 3 images or one colour
+    image?), is refused naming the shape and the layouts this store takes: guessing would
+    give one wrong answer instead of N right ones."""
+    shape, counts = tuple(array.shape), accepted_channels(input_spec)
+    side = (input_spec.height, input_spec.width)
+    gray_batch = input_spec.channels == 1 and array.ndim == 3 and shape[1:] == side
+    if array.ndim == 2:
+        if shape[1] == input_spec.channels * side[0] * side[1] and shape != side:
+            raise DataError(
+                f"{what} has shape {shape}: rows of {shape[1]} numbers look like flattened "
+                f"images; reshape them to ({shape[0]}, {input_spec.channels}, {side[0]}, "
+                f"{side[1]}) (N×C×H×W) before saving"
+            )
+        return array.reshape(1, 1, *shape)
+    if array.ndim == 3:
+        if gray_batch and shape[0] == 3:
+            raise DataError(
+                f"{what} has shape {shape}: 3 gray {side[0]}×{side[1]} images or one 3-channel "
+                f"image? Save it as N×C×H×W: (3, 1, {side[0]}, {side[1]}) for 3 images, "
+                f"(1, 3, {side[0]}, {side[1]}) for one colour image"
+            )
+        if shape[0] in counts:
+            return array[None]
+        if gray_batch:
+            return array[:, None]
+        if shape[2] in counts:
+            return array.transpose(2, 0, 1)[None]
+    if array.ndim == 4:
+        if shape[1] in counts:
+            return array
+        if shape[3] in counts:
+            return array.transpose(0, 3, 1, 2)
+    raise DataError(f"{what} has shape {shape}; {_layouts_taken(array.ndim, shape, input_spec)}")
+
+
+def _layouts_taken(ndim: int, shape: tuple[int, ...], input_spec: InputSpec) -> str:
+    """What the store takes, said so that the user sees which dimension is wrong."""
+    counts = " or ".join(map(str, accepted_channels(input_spec)))
+    c, h, w = input_spec.channels, input_spec.height, input_spec.width
+    gray = f", N×{h}×{w} (gray images)" if c == 1 else ""
+    layouts = f"H×W, C×H×W, N×C×H×W, H×W×C or N×H×W×C with C {counts}{gray}"
+    if ndim == 4:
+        return (
+            f"images have {shape[1]} channels; the store takes {c} ({counts} are accepted, "
+            f"channels first or last): expected {layouts}"
+        )
+    return f"the store takes {c}×{h}×{w} images: expected {layouts}"
 
 
 def decode_array(array: np.ndarray, input_spec: InputSpec, what: str) -> torch.Tensor:
@@ -121,7 +184,41 @@ def decode_array(array: np.ndarray, input_spec: InputSpec, what: str) -> torch.T
     images = torch.from_numpy(values)
     if not torch.isfinite(images).all():
         raise DataError(f"{what} has NaN or infinite values")
+    _check_range(values, array.dtype, what)
     return adapt_images(images, input_spec)
+
+
+def _check_range(values: np.ndarray, dtype: np.dtype, what: str) -> None:
+    """Refuse values outside [0, 1] after scaling: the model was trained on 0–1 pixels, and
+    0–255 or 0–16 ones (sklearn's digits) would give confident, wrong answers. The message
+    says which division brings them into range."""
+    if values.size == 0:
+        return
+    low, high = float(values.min()), float(values.max())
+    if low >= -VALUE_SLACK and high <= 1 + VALUE_SLACK:
+        return
+    if dtype.kind in "iu":
+        fix = "save 0–255 pixels as uint8 or 0–65535 ones as uint16 (they are scaled), or floats in [0, 1]"
+    elif low < 0:
+        fix = "undo any normalisation (x * std + mean) so that pixels are 0 to 1"
+    else:
+        fix = f"divide by the pixels' full range: {_divisor(high)}"
+    raise DataError(
+        f"{what} has {dtype} values from {low:g} to {high:g}; expected 0 to 1 "
+        f"(uint8 and uint16 arrays are scaled by their range, other dtypes are taken as they "
+        f"are): {fix}"
+    )
+
+
+def _divisor(high: float) -> str:
+    """The likely full range of pixels whose largest value is `high`."""
+    if high <= 16:
+        return f"by {high:g} if that is the largest possible value"
+    if high <= 255:
+        return "by 255 for 8-bit pixels"
+    if high <= 65535:
+        return "by 65535 for 16-bit pixels"
+    return f"by the largest possible value (the largest here is {high:g})"
 
 
 def _check_dtype(dtype: np.dtype, what: str) -> None:

@@ -41,8 +41,34 @@ def select_stage(matrices: list[Matrix], stage: int | None) -> list[tuple[int, M
     return [numbered[stage - 1]]
 
 
+PANELS_PER_ROW = 3
+OWN_COLOUR = "#d9d9d9"
+
+
+def colour_limits(stages: list[tuple[int, Matrix]]) -> tuple[float, float]:
+    """The colour scale shared by every panel: the range of the links between different
+    tasks. The own column's weight (1.0 by definition for TTC gates and NDDR norms) is left
+    out: on a 0–1 scale it would squeeze gates of 0.10–0.18 into one colour."""
+    values = [
+        v
+        for _, matrix in stages
+        for i, row in enumerate(matrix)
+        for j, v in enumerate(row)
+        if v is not None and i != j
+    ]
+    if not values:
+        return 0.0, 1.0
+    low, high = min(values), max(values)
+    if high - low < 1e-9:
+        return low - 0.5 * abs(low or 1.0), high + 0.5 * abs(high or 1.0)
+    return low, high
+
+
 def plot(manifest: dict[str, Any], stages: list[tuple[int, Matrix]], path: Path) -> Path:
-    """Heatmaps of the selected stages in one PNG."""
+    """Heatmaps of the selected stages in one PNG, up to three per row. Each task's own
+    column is drawn grey and marked 'own' (it is the reference the others are measured
+    against), so the colours and the shared colour bar span only the links between tasks;
+    every cell carries its value, legibly."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -50,36 +76,103 @@ def plot(manifest: dict[str, Any], stages: list[tuple[int, Matrix]], path: Path)
     import numpy as np
 
     names = [t["name"] for t in manifest["tasks"]]
-    size = max(3.0, 0.55 * len(names) + 1.5)
-    top = max(
-        1.0, max((v for _, m in stages for row in m for v in row if v is not None), default=1.0)
-    )
+    low, high = colour_limits(stages)
+    columns = min(PANELS_PER_ROW, len(stages))
+    rows = -(-len(stages) // columns)
+    side = max(3.2, 0.75 * len(names) + 2.2)
     figure, axes = plt.subplots(
-        1, len(stages), figsize=(size * len(stages), size), squeeze=False, layout="constrained"
+        rows,
+        columns,
+        figsize=(side * columns + 1.0, side * rows + 0.6),
+        squeeze=False,
+        layout="constrained",
     )
-    for axis, (stage, matrix) in zip(axes[0], stages, strict=True):
-        values = np.array(
-            [[np.nan if v is None else v for v in row] for row in matrix], dtype=float
-        )
-        image = axis.imshow(values, cmap="viridis", vmin=0.0, vmax=top)
+    cmap = plt.get_cmap("viridis").with_extremes(bad="white")  # no link: reads no later task
+    image = None
+    for axis, (stage, matrix) in zip(axes.flat, stages, strict=False):
+        image = _heatmap(axis, matrix, names, cmap, low, high, np)
         axis.set_title(f"stage {stage} → {stage + 1}")
-        axis.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
-        axis.set_yticks(range(len(names)), names, fontsize=7)
-        axis.set_xlabel("source")
-        axis.set_ylabel("task")
-        for i, row in enumerate(matrix):
-            for j, value in enumerate(row):
-                if value is not None:
-                    colour = "black" if value > 0.6 * top else "white"
-                    axis.text(
-                        j, i, f"{value:.2f}", ha="center", va="center", fontsize=6, color=colour
-                    )
-    figure.colorbar(image, ax=list(axes[0]), fraction=0.02)  # one scale for every stage
+    for axis in list(axes.flat)[len(stages) :]:
+        axis.set_visible(False)
     kind = manifest["connection"]["name"]
-    figure.text(
-        0.005, 0.995, f"{manifest['name']} v{manifest['version']}: {kind} relations", va="top"
+    if any(
+        i != j and v is not None
+        for _, m in stages
+        for i, row in enumerate(m)
+        for j, v in enumerate(row)
+    ):
+        colourbar = figure.colorbar(image, ax=axes, shrink=0.8, aspect=30)
+        colourbar.set_label(f"{RELATION_LABELS.get(kind, 'weight')} (own column left out)")
+    figure.suptitle(
+        f"{manifest['name']} v{manifest['version']}: {kind} relations\n"
+        "row: task, column: the source it reads"
     )
     path = Path(path)
-    figure.savefig(path, dpi=100)
+    figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+# What the numbers are, per connection kind (see the module's docstring).
+RELATION_LABELS = {
+    "ttc": "gate α",
+    "nddr": "block norm / own block norm",
+    "cross-stitch": "mean cross-stitch weight",
+}
+
+
+def _heatmap(
+    axis: Any, matrix: Matrix, names: list[str], cmap: Any, low: float, high: float, np: Any
+) -> Any:
+    """One stage's panel: links coloured on the shared scale, own cells grey, every cell
+    labelled in a colour that reads on its background."""
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Rectangle
+
+    values = np.array([[np.nan if v is None else v for v in row] for row in matrix], dtype=float)
+    np.fill_diagonal(values, np.nan)
+    norm = Normalize(vmin=low, vmax=high)
+    image = axis.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm)
+    size = 10 if len(names) <= 6 else 8
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            if value is None:
+                continue
+            if i == j:
+                axis.add_patch(
+                    Rectangle(
+                        (j - 0.5, i - 0.5),
+                        1,
+                        1,
+                        facecolor=OWN_COLOUR,
+                        hatch="//",
+                        edgecolor="white",
+                        linewidth=0,
+                    )
+                )
+                axis.text(
+                    j,
+                    i,
+                    f"own\n{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=size - 1,
+                    color="#404040",
+                )
+                continue
+            red, green, blue, _ = cmap(norm(value))
+            dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5
+            axis.text(
+                j,
+                i,
+                f"{value:.3f}",
+                ha="center",
+                va="center",
+                fontsize=size,
+                color="white" if dark else "black",
+            )
+    axis.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=9)
+    axis.set_yticks(range(len(names)), names, fontsize=9)
+    axis.set_xlabel("source")
+    axis.set_ylabel("task")
+    return image

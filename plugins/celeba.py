@@ -271,6 +271,17 @@ class AttributeImages:
         return self.preprocess(path), int(self.targets[index])
 
 
+def data_status(data_dir: Path) -> str:
+    """For `dmt tasks`: the three things the tasks read are present (not their contents)."""
+    folder = Path(data_dir).expanduser() / BASE_FOLDER
+    present = (
+        (folder / ATTR_FILE).is_file()
+        and (folder / PARTITION_FILE).is_file()
+        and (folder / IMAGE_FOLDER).is_dir()
+    )
+    return "on disk" if present else "needs --download"
+
+
 def _factory(attribute: str, gray: bool, equalize: bool):
     column = ATTRIBUTES.index(attribute)
 
@@ -302,5 +313,6 @@ def dmt_register_tasks(registry: Any) -> None:
                     output="binary",
                     class_names=("no", "yes"),
                     datasets=_factory(attribute, gray, equalize),
+                    data_status=data_status,
                 )
             )

@@ -58,6 +58,12 @@ def expected_files(root: Path) -> list[Path]:
     return [folder / name for name in (*TRAIN_FILES, *TEST_FILES, META_FILE)]
 
 
+def data_status(data_dir: Path) -> str:
+    """For `dmt tasks`: every file of the python version is present (not read)."""
+    present = all(p.is_file() for p in expected_files(Path(data_dir).expanduser()))
+    return "on disk" if present else "needs --download"
+
+
 def missing_message(root: Path, missing: list[Path]) -> str:
     """Which files are expected where, which are missing, and how to get them."""
     folder = Path(root) / BASE_FOLDER
@@ -245,5 +251,6 @@ def dmt_register_tasks(registry: Any) -> None:
                 output="binary",
                 class_names=pair,
                 datasets=_factory(pair),
+                data_status=data_status,
             )
         )

@@ -75,6 +75,7 @@ def dmt_register_tasks(registry: Any) -> None:
             num_outputs=10,
             class_names=[str(d) for d in range(10)],
             datasets=_factory(None),
+            data_status="built-in",
         )
     )
     for attribute, (description, members) in ATTRIBUTES.items():
@@ -86,5 +87,6 @@ def dmt_register_tasks(registry: Any) -> None:
                 output="binary",
                 class_names=("no", "yes"),
                 datasets=_factory(members),
+                data_status="built-in",
             )
         )

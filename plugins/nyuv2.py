@@ -335,6 +335,11 @@ def _factory(target: Target):
     return datasets
 
 
+def data_status(data_dir: Path) -> str:
+    """For `dmt tasks`: the unzipped folders are there (no --download for NYUv2)."""
+    return "on disk" if resolve_folder(Path(data_dir).expanduser()) else "missing"
+
+
 def task_spec(target: Target) -> TaskSpec:
     return TaskSpec(
         name=f"nyuv2.{target.task}",
@@ -344,6 +349,7 @@ def task_spec(target: Target) -> TaskSpec:
         num_outputs=target.num_outputs,
         class_names=CLASS_NAMES if target.output == "segmentation" else None,
         datasets=_factory(target),
+        data_status=data_status,
     )
 
 

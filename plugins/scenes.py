@@ -459,5 +459,6 @@ def dmt_register_tasks(registry: Any) -> None:
                 num_outputs=outputs,
                 class_names=classes,
                 datasets=split_datasets(label),
+                data_status="built-in",
             )
         )

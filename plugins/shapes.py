@@ -102,5 +102,6 @@ def dmt_register_tasks(registry: Any) -> None:
                 num_outputs=len(classes),
                 class_names=classes,
                 datasets=_factory(attribute),
+                data_status="built-in",
             )
         )

@@ -154,3 +154,103 @@ def test_ctrl_c_stops_a_long_predict_at_the_next_batch(store_copy: Path, tmp_pat
     assert time.monotonic() - sent < 10
     assert err == "Interrupted: nothing was committed; the store is as it was.\n"
     assert out == ""
+
+
+def test_every_unambiguous_layout_predicts_like_n_by_c_by_h_by_w(
+    store_copy: Path, run_cli, tmp_path: Path
+) -> None:
+    """N×H×W for this 1-channel 8×8 store, and channels-last arrays, are N images, not one
+    image of N channels."""
+    images = digits(5).astype(np.float32) / 255
+    layouts = {
+        "nchw": images[:, None],
+        "nhw": images,
+        "nhwc": images[..., None],
+        "nhwc-rgb": np.repeat(images[..., None], 3, axis=3),  # luminance of gray is gray
+        "hwc": images[0][..., None],
+    }
+    for name, array in layouts.items():
+        np.save(tmp_path / f"{name}.npy", array)
+    expected = probabilities(run_cli, store_copy, tmp_path / "nchw.npy")
+    assert expected.shape == (5, 10)
+    for name in ("nhw", "nhwc", "nhwc-rgb"):
+        np.testing.assert_allclose(
+            probabilities(run_cli, store_copy, tmp_path / f"{name}.npy"), expected, atol=1e-5
+        )
+    np.testing.assert_allclose(
+        probabilities(run_cli, store_copy, tmp_path / "hwc.npy"), expected[:1], atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        (
+            (3, 8, 8),
+            "has shape (3, 8, 8): 3 gray 8×8 images or one 3-channel image? Save it as "
+            "N×C×H×W: (3, 1, 8, 8) for 3 images, (1, 3, 8, 8) for one colour image",
+        ),
+        (
+            (5, 16, 16),
+            "has shape (5, 16, 16); the store takes 1×8×8 images: expected H×W, C×H×W, "
+            "N×C×H×W, H×W×C or N×H×W×C with C 1 or 3, N×8×8 (gray images)",
+        ),
+        (
+            (2, 5, 8, 7),
+            "has shape (2, 5, 8, 7); images have 5 channels; the store takes 1 (1 or 3 are "
+            "accepted, channels first or last)",
+        ),
+        (
+            (6, 64),
+            "has shape (6, 64): rows of 64 numbers look like flattened images; reshape them "
+            "to (6, 1, 8, 8) (N×C×H×W) before saving",
+        ),
+    ],
+)
+def test_shapes_that_fit_no_layout_or_two_are_refused(
+    store_copy: Path, run_cli, tmp_path: Path, shape: tuple[int, ...], message: str
+) -> None:
+    path = tmp_path / "x.npy"
+    np.save(path, np.zeros(shape, np.float32))
+    before = fingerprint(store_copy)
+    result = run_cli("predict", path, "--store", store_copy, expect=7)
+    assert result.stderr.startswith(f"Error: input {str(path)!r} {message}")
+    assert result.stderr.count("\n") == 1
+    assert fingerprint(store_copy) == before
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            np.arange(17, dtype=np.float32),  # scikit-learn's digits: 0 to 16
+            "has float32 values from 0 to 16; expected 0 to 1 (uint8 and uint16 arrays are "
+            "scaled by their range, other dtypes are taken as they are): divide by the "
+            "pixels' full range: by 16 if that is the largest possible value",
+        ),
+        (
+            np.arange(256, dtype=np.float64),
+            "has float64 values from 0 to 255; expected 0 to 1 (uint8 and uint16 arrays are "
+            "scaled by their range, other dtypes are taken as they are): divide by the "
+            "pixels' full range: by 255 for 8-bit pixels",
+        ),
+        (np.linspace(-2, 2, 9, dtype=np.float32), "undo any normalisation (x * std + mean)"),
+        (
+            np.arange(256, dtype=np.int64),
+            "has int64 values from 0 to 255; expected 0 to 1 (uint8 and uint16 arrays are "
+            "scaled by their range, other dtypes are taken as they are): save 0–255 pixels "
+            "as uint8",
+        ),
+    ],
+)
+def test_values_outside_0_1_are_refused_with_the_division_to_make(
+    store_copy: Path, run_cli, tmp_path: Path, values: np.ndarray, message: str
+) -> None:
+    path = tmp_path / "x.npy"
+    np.save(path, np.resize(values, (4, 1, 8, 8)))
+    before = fingerprint(store_copy)
+    result = run_cli("predict", path, "--store", store_copy, expect=7)
+    assert result.stderr.startswith(f"Error: input {str(path)!r} has ")
+    assert message in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert fingerprint(store_copy) == before

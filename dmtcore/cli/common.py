@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from dmtcore.errors import DmtError, Interrupted
+from dmtcore.errors import DmtError, Interrupted, StoreError
 from dmtcore.taskspec import higher_is_better
 
 STORE_ENV = "DMT_STORE"
@@ -39,21 +39,37 @@ def _store_given_before_the_command(ctx: click.Context, param: Any, value: Path)
     --store wins over the environment, and one given in both places must agree."""
     before = ctx.find_root().params.get("store")
     if before is None:
-        return value
+        return _not_a_file(value)
     source = ctx.get_parameter_source("store")
     if source == click.core.ParameterSource.COMMANDLINE and Path(value) != before:
         raise click.UsageError(
             f"--store is given twice: {str(before)!r} before the command and {str(value)!r} "
             "after it; give it once"
         )
-    return before
+    return _not_a_file(before)
+
+
+def _not_a_file(path: Path) -> Path:
+    """A file is 'not a store' (exit 5, as documented), not a usage error: click's own check
+    (`file_okay=False`) would exit 2 with a message about a 'directory'."""
+    try:
+        is_file = path.exists() and not path.is_dir()
+    except OSError:
+        return path  # the command's own open says what is wrong
+    if is_file:
+        raise StoreError(
+            f"{str(path)!r} is a file, not a dmt store (a store is a directory); give the "
+            "store's directory with --store"
+        )
+    return path
 
 
 def store_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--store",
         "store",
-        type=click.Path(path_type=Path, file_okay=False),
+        type=click.Path(path_type=Path),
+        metavar="DIRECTORY",
         envvar=STORE_ENV,
         default=DEFAULT_STORE,
         show_default=True,
@@ -285,7 +301,8 @@ def echo_progress(message: str) -> None:
 @click.version_option(package_name="dmt-vision", prog_name="dmt")
 @click.option(
     "--store",
-    type=click.Path(path_type=Path, file_okay=False),
+    type=click.Path(path_type=Path),
+    metavar="DIRECTORY",
     default=None,
     help=f"Store directory for the command (env {STORE_ENV}); the same as after it.",
 )

@@ -162,9 +162,19 @@ def predict(
     """Predict every task for image files (PNG, JPEG, ...) or .npy arrays, streaming them in
     batches (arrays are memory-mapped) so memory stays flat on large inputs.
 
+    \b
+    Arrays (.npy), read the one way that fits the store's input:
+      H×W or C×H×W        one image
+      N×C×H×W             N images
+      H×W×C, N×H×W×C      channels last (when the channels cannot be first)
+      N×H×W               N gray images, for a 1-channel store of that H×W
+    C is the store's channel count, or 1 (repeated), or 3 for a 1-channel
+    store (luminance); images of another H×W are resized. A shape that fits
+    no layout, or two (3×H×W for a 1-channel store), is refused.
+
     Values: 8-bit images and uint8 arrays are divided by 255, 16-bit images and uint16
-    arrays by 65535; float images and float, bool or other integer arrays are taken as
-    they are. An .npy array is H×W, C×H×W or N×C×H×W. Ctrl-C stops at the next batch.
+    arrays by 65535; everything else must already be in [0, 1] (float arrays of 0–255
+    or 0–16 are refused with the division to make). Ctrl-C stops at the next batch.
 
     Pixel-level tasks predict a map per image at the store's input size: --json gives the
     arrays (class ids H×W with per-pixel probabilities, depth H×W, normals 3×H×W); --out DIR

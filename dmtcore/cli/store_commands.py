@@ -117,42 +117,61 @@ def plugins(plugins: tuple[str, ...], no_plugin_autoload: bool, as_json: bool) -
 
 
 @cli.command()
+@click.argument("words", nargs=-1, metavar="[WORD]...")
 @store_option
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default="data",
+    show_default=True,
+    envvar="DMT_DATA_DIR",
+    help="Where plugins look for datasets on disk (for the 'data' column).",
+)
 @plugin_options
 @json_option
-def tasks(store: Path, plugins: tuple[str, ...], no_plugin_autoload: bool, as_json: bool) -> None:
-    """List the tasks plugins offer, marking those already in the store."""
+def tasks(
+    words: tuple[str, ...],
+    store: Path,
+    data_dir: Path,
+    plugins: tuple[str, ...],
+    no_plugin_autoload: bool,
+    as_json: bool,
+) -> None:
+    """List the tasks plugins offer (those whose name or plugin contains a WORD, if given),
+    marking those already in the store.
+
+    Grouped by plugin, data ready offline first. The data column: built-in (shipped or
+    generated), on disk (found under --data-dir), needs --download, missing (to fetch by
+    hand, see the plugin's documentation), or '-' when the plugin does not say.
+    """
+    from dmtcore.catalog import list_tasks, no_match_message
+
     host = plugin_host(plugins, no_plugin_autoload)
     in_store = (
         {t["name"] for t in Store.open(store).manifest()["tasks"]} if Store.exists(store) else set()
     )
-    rows = [
-        {
-            "name": spec.name,
-            "plugin": host.registry.owner("task", spec.name),
-            "output": f"{spec.output}/{spec.num_outputs}",
-            "in_store": spec.name in in_store,
-            "description": spec.description,
-        }
-        for spec in host.registry.tasks.values()
-    ]
-    emit(
-        as_json,
-        rows,
-        lambda: print_table(
-            [
-                (
-                    r["name"],
-                    r["plugin"],
-                    r["output"],
-                    "yes" if r["in_store"] else "",
-                    r["description"],
-                )
-                for r in rows
-            ],
-            ("task", "plugin", "output", "in store", "description"),
-        ),
-    )
+    rows = list_tasks(host.registry, data_dir, in_store, words)
+    if not rows and words:
+        click.echo(no_match_message(host.registry, words), err=True)
+
+    def human() -> None:
+        if rows:
+            print_table(
+                [
+                    (
+                        r["name"],
+                        r["plugin"],
+                        r["output"],
+                        r["data"] or "-",
+                        "yes" if r["in_store"] else "",
+                        r["description"],
+                    )
+                    for r in rows
+                ],
+                ("task", "plugin", "output", "data", "in store", "description"),
+            )
+
+    emit(as_json, rows, human)
 
 
 @cli.command()
