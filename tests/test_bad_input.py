@@ -62,7 +62,7 @@ ON_DIGITS_STORE = [
     ),
     (["eval", "digits.nope"], 3, "unknown task 'digits.nope' in this store"),
     (["predict", "missing.png"], 7, "input 'missing.png' does not exist"),
-    (["connections", "--stage", "0"], 11, "stage 0 does not exist; valid: 1 to 5"),
+    (["connections", "--stage", "0"], 11, "stage 0 does not exist; valid: 1 to 6"),
     (["add-task", "../etc/passwd", "--no-tracking"], 3, "unknown task '../etc/passwd'"),
     (["add-task", "a/b", "--no-tracking"], 3, "unknown task 'a/b'"),
     (["add-task", "has space", "--no-tracking"], 3, "unknown task 'has space'"),
