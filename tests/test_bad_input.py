@@ -173,7 +173,7 @@ def test_path_that_is_not_a_store(tmp_path: Path, run_cli) -> None:
         (
             ["--connection-option", "alpha=1"],
             11,
-            "connection kind 'ttc' has no option 'alpha'; valid: init_alpha, lr_mult",
+            "connection kind 'ttc' has no option 'alpha'; valid: head_fusion, init_alpha, lr_mult",
         ),
         (["--connection-option", "init_alpha=2"], 11, "ttc init_alpha must be in (0, 1), got 2"),
         (
