@@ -75,8 +75,12 @@ class ConnectionKind:
 def split_head_fusion(options: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
     """Whether a store fuses into the head, and the options its kind's `build` gets: a kind
     never sees `head_fusion`, and a manifest written before the option existed does not fuse."""
-    kind_options = {k: v for k, v in options.items() if k != HEAD_FUSION}
-    return bool(options.get(HEAD_FUSION, False)), kind_options
+    fuse = options.get(HEAD_FUSION, False)
+    if not isinstance(fuse, bool):
+        raise InvalidValueError(
+            f"connection option {HEAD_FUSION!r} must be true or false, got {fuse!r}"
+        )
+    return fuse, {k: v for k, v in options.items() if k != HEAD_FUSION}
 
 
 def _resolve(
