@@ -124,8 +124,8 @@ class FeatureCache:
                 "says so with TaskData(deterministic=True)"
             )
             return None
-        shapes = {
-            task: tuple(model.part(task, "column").feature_shapes[:-1])
+        shapes = {  # with head fusion the last stage's output too: the head reads it
+            task: tuple(model.read_shapes(task))
             for task in {t for ts in sources.values() for t in ts}
         }
         if len(set(shapes.values())) != 1:  # one backbone per store: never expected

@@ -1,7 +1,8 @@
 """The multi-task model: one column, one connection per stage boundary, and one head per task.
 
 Forward for task i (DESIGN.md §1): h_i^0 = x, h_i^l = s_i^l(c_i^{l-1}({h_j^{l-1}} for j in S(i))),
-y_i = head_i(h_i^L). A task's sources are itself, tasks added before it and the other members of
+y_i = head_i(h_i^L), or y_i = head_i(c_i^L({h_j^L} for j in S(i))) where the store fuses the last
+stage's features into the head (connection option `head_fusion`, DMT Table 6). A task's sources are itself, tasks added before it and the other members of
 its jointly trained group. Features only flow from stage l to l+1, so computing the needed tasks
 stage by stage does every column's work exactly once per batch, mutual links included.
 
@@ -23,7 +24,7 @@ from dmtcore.backbones import Column
 from dmtcore.connections import ParamGroup, TransferConnection
 from dmtcore.heads import build_head
 from dmtcore.names import InputSpec
-from dmtcore.registry import BackboneKind, ConnectionKind
+from dmtcore.registry import BackboneKind, ConnectionKind, split_head_fusion
 from dmtcore.taskspec import HeadSpec
 
 
@@ -39,16 +40,28 @@ class TaskSlot:
 
 
 class TaskConnections(nn.Module):
-    """A task's connections: one after every stage but the last, and optionally a shortcut
-    that merges all of their outputs into the last stage's input (NDDR-CNN-Shortcut)."""
+    """A task's connections: one after every stage but the last, optionally a shortcut that
+    merges all of their outputs into the last stage's input (NDDR-CNN-Shortcut), and
+    optionally one after the last stage, into the head (`head_fusion`). Without the last two
+    the weight keys are exactly those of stores written before they existed."""
 
-    def __init__(self, stages: list[TransferConnection], shortcut: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        stages: list[TransferConnection],
+        shortcut: nn.Module | None = None,
+        head: TransferConnection | None = None,
+    ) -> None:
         super().__init__()
         self.stages = nn.ModuleList(stages)
         self.shortcut = shortcut
+        self.head = head
+
+    def fusing(self) -> list[TransferConnection]:
+        """The connections that fuse sources, in boundary order (the head's last)."""
+        return [*self.stages, *([self.head] if self.head is not None else [])]
 
     def param_groups(self) -> list[ParamGroup]:
-        groups = [g for connection in self.stages for g in connection.param_groups()]
+        groups = [g for connection in self.fusing() for g in connection.param_groups()]
         if self.shortcut is not None:
             groups.extend(self.shortcut.param_groups())
         return groups
@@ -83,6 +96,7 @@ class MultiTaskModel(nn.Module):
         self.backbone_options = backbone_options
         self.connection = connection
         self.connection_options = connection_options
+        self.head_fusion, self._kind_options = split_head_fusion(connection_options)
         self.tasks: dict[str, TaskSlot] = {}
         self.columns = nn.ModuleDict()
         self.connections = nn.ModuleDict()
@@ -104,19 +118,20 @@ class MultiTaskModel(nn.Module):
             raise ValueError(f"bad source set {list(sources)} for task {name!r}")
         column: Column = self.backbone.build(self.input_spec, self.backbone_options)
         own = list(sources).index(name)
+        options = self._kind_options
         boundaries = column.feature_shapes[:-1]
-        stages = [
-            self.connection.build(own, len(sources), shape, self.connection_options)
-            for shape in boundaries
-        ]
+        stages = [self.connection.build(own, len(sources), shape, options) for shape in boundaries]
         shortcut = None
         if self.connection.build_shortcut is not None and boundaries:
-            shortcut = self.connection.build_shortcut(boundaries, self.connection_options)
+            shortcut = self.connection.build_shortcut(boundaries, options)
+        into_head = None
+        if self.head_fusion:
+            into_head = self.connection.build(own, len(sources), column.out_shape, options)
         self.tasks[name] = TaskSlot(name, slot, list(sources), head, num_outputs)
         self._frozen = None
         self._planned_only = False
         self.columns[slot] = column
-        self.connections[slot] = TaskConnections(stages, shortcut)
+        self.connections[slot] = TaskConnections(stages, shortcut, into_head)
         size = (self.input_spec.height, self.input_spec.width)
         self.heads[slot] = build_head(head, column.out_shape, num_outputs, size)
 
@@ -155,7 +170,14 @@ class MultiTaskModel(nn.Module):
         return table[part][self.tasks[name].slot]
 
     def connection_modules(self, name: str) -> list[TransferConnection]:
-        return list(self.connections[self.tasks[name].slot].stages)
+        """A task's fusing connections, one per boundary; the one into the head last."""
+        return self.connections[self.tasks[name].slot].fusing()
+
+    def read_shapes(self, name: str) -> list[tuple[int, ...]]:
+        """The shapes of a task's stage outputs that connections read (other tasks' included):
+        all but the last stage's, and the last one's too where it is fused into the head."""
+        shapes = list(self.part(name, "column").feature_shapes)
+        return shapes if self.head_fusion else shapes[:-1]
 
     def closure(self, names: Iterable[str], known: Iterable[str] = ()) -> list[str]:
         """Every task whose features the given tasks need, in model order; the sources of
@@ -248,7 +270,7 @@ class MultiTaskModel(nn.Module):
                 modules.extend(self.columns[slot].stages)
             if name in self.plan.connections:
                 connections = self.connections[slot]
-                modules.extend(connections.stages)
+                modules.extend(connections.fusing())
                 if connections.shortcut is not None:
                     modules.append(connections.shortcut)
             if name in self.plan.heads:
@@ -289,9 +311,10 @@ class MultiTaskModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """Logits of the requested tasks (all by default), computing each needed column once.
 
-        `given` supplies the stage outputs (all but the last stage's) of some tasks for this
-        batch, so their columns are not run: the feature cache of training. `keep` names tasks
-        whose stage outputs to append to its lists, to fill that cache."""
+        `given` supplies the stage outputs that connections read (`read_shapes`: all but the
+        last stage's, or all with head fusion) of some tasks for this batch, so their columns
+        are not run: the feature cache of training. `keep` names tasks whose such outputs to
+        append to its lists, to fill that cache."""
         wanted = list(self.tasks) if tasks is None else list(tasks)
         given = given or {}
         if not given.keys().isdisjoint(wanted):
@@ -299,13 +322,14 @@ class MultiTaskModel(nn.Module):
         needed = self.closure(wanted, known=given)
         frozen = self._frozen_tasks() if torch.is_grad_enabled() else set()
         num_stages = len(self.columns[self.tasks[needed[0]].slot].stages) if needed else 0
+        read = num_stages if self.head_fusion else num_stages - 1
         previous: dict[str, torch.Tensor] = {}
         fused: dict[str, list[torch.Tensor]] = {name: [] for name in needed}
         for stage in range(num_stages):
             current: dict[str, torch.Tensor] = {}
             for name in needed:
                 if name in given:
-                    if stage < num_stages - 1:
+                    if stage < read:
                         current[name] = given[name][stage]
                     continue
                 task = self.tasks[name]
@@ -320,10 +344,18 @@ class MultiTaskModel(nn.Module):
                             if stage == num_stages - 1:
                                 inputs = connections.shortcut(fused[name])
                     current[name] = self.columns[task.slot].stages[stage](inputs)
-                if keep is not None and name in keep and stage < num_stages - 1:
+                if keep is not None and name in keep and stage < read:
                     keep[name].append(current[name])
             previous = current
-        return {name: self.heads[self.tasks[name].slot](previous[name]) for name in wanted}
+        return {name: self._output(name, previous) for name in wanted}
+
+    def _output(self, name: str, last: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A task's head on its last features, fused with its sources' where the store fuses."""
+        task = self.tasks[name]
+        into_head = self.connections[task.slot].head
+        if into_head is None:
+            return self.heads[task.slot](last[name])
+        return self.heads[task.slot](into_head([last[s] for s in task.sources]))
 
     def relation_weights(self) -> dict[str, list[dict[str, float]]]:
         """For every task, per stage boundary, how much it draws from each source."""

@@ -74,8 +74,8 @@ def init_store(
     """Create an empty store. Without `input_spec`, the first task's native shape fixes it."""
     backbone_kind = host.registry.backbone(backbone)
     connection_kind = host.registry.connection(connection)
-    options = connection_kind.resolve_options(connection_options)
     column_options = backbone_kind.resolve_options(backbone_options)
+    options = connection_kind.resolve_options(connection_options, backbone, column_options)
     try:  # trial builds check the option values before anything is written
         connection_kind.build(0, 2, (4, 2, 2), options)
         backbone_kind.build(input_spec or InputSpec(3, 32, 32), column_options)

@@ -15,6 +15,10 @@ from dmtcore.errors import ConflictError, InvalidValueError
 from dmtcore.names import unknown_name
 from dmtcore.taskspec import TaskSpec
 
+# The connection option every kind accepts: fuse the last stage's features of a task's sources
+# into its head (DMT Table 6, "layer 6 to layer 7"). A manifest without it does not fuse.
+HEAD_FUSION = "head_fusion"
+
 
 @dataclass(frozen=True)
 class BackboneKind:
@@ -44,9 +48,39 @@ class ConnectionKind:
     # Optional `build_shortcut(boundary_shapes, options)`: a module merging all of a task's
     # connection outputs into its last stage's input (NDDR-CNN-Shortcut).
     build_shortcut: Callable[..., Any] | None = field(default=None, repr=False)
+    # Optional `head_fusion_default(backbone_name, backbone_options) -> bool`: whether a new
+    # store of this kind fuses into the head when the user does not say (off without it).
+    head_fusion_default: Callable[[str, dict[str, Any]], bool] | None = field(
+        default=None, repr=False
+    )
 
-    def resolve_options(self, given: dict[str, Any] | None) -> dict[str, Any]:
-        return _resolve("connection kind", self.name, self.default_options, given)
+    def resolve_options(
+        self,
+        given: dict[str, Any] | None,
+        backbone: str | None = None,
+        backbone_options: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """The kind's options plus `head_fusion`, whose default depends on the column the
+        store uses (`backbone`): the paper's pairing fuses, anything else does not."""
+        rule = self.head_fusion_default
+        fuse = (
+            rule is not None
+            and backbone is not None
+            and bool(rule(backbone, backbone_options or {}))
+        )
+        defaults = {**self.default_options, HEAD_FUSION: fuse}
+        return _resolve("connection kind", self.name, defaults, given)
+
+
+def split_head_fusion(options: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+    """Whether a store fuses into the head, and the options its kind's `build` gets: a kind
+    never sees `head_fusion`, and a manifest written before the option existed does not fuse."""
+    fuse = options.get(HEAD_FUSION, False)
+    if not isinstance(fuse, bool):
+        raise InvalidValueError(
+            f"connection option {HEAD_FUSION!r} must be true or false, got {fuse!r}"
+        )
+    return fuse, {k: v for k, v in options.items() if k != HEAD_FUSION}
 
 
 def _resolve(

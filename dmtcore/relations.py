@@ -2,7 +2,9 @@
 
 The numbers come from the manifest (each task's `relations`, written at every commit), so they
 are read without torch: TTC gates α_ij, NDDR block norms relative to the own block, mean
-cross-stitch weights. `plot` draws them as heatmaps, one per stage boundary.
+cross-stitch weights. `plot` draws them as heatmaps, one per stage boundary. Where the store
+fuses the last stage's features into the head (connection option `head_fusion`), the last
+boundary is that connection: `stage L → head` (DMT Table 6's "layer 6 to layer 7" for dmt-cnn).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from dmtcore.errors import InvalidValueError
+from dmtcore.registry import HEAD_FUSION
 
 Matrix = list[list[float | None]]
 
@@ -29,6 +32,32 @@ def relation_matrices(manifest: dict[str, Any]) -> list[Matrix]:
             matrix.append([row.get(source) for source in names])
         matrices.append(matrix)
     return matrices
+
+
+def fuses_head(manifest: dict[str, Any]) -> bool:
+    """Whether the store's last boundary is the connection into the head; a manifest written
+    before the option existed does not fuse."""
+    return bool(manifest["connection"]["options"].get(HEAD_FUSION, False))
+
+
+def into_head(stage: int, count: int, head_fusion: bool) -> bool:
+    """Whether boundary `stage` (from 1) of `count` is the connection into the head."""
+    return head_fusion and stage == count
+
+
+def boundary_label(manifest: dict[str, Any], stage: int) -> str:
+    """How reports name boundary `stage` (from 1): 'stage 3 → 4', or 'stage 6 → head' for the
+    connection that fuses the last stage's features into the head."""
+    count = max((len(t["relations"]) for t in manifest["tasks"]), default=0)
+    if into_head(stage, count, fuses_head(manifest)):
+        return f"stage {stage} → head"
+    return f"stage {stage} → {stage + 1}"
+
+
+def gate_series_layer(stage: int, count: int, head_fusion: bool) -> str:
+    """The layer part of a gate's metric name, `alpha.<task>.<layer>.<source>`: 'stage3' for
+    the connection after stage 3, 'head' for the one into the head."""
+    return "head" if into_head(stage, count, head_fusion) else f"stage{stage}"
 
 
 def select_stage(matrices: list[Matrix], stage: int | None) -> list[tuple[int, Matrix]]:
@@ -91,7 +120,7 @@ def plot(manifest: dict[str, Any], stages: list[tuple[int, Matrix]], path: Path)
     image = None
     for axis, (stage, matrix) in zip(axes.flat, stages, strict=False):
         image = _heatmap(axis, matrix, names, cmap, low, high, np)
-        axis.set_title(f"stage {stage} → {stage + 1}")
+        axis.set_title(boundary_label(manifest, stage))
     for axis in list(axes.flat)[len(stages) :]:
         axis.set_visible(False)
     kind = manifest["connection"]["name"]

@@ -34,6 +34,7 @@ from dmtcore.evaluation import autocast, evaluate
 from dmtcore.faults import crash_point
 from dmtcore.feature_cache import FeatureCache, check_cache_settings
 from dmtcore.metrics import loss_function
+from dmtcore.relations import gate_series_layer
 from dmtcore.runinfo import EpochReport
 from dmtcore.taskspec import TaskSpec, higher_is_better
 
@@ -160,12 +161,15 @@ def _turns(
 
 
 def flat_relation_weights(model: Any, tasks: list[str]) -> dict[str, float]:
-    """'alpha.<task>.stage<l>.<source>' -> weight, for the tasks being trained."""
+    """'alpha.<task>.stage<l>.<source>' -> weight, for the tasks being trained; the connection
+    into the head (head fusion) is 'alpha.<task>.head.<source>'."""
     weights = model.relation_weights()
+    fused = bool(getattr(model, "head_fusion", False))
     return {
-        f"alpha.{task}.stage{stage}.{source}": value
+        f"alpha.{task}.{gate_series_layer(stage, len(rows), fused)}.{source}": value
         for task in tasks
-        for stage, row in enumerate(weights.get(task, []), start=1)
+        for rows in [weights.get(task, [])]
+        for stage, row in enumerate(rows, start=1)
         for source, value in row.items()
         if source != task
     }

@@ -1,7 +1,8 @@
 """MLflow tracking as a plugin of dmt's lifecycle hooks: one MLflow run per operation.
 
 The run gets the operation's parameters, per-epoch training loss and validation metrics of
-every trained task, the connection weights as time series (`alpha.<task>.stage<l>.<source>`),
+every trained task, the connection weights as time series (`alpha.<task>.stage<l>.<source>`, and
+`alpha.<task>.head.<source>` for the connection into the head where the store fuses there),
 the final metrics and the committed manifest as an artifact. Each epoch is one batched
 request, so tracking stays off the training step itself.
 """
@@ -358,7 +359,7 @@ class MlflowTracker:
 
     def _log_relations(self, result: RunResult) -> None:
         """The final relation matrices of every stage, as JSON and as a heatmap PNG."""
-        from dmtcore.relations import plot, relation_matrices, select_stage
+        from dmtcore.relations import boundary_label, plot, relation_matrices, select_stage
 
         manifest = json.loads(Path(result.manifest_path).read_text())
         stages = select_stage(relation_matrices(manifest), None)
@@ -366,7 +367,13 @@ class MlflowTracker:
             return
         names = [t["name"] for t in manifest["tasks"]]
         with tempfile.TemporaryDirectory() as folder:
-            data = {"tasks": names, "stages": [{"stage": n, "matrix": m} for n, m in stages]}
+            data = {
+                "tasks": names,
+                "stages": [
+                    {"stage": n, "label": boundary_label(manifest, n), "matrix": m}
+                    for n, m in stages
+                ],
+            }
             (Path(folder) / "relations.json").write_text(json.dumps(data, indent=2))
             plot(manifest, stages, Path(folder) / "relations.png")
             self.client.log_artifacts(self.run_id, folder, artifact_path="relations")

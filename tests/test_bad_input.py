@@ -62,7 +62,7 @@ ON_DIGITS_STORE = [
     ),
     (["eval", "digits.nope"], 3, "unknown task 'digits.nope' in this store"),
     (["predict", "missing.png"], 7, "input 'missing.png' does not exist"),
-    (["connections", "--stage", "0"], 11, "stage 0 does not exist; valid: 1 to 5"),
+    (["connections", "--stage", "0"], 11, "stage 0 does not exist; valid: 1 to 6"),
     (["add-task", "../etc/passwd", "--no-tracking"], 3, "unknown task '../etc/passwd'"),
     (["add-task", "a/b", "--no-tracking"], 3, "unknown task 'a/b'"),
     (["add-task", "has space", "--no-tracking"], 3, "unknown task 'has space'"),
@@ -173,7 +173,7 @@ def test_path_that_is_not_a_store(tmp_path: Path, run_cli) -> None:
         (
             ["--connection-option", "alpha=1"],
             11,
-            "connection kind 'ttc' has no option 'alpha'; valid: init_alpha, lr_mult",
+            "connection kind 'ttc' has no option 'alpha'; valid: head_fusion, init_alpha, lr_mult",
         ),
         (["--connection-option", "init_alpha=2"], 11, "ttc init_alpha must be in (0, 1), got 2"),
         (

@@ -91,6 +91,8 @@ def test_add_status_eval_predict_history_remove(
         add_even.info.run_id, "alpha.digits.even.stage1.digits.class"
     )
     assert [m.step for m in history] == [1, 2]  # a gate's time series, one point per epoch
+    assert add_even.data.params["connection.head_fusion"] == "True"  # dmt-cnn + ttc: DMT Table 6
+    assert "alpha.digits.even.head.digits.class" in add_even.data.metrics  # FC-360 into the head
     artifacts = {
         a.path for a in client_for(store).list_artifacts(add_even.info.run_id, "relations")
     }

@@ -49,7 +49,7 @@ def test_given_features_give_the_same_outputs_as_computing_them(store_copy: Path
     with torch.no_grad():
         keep = {"digits.class": [], "digits.even": []}
         computed = model(x, ["digits.prime"], keep=keep)["digits.prime"]
-        assert [len(v) for v in keep.values()] == [5, 5]  # every stage boundary of dmt-cnn
+        assert [len(v) for v in keep.values()] == [6, 6]  # conv1–5, and FC-360 into the head
         given = model(x, ["digits.prime"], given=keep)["digits.prime"]
         assert torch.equal(given, computed)
         rounded = {t: [f.half().float() for f in fs] for t, fs in keep.items()}

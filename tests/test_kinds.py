@@ -55,7 +55,8 @@ def test_add_task_keeps_old_outputs_for_every_kind(kind_store, host, tmp_path: P
         ["digits.prime"] if kind == "none" else ["digits.class", "digits.even", "digits.prime"]
     )
     assert entry["sources"] == expected
-    assert len(entry["relations"]) == 5  # one row per stage boundary of dmt-cnn
+    # one row per stage boundary of dmt-cnn, plus FC-360 into the head where ttc fuses it
+    assert len(entry["relations"]) == (6 if kind == "ttc" else 5)
 
 
 def test_remove_task_reconnects_for_every_kind(kind_store, host, tmp_path: Path) -> None:
@@ -119,7 +120,7 @@ def test_connections_command_shows_matrices_and_plots(
     data = json.loads(
         run_cli("connections", "--store", store_copy, "--json", "--plot", tmp_path / "r.png").stdout
     )
-    assert data["tasks"] == ["digits.class", "digits.even"] and len(data["stages"]) == 5
+    assert data["tasks"] == ["digits.class", "digits.even"] and len(data["stages"]) == 6
     first = data["stages"][0]["matrix"]
     assert first[0] == [1.0, None]  # digits.class reads only itself
     assert first[1][1] == 1.0 and 0.0 < first[1][0] < 1.0  # digits.even's gate on digits.class
@@ -128,8 +129,9 @@ def test_connections_command_shows_matrices_and_plots(
         run_cli("connections", "--store", store_copy, "--stage", "5", "--json").stdout
     )
     assert [s["stage"] for s in only["stages"]] == [5]
+    assert only["stages"][0]["label"] == "stage 5 → 6"
     assert (
-        "stage 9 does not exist; valid: 1 to 5"
+        "stage 9 does not exist; valid: 1 to 6"
         in run_cli("connections", "--store", store_copy, "--stage", "9", expect=11).stderr
     )
 

@@ -25,7 +25,12 @@ from dmtcore.store import Store
 
 @cli.command()
 @store_option
-@click.option("--stage", type=int, default=None, help="Only this stage boundary (from 1).")
+@click.option(
+    "--stage",
+    type=int,
+    default=None,
+    help="Only this stage boundary (from 1; with head fusion the last one is 'stage L → head').",
+)
 @click.option(
     "--plot",
     "plot_path",
@@ -39,8 +44,10 @@ def connections(store: Path, stage: int | None, plot_path: Path | None, as_json:
 
     TTC: the gate α_ij; NDDR: the norm of each source's block relative to the own block;
     cross-stitch: the mean per-source weight. Rows read from columns; '-' means no link.
+    Where the store fuses the last features into the head, the last boundary is 'stage L →
+    head' (for dmt-cnn, DMT Table 6's "layer 6 to layer 7").
     """
-    from dmtcore.relations import plot, relation_matrices, select_stage
+    from dmtcore.relations import boundary_label, plot, relation_matrices, select_stage
 
     manifest = Store.open(store).manifest()
     names = [t["name"] for t in manifest["tasks"]]
@@ -59,7 +66,10 @@ def connections(store: Path, stage: int | None, plot_path: Path | None, as_json:
         "version": manifest["version"],
         "connection": manifest["connection"]["name"],
         "tasks": names,
-        "stages": [{"stage": number, "matrix": matrix} for number, matrix in stages],
+        "stages": [
+            {"stage": number, "label": boundary_label(manifest, number), "matrix": matrix}
+            for number, matrix in stages
+        ],
         "plot": str(plot_path) if plot_path else None,
     }
 
@@ -68,7 +78,7 @@ def connections(store: Path, stage: int | None, plot_path: Path | None, as_json:
             f"{manifest['connection']['name']} relations, store {store} v{manifest['version']}"
         )
         for number, matrix in stages:
-            click.echo(f"\nstage {number} → {number + 1} (row: task, column: source)")
+            click.echo(f"\n{boundary_label(manifest, number)} (row: task, column: source)")
             print_table(
                 [
                     (n, *("-" if v is None else v for v in row))

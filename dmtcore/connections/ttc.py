@@ -71,6 +71,13 @@ def build(
     )
 
 
+def paper_head_fusion(backbone: str, backbone_options: dict[str, Any]) -> bool:
+    """DMT fuses its FC-360 features into every classifier (Table 6, "layer 6 to layer 7"):
+    on by default for the paper's column, `dmt-cnn` with its FC layer. Its `spatial` form
+    (no FC, maps for pixel-level heads) is not the paper's column, and neither is any other."""
+    return backbone == "dmt-cnn" and not backbone_options.get("spatial", False)
+
+
 @hookimpl
 def dmt_register_connections(registry: Registry) -> None:
     registry.add_connection(
@@ -79,5 +86,6 @@ def dmt_register_connections(registry: Registry) -> None:
             description="DMT task transfer connection: h_i + Σ sigmoid(β_ij)·h_j, then BatchNorm",
             build=build,
             default_options=dict(DEFAULTS),
+            head_fusion_default=paper_head_fusion,
         )
     )
