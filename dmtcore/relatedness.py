@@ -178,7 +178,9 @@ def check_stage(stage: int | None, shapes: Sequence[tuple[int, ...]], where: str
         spatial = [number for number, shape in enumerate(shapes, 1) if len(shape) == 3]
         return spatial[-1] if spatial else len(shapes)
     if not 1 <= stage <= len(shapes):
-        raise InvalidValueError(f"stage {stage} does not exist in {where}; valid: 1 to {len(shapes)}")
+        raise InvalidValueError(
+            f"stage {stage} does not exist in {where}; valid: 1 to {len(shapes)}"
+        )
     return stage
 
 
@@ -342,32 +344,52 @@ class FeatureSource:
     model: Any
 
 
-def relate(
+@dataclass
+class RelatePlan:
+    """A checked request: the tasks' specs and where their features come from."""
+
+    names: list[str]
+    specs: list[Any]
+    source: FeatureSource
+    options: RelateOptions
+
+
+def plan_relate(
     path: Path,
     names: Sequence[str],
     host: Any,
     settings: Any,
-    data: Any,
     options: RelateOptions = RelateOptions(),
-    notify: Notify = lambda message: None,
-) -> Relatedness:
-    """Distances between the tasks' response contrast maps, co-occurrence, and groups.
-    Reads the store (if any) and never writes it."""
+) -> RelatePlan:
+    """Check everything that needs no data (names, options, the column and its stage) and
+    build the feature source: a bad request fails here, before any run is tracked."""
     names = list(names)
     check_request(names, options)
     specs = [host.registry.task(name) for name in names]
     check_tasks(specs)
-    source = feature_source(path, specs, host, settings, options)
-    maps = contrast_maps(source, specs, host, settings, data, options.split, notify)
+    return RelatePlan(names, specs, feature_source(path, specs, host, settings, options), options)
+
+
+def measure(
+    plan: RelatePlan,
+    host: Any,
+    settings: Any,
+    data: Any,
+    notify: Notify = lambda message: None,
+) -> Relatedness:
+    """Distances between the tasks' response contrast maps, co-occurrence, and groups.
+    Reads the store (if any) and never writes it."""
+    options = plan.options
+    maps = contrast_maps(plan.source, plan.specs, host, settings, data, options.split, notify)
     distance, via = distance_matrix(maps, options.reduce)
     indicator_sets = [
         indicators(m.labels, spec.output, spec.num_outputs)
-        for m, spec in zip(maps, specs, strict=True)
+        for m, spec in zip(maps, plan.specs, strict=True)
     ]
-    tree, cut, groups = suggest_groups(names, distance, options.threshold, options.groups)
+    tree, cut, groups = suggest_groups(plan.names, distance, options.threshold, options.groups)
     return Relatedness(
-        tasks=names,
-        features=source.description,
+        tasks=plan.names,
+        features={**plan.source.description, "split": options.split},
         reduce=options.reduce,
         distance=distance,
         via=via,
@@ -377,6 +399,19 @@ def relate(
         groups=groups,
         samples={m.task: m.samples for m in maps},
     )
+
+
+def relate(
+    path: Path,
+    names: Sequence[str],
+    host: Any,
+    settings: Any,
+    data: Any,
+    options: RelateOptions = RelateOptions(),
+    notify: Notify = lambda message: None,
+) -> Relatedness:
+    """`plan_relate` then `measure`."""
+    return measure(plan_relate(path, names, host, settings, options), host, settings, data, notify)
 
 
 def feature_source(
@@ -536,7 +571,9 @@ def contrast_maps(
     with evaluating(source.model), torch.inference_mode():
         for key, members in groups.items():
             lead = batches[members[0].name]
-            labels = {s.name: batches[s.name].all_labels() if lead.in_memory else None for s in members}
+            labels = {
+                s.name: batches[s.name].all_labels() if lead.in_memory else None for s in members
+            }
             sums = {s.name: ContrastAccumulator(max(s.num_outputs, 2)) for s in members}
             seen: dict[str, list[np.ndarray]] = {s.name: [] for s in members}
             for images, batch_labels, index in lead.indexed():
@@ -562,6 +599,13 @@ def contrast_maps(
                     len(all_labels),
                 )
     return [results[spec.name] for spec in specs]
+
+
+def describe_features(description: dict[str, Any]) -> str:
+    """Where the features came from, in words."""
+    shape = "×".join(map(str, description["shape"]))
+    split = f", {description['split']} split" if "split" in description else ""
+    return f"{_where(description)} ({shape}){split}"
 
 
 def _where(description: dict[str, Any]) -> str:
@@ -597,7 +641,12 @@ def plot(result: Relatedness, path: Path) -> Path:
 
     names = result.tasks
     n = len(names)
-    shared = any(v is not None for i, row in enumerate(result.cooccurrence) for j, v in enumerate(row) if i != j)
+    shared = any(
+        v is not None
+        for i, row in enumerate(result.cooccurrence)
+        for j, v in enumerate(row)
+        if i != j
+    )
     panels = 3 if shared else 2
     side = max(3.2, 0.5 * n + 2.0)
     figure, axes = plt.subplots(
@@ -627,11 +676,17 @@ def plot(result: Relatedness, path: Path) -> Path:
     _heatmap(axes[1], distance, ordered, "RCM distance (0 = same spots)", "viridis_r", 0.0, 1.0)
     if shared:
         values = np.array(
-            [[np.nan if result.cooccurrence[i][j] is None else result.cooccurrence[i][j] for j in order] for i in order]
+            [
+                [
+                    np.nan if result.cooccurrence[i][j] is None else result.cooccurrence[i][j]
+                    for j in order
+                ]
+                for i in order
+            ]
         )
         _heatmap(axes[2], values, ordered, "label co-occurrence (phi)", "coolwarm", -1.0, 1.0)
     features = result.features
-    figure.suptitle(f"response contrast maps: {_where(features)}", fontsize=9)
+    figure.suptitle(f"response contrast maps: {describe_features(features)}", fontsize=9)
     path = Path(path)
     figure.savefig(path, dpi=110)
     plt.close(figure)
@@ -649,6 +704,10 @@ def _heatmap(
         for j, value in enumerate(row):
             if not np.isnan(value):
                 share = (value - low) / (high - low)
-                colour = "white" if (share > 0.55 if cmap == "viridis_r" else abs(value) > 0.6) else "black"
+                colour = (
+                    "white"
+                    if (share > 0.55 if cmap == "viridis_r" else abs(value) > 0.6)
+                    else "black"
+                )
                 axis.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color=colour)
     axis.figure.colorbar(image, ax=axis, fraction=0.046)
