@@ -673,7 +673,7 @@ def plot(result: Relatedness, path: Path) -> Path:
     order = [names.index(label) for label in tree["ivl"]]
     ordered = [names[i] for i in order]
     distance = result.distance[np.ix_(order, order)]
-    _heatmap(axes[1], distance, ordered, "RCM distance (0 = same spots)", "viridis_r", 0.0, 1.0)
+    _heatmap(axes[1], distance, ordered, "RCM distance (0 = same contrast)", "viridis_r", 0.0, 1.0)
     if shared:
         values = np.array(
             [
