@@ -12,10 +12,6 @@ the CLI can import it before deciding what to load.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-
 _state = {"bars": True}
 
 
@@ -49,12 +45,3 @@ def duration(seconds: float) -> str:
         return f"{minutes}m{secs:02d}s"
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m"
-
-
-@contextmanager
-def timed(notify: Callable[[str], None], done: Callable[[float], str]) -> Iterator[None]:
-    """Report `done(seconds)` after the block has run: a line that says what was done only
-    once it has been."""
-    started = time.perf_counter()
-    yield
-    notify(done(time.perf_counter() - started))
