@@ -97,6 +97,8 @@ class FeatureCache:
         self.mapping = mapping
         self.hits = 0
         self.misses = 0
+        self.columns = ""  # e.g. "2 frozen columns"
+        self.contents = ""  # e.g. "3.1 MB of float16 features in memory"
 
     @classmethod
     def plan(
@@ -149,12 +151,14 @@ class FeatureCache:
             for key, key_shapes in layout.items()
         }
         location = "memory" if mapping is None else "disk"
+        cache = cls(tables, location, nbytes, dtype, device, mapping)
         count = len(shapes)
-        notify(
-            f"feature cache: {count} frozen column{'s' * (count != 1)} computed once, "
+        # For `fit` to say, before and after `fill` does the work.
+        cache.columns = f"{count} frozen column{'s' * (count != 1)}"
+        cache.contents = (
             f"{size} of {dtype} features {'in memory' if mapping is None else 'on disk'}"
         )
-        return cls(tables, location, nbytes, dtype, device, mapping)
+        return cache
 
     def lookup(
         self, task: str, split: str, index: torch.Tensor

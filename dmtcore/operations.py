@@ -38,6 +38,7 @@ from dmtcore.manifest import new_manifest
 from dmtcore.model import MultiTaskModel, TrainingPlan
 from dmtcore.names import InputSpec, unknown_name
 from dmtcore.plugins import PluginHost
+from dmtcore.progress import Stage
 from dmtcore.runinfo import RunInfo, RunResult
 from dmtcore.store import Store
 from dmtcore.taskspec import DataRequest, TaskSpec, higher_is_better
@@ -321,16 +322,16 @@ def _train_tasks(
             "a store has one kind: create another store for it"
         )
     input_spec = InputSpec.from_shape(manifest["input_spec"] or specs[0].input_shape)
+    notify(Stage(f"loading {_describe_store(store, manifest)}"))
     model = load_model(store, manifest, host.registry) or empty_model(
         manifest, host.registry, input_spec
     )
     torch.manual_seed(settings.seed)  # what a factory draws from torch's RNG, then the heads
-    targets = [
-        make_target(
-            spec, input_spec, settings, data, device, world, host.registry.owner("task", spec.name)
-        )
-        for spec in specs
-    ]
+    targets = []
+    for spec in specs:
+        notify(Stage(f"loading the data of {spec.name}"))
+        owner = host.registry.owner("task", spec.name)
+        targets.append(make_target(spec, input_spec, settings, data, device, world, owner))
     crash_point("data-loaded")
     torch.manual_seed(settings.seed)
     slots = {}
@@ -360,6 +361,7 @@ def _train_tasks(
                 )
             )
         new["operation"] = _operation(operation, names, settings, result, result.metrics)
+        notify(Stage(_committing(store)))
         _commit_weights(store, model, new, set(names), write=world.is_main)
         return new, result.metrics
 
@@ -522,6 +524,7 @@ def remove_task(
             raise unknown_name("task", name, stored, f"in store {str(path)!r}")
         remaining = [t for t in stored if t != name]
         specs = specs_for(manifest, remaining, host)
+        notify(Stage(f"loading {_describe_store(store, manifest)}"))
         model = load_model(store, manifest, host.registry)
         assert model is not None
         model.to(device)
@@ -529,16 +532,19 @@ def remove_task(
         plugins = stored_plugins(manifest)
         seeds = {entry["name"]: recorded_data_seed(entry) for entry in manifest["tasks"]}
         torch.manual_seed(settings.seed)
-        targets = {
-            t: make_target(
+        targets = {}
+        for t in remaining:
+            notify(Stage(f"loading the data of {t}"))
+            targets[t] = make_target(
                 specs[t], input_spec, settings, data, device, world, plugins[t], seeds[t]
             )
-            for t in remaining
-        }
+        notify(Stage(f"validating {', '.join(remaining)} before the cut"))
         before = {t: evaluate(model, specs[t], targets[t].val) for t in remaining}
         affected = model.remove_task(name)
         crash_point("cut")
         model.to(device)  # some kinds rebuild modules when they drop a source
+        if affected:
+            notify(Stage(f"cut {name} out; validating {', '.join(affected)} after the cut"))
         cut = {t: evaluate(model, specs[t], targets[t].val) for t in affected}
         model.configure_training(TrainingPlan(connections=frozenset(affected)))
         run = _run_info(
@@ -593,10 +599,23 @@ def remove_task(
                 **_operation("remove-task", [name], settings, result, after),
                 "report": report,
             }
+            notify(Stage(_committing(store)))
             _commit_weights(store, model, new, set(affected), write=world.is_main)
             return new, after
 
         return _tracked(host, run, store, work, notify, world)
+
+
+def _describe_store(store: Store, manifest: dict[str, Any]) -> str:
+    """'store dmt-store (version 3: digits.class, digits.even)', for a stage notice; past a few
+    tasks, only their number."""
+    names = [t["name"] for t in manifest["tasks"]]
+    tasks = ", ".join(names) if len(names) <= 4 else f"{len(names)} tasks"
+    return f"store {store.path} (version {manifest['version']}: {tasks or 'no tasks yet'})"
+
+
+def _committing(store: Store) -> str:
+    return f"committing version {store.current_version() + 1} to store {store.path}"
 
 
 def _dense_previews(

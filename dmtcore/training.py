@@ -12,6 +12,7 @@ DistributedDataParallel.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -34,6 +35,7 @@ from dmtcore.evaluation import autocast, evaluate
 from dmtcore.faults import crash_point
 from dmtcore.feature_cache import FeatureCache, check_cache_settings
 from dmtcore.metrics import loss_function
+from dmtcore.progress import Stage, bar_disabled, duration
 from dmtcore.relations import gate_series_layer
 from dmtcore.runinfo import EpochReport
 from dmtcore.taskspec import TaskSpec, higher_is_better
@@ -235,9 +237,22 @@ def fit(
     )
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
+    bars = contextlib.ExitStack()  # closes the run's bar however it ends, before any message
     try:
-        result = _fit(model, targets, settings, on_epoch, world, device, cache, start)
+        result = _fit(
+            model,
+            targets,
+            settings,
+            on_epoch,
+            world,
+            device,
+            cache,
+            start,
+            notify=notify,
+            bars=bars,
+        )
     finally:
+        bars.close()
         if cache is not None:
             cache.close()
         model.to(memory_format=torch.contiguous_format)
@@ -255,6 +270,9 @@ def _fit(
     device: torch.device,
     cache: FeatureCache | None,
     start: dict[str, dict[str, float]] | None = None,
+    *,
+    notify: Callable[[str], None],
+    bars: contextlib.ExitStack,
 ) -> FitResult:
     groups = model.param_groups(settings.connection_lr_mult)
     optimizer = OPTIMIZERS[settings.optimizer](
@@ -276,16 +294,13 @@ def _fit(
         best = (0, start)
     reports: list[EpochReport] = []
     unlabelled = {t.spec.name for t in targets if t.spec.dense}  # until epoch 1 shows a label
-    steps_per_epoch = sum(len(t.train) for t in targets)
     step = 0
     totals: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(names, 0)
     started = time.perf_counter()
     if cache is not None:  # the frozen columns' one pass, counted in epoch 1's time
-        for target in targets:
-            for split in ("train", "val"):
-                batches = getattr(target, split)
-                cache.fill(model, target.spec.name, split, batches, progress=world.is_main)
+        _fill_cache(cache, model, targets, notify, world)
+    bar = bars.enter_context(_run_bar(targets, settings, world))
 
     def validate(epoch: int) -> None:
         nonlocal best_score, best_state, best, totals, counts, started, reference
@@ -312,6 +327,7 @@ def _fit(
         weights = flat_relation_weights(model, names)
         report = EpochReport(epoch, train_loss, metrics, weights, seconds, is_best, step)
         reports.append(report)
+        bar.clear()  # the epoch's line is printed where the bar was; the bar comes back below
         on_epoch(report)
         crash_point("validated")
         totals, counts, started = {}, dict.fromkeys(names, 0), time.perf_counter()
@@ -319,13 +335,7 @@ def _fit(
 
     for epoch in range(1, settings.epochs + 1):
         model.train_mode()
-        bar = tqdm(
-            total=steps_per_epoch,
-            desc=f"epoch {epoch}/{settings.epochs}",
-            leave=False,
-            disable=None if world.is_main else True,
-            file=sys.stderr,
-        )
+        bar.set_description_str(f"epoch {epoch}/{settings.epochs}", refresh=False)
         for target, images, labels, index in _turns(targets):
             name = target.spec.name
             if (
@@ -351,7 +361,6 @@ def _fit(
             if settings.eval_every and step % settings.eval_every == 0:
                 validate(epoch)
             bar.update()
-        bar.close()
         for target in targets:
             if target.spec.name in unlabelled:
                 raise no_labelled_pixels(target.train.origin)
@@ -364,6 +373,40 @@ def _fit(
     model.eval()
     crash_point("fitted")
     return FitResult(best[0], best[1], reports, bn_recalibrated=recalibrates)
+
+
+def _run_bar(targets: list[Target], settings: TrainSettings, world: World) -> tqdm:
+    """One bar for the whole run (every step of every epoch), so that its estimate of the time
+    left is the run's; drawn on a terminal only, and never while the CLI prints JSON."""
+    return tqdm(
+        total=sum(len(t.train) for t in targets) * settings.epochs,
+        desc=f"epoch 1/{settings.epochs}",
+        unit="step",
+        leave=False,
+        disable=bar_disabled(world.is_main),
+        file=sys.stderr,
+    )
+
+
+def _fill_cache(
+    cache: FeatureCache,
+    model: Trainable,
+    targets: list[Target],
+    notify: Callable[[str], None],
+    world: World,
+) -> None:
+    """The frozen columns' one pass over every split, said before and after (it can take a
+    while: a forward pass of every frozen column over all the training and validation data)."""
+    notify(Stage(f"computing the features of {cache.columns} once ({cache.contents})"))
+    started = time.perf_counter()
+    for target in targets:
+        for split in ("train", "val"):
+            batches = getattr(target, split)
+            cache.fill(
+                model, target.spec.name, split, batches, progress=not bar_disabled(world.is_main)
+            )
+    seconds = time.perf_counter() - started
+    notify(f"feature cache: {cache.columns} computed once, {cache.contents} ({duration(seconds)})")
 
 
 def epoch_score(

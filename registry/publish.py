@@ -14,7 +14,6 @@ import json
 import re
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -131,8 +130,7 @@ def register(client: Any, store: Store, version: int, run_id: str) -> str:
     # Params only: the input may be a float batch or a DataFrame of encoded images, and MLflow's
     # schema enforcement accepts one form; the model checks its input itself.
     signature = ModelSignature(inputs=None, params=ParamSchema([ParamSpec("tasks", "string", "")]))
-    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # MLflow's advice on type hints: the signature is explicit
+    with tempfile.TemporaryDirectory() as folder:
         snapshot = write_snapshot(store, version, Path(folder) / "store")
         model_dir = Path(folder) / "model"
         mlflow.pyfunc.save_model(

@@ -32,6 +32,10 @@ from mlflow.pyfunc import PythonModel
 class DmtModel(PythonModel):
     """Every task of one store version, computed together in one pass per batch."""
 
+    # `predict` has no type hints (see there): this tells MLflow not to derive a schema from
+    # them, as its own ChatModel does, instead of warning at every load that it cannot.
+    _skip_type_hint_validation = True
+
     def load_context(self, context: Any) -> None:
         from dmtcore.operations import load_current
         from dmtcore.plugins import create_plugin_host

@@ -27,6 +27,7 @@ from typing import Any
 
 from dmtcore.errors import DmtError, InvalidValueError, TrackingError, first_line
 from dmtcore.hookspecs import hookimpl
+from dmtcore.progress import Stage
 from dmtcore.runinfo import EpochReport, RunInfo, RunResult
 
 DATABASE = "mlflow.db"
@@ -193,12 +194,23 @@ def _reported(method: Callable[..., None]) -> Callable[..., None]:
 
 
 class MlflowTracker:
-    """Logs each operation to the experiment named after the store."""
+    """Logs each operation to the experiment named after the store. `notify` hears what it is
+    doing (a `Stage` per step that can take seconds); `verbose` keeps MLflow's own log
+    messages, which are otherwise cut to its warnings."""
 
-    def __init__(self, tracking_uri: str, embedded: bool = False, register: bool = True) -> None:
+    def __init__(
+        self,
+        tracking_uri: str,
+        embedded: bool = False,
+        register: bool = True,
+        notify: Callable[[str], None] = lambda message: None,
+        verbose: bool = False,
+    ) -> None:
         self.tracking_uri = tracking_uri
         self.embedded = embedded
         self.register = register
+        self.notify = notify
+        self.verbose = verbose
         self.client: Any = None
         self.run_id: str | None = None
 
@@ -210,8 +222,11 @@ class MlflowTracker:
         from mlflow.tracking import MlflowClient
 
         # After the import: mlflow sets its own logger up when first imported.
-        logging.getLogger("mlflow").setLevel(logging.WARNING)  # no database-migration chatter
+        # Its warnings only (no database-migration chatter), unless `dmt -v`.
+        logging.getLogger("mlflow").setLevel(logging.INFO if self.verbose else logging.WARNING)
         if self.embedded:
+            if not (Path(run.store_path) / DATABASE).exists():
+                self.notify(Stage("tracking: creating the store's MLflow database (first run)"))
             ensure_embedded_database(Path(run.store_path), _warn)
         try:
             self.client = MlflowClient(
@@ -244,6 +259,7 @@ class MlflowTracker:
     @hookimpl
     @_reported
     def dmt_run_started(self, run: RunInfo) -> None:
+        self.notify(Stage(f"tracking: connecting to MLflow at {self.tracking_uri}"))
         from mlflow.entities import Param
 
         experiment_id = self._connect(run)
@@ -319,6 +335,7 @@ class MlflowTracker:
     def dmt_run_finished(self, run: RunInfo, result: RunResult) -> None:
         from mlflow.entities import Metric
 
+        self.notify(Stage("tracking: logging the run's metrics, manifest and relation plots"))
         stamp = int(time.time() * 1000)
         metrics = [
             Metric(f"{task}.{name}", float(value), stamp, 0)
@@ -353,6 +370,7 @@ class MlflowTracker:
             from dmt_registry.publish import register
             from dmtcore.store import Store
 
+            self.notify(Stage(f"registering version {result.version} in the MLflow Model Registry"))
             version = register(self.client, Store.open(run.store_path), result.version, self.run_id)
             self.client.set_tag(self.run_id, "dmt.registered_version", version)
         self.client.set_terminated(self.run_id, "FINISHED")

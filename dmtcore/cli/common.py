@@ -245,14 +245,23 @@ def resolve_tracking_uri(store: Path, tracking_uri: str | None) -> tuple[str, bo
 
 
 def attach_tracker(
-    host: Any, store: Path, tracking_uri: str | None, no_tracking: bool, no_register: bool
+    host: Any,
+    store: Path,
+    tracking_uri: str | None,
+    no_tracking: bool,
+    no_register: bool,
+    notify: Callable[[str], None] = lambda message: None,
 ) -> str | None:
+    """Log the operation to MLflow (unless --no-tracking); `notify` hears the tracker's stages."""
     if no_tracking or not is_main_rank():
         return None
     from dmt_registry.tracking import MlflowTracker
 
     uri, embedded = resolve_tracking_uri(store, tracking_uri)
-    host.register(MlflowTracker(uri, embedded, register=not no_register), "mlflow-tracker")
+    tracker = MlflowTracker(
+        uri, embedded, register=not no_register, notify=notify, verbose=verbose()
+    )
+    host.register(tracker, "mlflow-tracker")
     return uri
 
 
@@ -297,6 +306,44 @@ def echo_progress(message: str) -> None:
         click.echo(message, err=True)
 
 
+def progress(as_json: bool) -> Callable[[str], None]:
+    """How a long command reports while it works, on stderr: every stage (a `Stage`) and
+    warning, progress bars on a terminal. Under --json only warnings: no stages, no bars."""
+    from dmtcore.progress import Stage, allow_bars
+
+    allow_bars(not as_json)
+
+    def notify(message: str) -> None:
+        if not (as_json and isinstance(message, Stage)):
+            echo_progress(message)
+
+    return notify
+
+
+def verbose() -> bool:
+    """Whether `dmt -v` asked to see what other libraries print."""
+    context = click.get_current_context(silent=True)
+    return bool(context and context.find_root().params.get("verbose"))
+
+
+# MLflow draws a "Downloading artifacts" bar while it copies local files into a model (it
+# reads like network access); dmt says what it is doing instead. Without -v it is off.
+QUIET_ENVIRONMENT = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
+def _quiet_other_libraries(ctx: click.Context) -> None:
+    """Keep other libraries' progress bars out of dmt's output for this command (a value the
+    user set in the environment wins); put the environment back when the command ends."""
+    added = {k: v for k, v in QUIET_ENVIRONMENT.items() if k not in os.environ}
+    os.environ.update(added)
+
+    def restore() -> None:
+        for key in added:
+            os.environ.pop(key, None)
+
+    ctx.call_on_close(restore)
+
+
 @click.group(cls=DmtGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dmt-vision", prog_name="dmt")
 @click.option(
@@ -306,9 +353,18 @@ def echo_progress(message: str) -> None:
     default=None,
     help=f"Store directory for the command (env {STORE_ENV}); the same as after it.",
 )
-def cli(store: Path | None) -> None:
+@click.option(
+    "-v",
+    "--verbose",
+    is_flag=True,
+    help="Also show what other libraries print: MLflow's log messages and progress bars.",
+)
+@click.pass_context
+def cli(ctx: click.Context, store: Path | None, verbose: bool) -> None:
     """dmt grows a multi-task vision model one task at a time.
 
     Every task owns a frozen CNN column; new tasks learn transfer connections into the
     existing columns, so adding a task never changes an old task's outputs.
     """
+    if not verbose:
+        _quiet_other_libraries(ctx)

@@ -12,18 +12,19 @@ import click
 from dmtcore.cli.common import (
     attach_tracker,
     cli,
-    echo_progress,
     emit,
     json_option,
     metric_label,
     plugin_host,
     plugin_options,
     print_table,
+    progress,
     store_option,
     train_options,
     train_settings,
 )
 from dmtcore.errors import InvalidValueError
+from dmtcore.progress import Stage, duration
 from dmtcore.store import Store
 
 
@@ -94,6 +95,8 @@ def add_task(
     task's output is bit-identical afterwards. A missing store is created with defaults.
     With --from-folder DIR, NAME is a new task made from the images in DIR.
     """
+    started = time.perf_counter()
+    notify = _starting(as_json)
     from dmtcore.operations import DataOptions
     from dmtcore.operations import add_task as run_add_task
 
@@ -102,10 +105,9 @@ def add_task(
     if from_folder is not None:
         _register_from_folder(host, name, from_folder)
     host.registry.task(name)  # fail on an unknown name before touching anything
-    uri = attach_tracker(host, store, *tracking)
-    started = time.perf_counter()
-    _attach_epoch_printer(host, as_json)
-    result = run_add_task(store, name, host, settings, DataOptions(**data), notify=echo_progress)
+    uri = attach_tracker(host, store, *tracking, notify=notify)
+    _attach_epoch_printer(host, as_json, settings.epochs)
+    result = run_add_task(store, name, host, settings, DataOptions(**data), notify=notify)
     seconds = time.perf_counter() - started
     payload = {
         "store": str(store),
@@ -159,6 +161,8 @@ def train(
     Each step takes turns over the tasks, each on its own data and loss. Existing tasks stay
     frozen; later add-task calls connect to the whole group.
     """
+    started = time.perf_counter()
+    notify = _starting(as_json)
     from dmtcore.operations import DataOptions, train_tasks
 
     settings, data, tracking = _split_options(options)
@@ -175,11 +179,10 @@ def train(
         host.registry.task(name)
     if connection is not None:
         host.registry.connection(connection)
-    uri = attach_tracker(host, store, *tracking)
-    _attach_epoch_printer(host, as_json)
-    started = time.perf_counter()
+    uri = attach_tracker(host, store, *tracking, notify=notify)
+    _attach_epoch_printer(host, as_json, settings.epochs)
     result = train_tasks(
-        store, names, host, settings, DataOptions(**data), connection, notify=echo_progress
+        store, names, host, settings, DataOptions(**data), connection, notify=notify
     )
     seconds = time.perf_counter() - started
     payload = {
@@ -223,15 +226,16 @@ def remove_task(
     and after reconnection, and which state was kept: reconnection keeps its best epoch only
     if it beats the cut ('kept: epoch N'), else the cut itself ('kept: cut').
     """
+    settings, data, tracking = _split_options(options)
+    Store.open(store)
+    notify = _starting(as_json)
     from dmtcore.operations import DataOptions
     from dmtcore.operations import remove_task as run_remove_task
 
-    settings, data, tracking = _split_options(options)
-    Store.open(store)
     host = plugin_host(plugins, no_plugin_autoload)
-    uri = attach_tracker(host, store, *tracking)
-    _attach_epoch_printer(host, as_json)
-    result = run_remove_task(store, name, host, settings, DataOptions(**data))
+    uri = attach_tracker(host, store, *tracking, notify=notify)
+    _attach_epoch_printer(host, as_json, settings.epochs)
+    result = run_remove_task(store, name, host, settings, DataOptions(**data), notify=notify)
     report = result.summary["report"]
     payload = {
         "store": str(store),
@@ -285,11 +289,24 @@ def _split_options(options: dict[str, Any]) -> tuple[Any, dict[str, Any], tuple[
     return settings, data, (options["tracking_uri"], options["no_tracking"], options["no_register"])
 
 
-def _attach_epoch_printer(host: Any, as_json: bool) -> None:
-    """One line per epoch on stderr (the progress bar shows the steps within it)."""
+def _starting(as_json: bool) -> Any:
+    """The command's `notify`, after saying what the first silent seconds are spent on."""
+    notify = progress(as_json)
+    notify(Stage("loading torch and the task plugins"))
+    return notify
+
+
+def _attach_epoch_printer(host: Any, as_json: bool, epochs: int) -> None:
+    """One line per epoch on stderr, with the time the run still needs (on a terminal the
+    progress bar shows the steps); none under --json."""
+    if as_json:
+        return
     from dmtcore.hookspecs import hookimpl
 
     class EpochPrinter:
+        def __init__(self) -> None:
+            self.seconds: list[float] = []
+
         @hookimpl
         def dmt_epoch_end(self, run: Any, report: Any) -> None:
             parts = [
@@ -299,9 +316,19 @@ def _attach_epoch_printer(host: Any, as_json: bool) -> None:
             ]
             loss = ", ".join(f"{v:.4f}" for v in report.train_loss.values())
             mark = " *" if report.is_best else ""
+            self.seconds.append(report.seconds)
             click.echo(
-                f"epoch {report.epoch}: loss {loss}; val {'; '.join(parts)} ({report.seconds:.1f}s){mark}",
+                f"epoch {report.epoch}: loss {loss}; val {'; '.join(parts)} "
+                f"({duration(report.seconds)}{self.time_left(epochs - report.epoch)}){mark}",
                 err=True,
             )
+
+        def time_left(self, epochs_left: int) -> str:
+            """'; about 12s left', from the epochs so far; the first also computed the
+            feature cache, so it counts only while it is the only one."""
+            if epochs_left <= 0:
+                return ""
+            later = self.seconds[1:] or self.seconds
+            return f"; {epochs_left} to go, about {duration(epochs_left * sum(later) / len(later))} left"
 
     host.register(EpochPrinter(), "epoch-printer")
