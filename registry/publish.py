@@ -2,9 +2,16 @@
 
 Every committed store version can become a version of the store's registered model: a pyfunc
 ("models from code", `registry/pyfunc_model.py`) whose one artifact is a one-version dmt store.
-Version tags record the operation, the task added or removed, the task list, the store version
-and the registry version of the parent; the alias `current` follows the newest. `pull` turns
-any registered version back into a working store whose lineage goes on.
+Version tags record the operation, the task added or removed, the task list, the store version,
+the config and state fingerprints, and the registry version of the parent; the alias `current`
+follows the store's current version. `pull` turns any registered version back into a working
+store whose lineage goes on.
+
+One registry version per model state: a store version whose state (everything its manifest
+says but its number, parent, date and operation) was published before, e.g. the copy that
+`dmt rollback` commits or a second `dmt register`, reuses that registry version and only moves
+`current` to it. Store and registry numbers differ (the registry skips versions published with
+`--no-register`); `promote --store-version N` translates through the state tag.
 """
 
 from __future__ import annotations
@@ -14,11 +21,14 @@ import json
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dmtcore.errors import (
     ConflictError,
+    DmtError,
     InvalidValueError,
     StoreError,
     TrackingError,
@@ -29,6 +39,24 @@ from dmtcore.store import CURRENT, Store
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 CURRENT_ALIAS = "current"
+# The run artifact of the pyfunc that takes encoded images (see pyfunc_model.py for why two).
+IMAGES_MODEL = "model-images"
+# Manifest fields that name a commit rather than what the model computes.
+COMMIT_FIELDS = ("format", "version", "parent", "created", "operation")
+
+
+@dataclass(frozen=True)
+class Publication:
+    """What publishing a store version did: `created` a new registry version or reused the one
+    of the same state, and whether `current` moved (`previous` is where it pointed before)."""
+
+    model: str
+    version: str
+    store_version: int
+    registered_store_version: int | None  # the store version the registry version records
+    created: bool
+    alias_moved: bool
+    previous: str | None
 
 
 def model_name(manifest: dict[str, Any]) -> str:
@@ -39,6 +67,47 @@ def config_fingerprint(manifest: dict[str, Any]) -> str:
     """What must agree for two stores to share a registered model: input, backbone, connection."""
     config = {k: manifest[k] for k in ("input_spec", "backbone", "connection")}
     return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def state_fingerprint(manifest: dict[str, Any]) -> str:
+    """What a registered version computes: the manifest without the fields that name its commit.
+    A rollback's copy of version N has version N's state."""
+    state = {k: v for k, v in manifest.items() if k not in COMMIT_FIELDS}
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def registered_versions(client: Any, name: str) -> list[Any]:
+    """Every registry version of model `name`, oldest first."""
+    return sorted(client.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version))
+
+
+def _publishes(version: Any, manifest: dict[str, Any], number: int | None) -> bool:
+    """Whether registry `version` holds the state of `manifest` (store version `number`).
+    Versions registered before the state tag existed are matched by store version."""
+    tags = version.tags
+    if tags.get("dmt.store_id") != str(manifest.get("store_id")):
+        return False
+    if "dmt.state" in tags:
+        return tags["dmt.state"] == state_fingerprint(manifest)
+    return number is not None and tags.get("dmt.store_version") == str(number)
+
+
+def find_registered(client: Any, manifest: dict[str, Any]) -> Any | None:
+    """The newest registry version that publishes the state of `manifest`, if any."""
+    found = [
+        v
+        for v in registered_versions(client, model_name(manifest))
+        if _publishes(v, manifest, manifest.get("version"))
+    ]
+    return found[-1] if found else None
+
+
+def alias_target(client: Any, name: str, alias: str = CURRENT_ALIAS) -> str | None:
+    """The registry version `alias` points at, or None (no such model or alias)."""
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except Exception:
+        return None
 
 
 def write_snapshot(store: Store, version: int, destination: Path) -> Path:
@@ -79,16 +148,28 @@ def check_model_name(client: Any, manifest: dict[str, Any]) -> None:
         )
 
 
-def _parent_version(client: Any, name: str, manifest: dict[str, Any]) -> str | None:
-    """The registry version that published this store version's parent, if any."""
+def _parent_version(client: Any, store: Store, manifest: dict[str, Any]) -> str | None:
+    """The registry version that published the state of this store version's parent, if any
+    (after a rollback that is the registry version of the state rolled back to)."""
     parent = manifest.get("parent")
-    for version in client.search_model_versions(f"name='{name}'"):
-        tags = version.tags
-        if tags.get("dmt.store_id") == manifest.get("store_id") and tags.get(
-            "dmt.store_version"
-        ) == str(parent):
-            return str(version.version)
-    return None
+    if parent is None:
+        return None
+    try:
+        parent_manifest = store.manifest(parent)
+    except DmtError:  # a pulled store holds one version: its parent's manifest is not there
+
+        def publishes_parent(version: Any) -> bool:
+            tags = version.tags
+            return tags.get("dmt.store_id") == str(manifest.get("store_id")) and tags.get(
+                "dmt.store_version"
+            ) == str(parent)
+    else:
+
+        def publishes_parent(version: Any) -> bool:
+            return _publishes(version, parent_manifest, parent)
+
+    found = [v for v in registered_versions(client, model_name(manifest)) if publishes_parent(v)]
+    return str(found[-1].version) if found else None
 
 
 def describe(manifest: dict[str, Any]) -> str:
@@ -114,37 +195,48 @@ def describe(manifest: dict[str, Any]) -> str:
 
 
 def register(client: Any, store: Store, version: int, run_id: str) -> str:
-    """Publish store `version` as a new version of the store's registered model (logging the
-    model into run `run_id`), tag it, describe it, and point the `current` alias at it."""
-    import mlflow.pyfunc
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import ParamSchema, ParamSpec
+    """Publish store `version` (logging the model into run `run_id` when its state is new) and
+    point `current` at it; the registry version's number."""
+    return publish_version(client, store, version, lambda: run_id).version
 
+
+def publish_version(
+    client: Any, store: Store, version: int, start_run: Callable[[], str]
+) -> Publication:
+    """Point `current` at the registry version of store `version`'s state, creating it (in the
+    run `start_run` returns, called only then) when that state was never published."""
     manifest = store.manifest(version)
     if not manifest["tasks"] or manifest["input_spec"] is None:
         raise StoreError(f"store version {version} has no tasks: nothing to register")
     check_model_name(client, manifest)
     name = model_name(manifest)
-    shape = tuple(manifest["input_spec"])
-    # Params only: the input may be a float batch or a DataFrame of encoded images, and MLflow's
-    # schema enforcement accepts one form; the model checks its input itself.
-    signature = ModelSignature(inputs=None, params=ParamSchema([ParamSpec("tasks", "string", "")]))
+    previous = alias_target(client, name)
+    existing = find_registered(client, manifest)
+    if existing is not None:
+        number = str(existing.version)
+        if previous != number:
+            client.set_registered_model_alias(name, CURRENT_ALIAS, number)
+        recorded = existing.tags.get("dmt.store_version", "")
+        recorded_version = int(recorded) if recorded.isdigit() else None
+        moved = previous != number
+        return Publication(name, number, version, recorded_version, False, moved, previous)
+    number = _create_version(client, store, version, start_run())
+    return Publication(name, number, version, version, True, True, previous)
+
+
+def _create_version(client: Any, store: Store, version: int, run_id: str) -> str:
+    """Log store `version` as two pyfuncs into run `run_id` (arrays: `model`, registered;
+    encoded images: `model-images`), register the first, tag it, describe it, point `current`
+    at it."""
+    manifest = store.manifest(version)
+    name = model_name(manifest)
+    images_uri = f"runs:/{run_id}/{IMAGES_MODEL}"
     with tempfile.TemporaryDirectory() as folder:
         snapshot = write_snapshot(store, version, Path(folder) / "store")
-        model_dir = Path(folder) / "model"
-        mlflow.pyfunc.save_model(
-            path=str(model_dir),
-            python_model=str(MODEL_CODE),
-            artifacts={"store": str(snapshot)},
-            signature=signature,
-            input_example=np.zeros((1, *shape), dtype=np.float32),
-            metadata={
-                "dmt_input": f"float32 N×{'×'.join(map(str, shape))}, or a DataFrame column 'image' of paths/bytes/base64"
-            },
-            pip_requirements=_requirements(),
-        )
-        client.log_artifacts(run_id, str(model_dir), artifact_path="model")
+        for path, form in (("model", "array"), (IMAGES_MODEL, "images")):
+            model_dir = Path(folder) / path
+            _save_model(model_dir, snapshot, manifest, form, images_uri)
+            client.log_artifacts(run_id, str(model_dir), artifact_path=path)
     if not _exists(client, name):
         client.create_registered_model(
             name,
@@ -157,7 +249,10 @@ def register(client: Any, store: Store, version: int, run_id: str) -> str:
         "dmt.tasks": ",".join(t["name"] for t in manifest["tasks"]),
         "dmt.store_version": str(version),
         "dmt.store_id": str(manifest.get("store_id")),
-        "dmt.parent_version": str(_parent_version(client, name, manifest)),
+        "dmt.config": config_fingerprint(manifest),
+        "dmt.state": state_fingerprint(manifest),
+        "dmt.parent_version": str(_parent_version(client, store, manifest)),
+        "dmt.images_model": images_uri,
     }
     if operation["name"] in ("add-task", "remove-task", "train"):
         key = "dmt.task_removed" if operation["name"] == "remove-task" else "dmt.task_added"
@@ -168,6 +263,95 @@ def register(client: Any, store: Store, version: int, run_id: str) -> str:
     )
     client.set_registered_model_alias(name, CURRENT_ALIAS, registered.version)
     return str(registered.version)
+
+
+def signatures(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The two input forms' signatures: a float32 tensor N×C×H×W of the store's input spec, and
+    a DataFrame column `image` of paths or base64 text; both take the `tasks` param."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+
+    params = ParamSchema([ParamSpec("tasks", "string", "")])
+    shape = (-1, *manifest["input_spec"])
+    return {
+        "array": ModelSignature(Schema([TensorSpec(np.dtype(np.float32), shape)]), None, params),
+        "images": ModelSignature(Schema([ColSpec("string", "image")]), None, params),
+    }
+
+
+def _save_model(
+    destination: Path, snapshot: Path, manifest: dict[str, Any], form: str, images_uri: str
+) -> None:
+    import mlflow.pyfunc
+    import numpy as np
+
+    shape = tuple(manifest["input_spec"])
+    described = {
+        "array": f"float32 N×{'×'.join(map(str, shape))} in [0, 1]; encoded images: {images_uri}",
+        "images": "a DataFrame column 'image' of image paths or base64 text (PNG, JPEG, ...)",
+    }
+    mlflow.pyfunc.save_model(
+        path=str(destination),
+        python_model=str(MODEL_CODE),
+        artifacts={"store": str(snapshot)},
+        signature=signatures(manifest)[form],
+        input_example=np.zeros((1, *shape), dtype=np.float32) if form == "array" else None,
+        metadata={"dmt_input": described[form], "dmt_images_model": images_uri},
+        pip_requirements=_requirements(),
+    )
+
+
+def connect(uri: str, store: Path | None = None) -> Any:
+    """A registry client for `uri`; `store` when `uri` is the store's embedded database (made
+    and migrated first). A server that is down fails in seconds, not after minutes of retries."""
+    import os
+    import sys
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    from mlflow.tracking import MlflowClient
+
+    from dmt_registry.tracking import ensure_embedded_database
+
+    if store is not None:
+        ensure_embedded_database(store, lambda m: print(f"warning: {m}", file=sys.stderr))
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def publish_current(store_path: Path, uri: str, embedded: bool, operation: str) -> Publication:
+    """Publish the store's current version as `dmt register` and `dmt rollback` do: reuse the
+    registry version of its state, or log it in a run of its own (named after `operation`)."""
+    from dmt_registry.tracking import MlflowTracker, reported_call
+    from dmtcore.runinfo import RunInfo
+
+    store = Store.open(store_path)
+    manifest = store.manifest()
+    tracker = MlflowTracker(uri, embedded, register=False)
+    run = RunInfo(
+        operation,
+        [t["name"] for t in manifest["tasks"]],
+        store_path,
+        manifest["name"],
+        manifest["version"],
+        {},
+    )
+
+    def start_run() -> str:
+        tracker.dmt_run_started(run=run)
+        return tracker.run_id
+
+    try:
+        client = reported_call(uri, lambda: connect(uri, store_path if embedded else None))
+        published = reported_call(
+            uri, lambda: publish_version(client, store, manifest["version"], start_run)
+        )
+    except BaseException as exc:
+        tracker.dmt_run_failed(run=run, error=exc)
+        raise
+    if tracker.run_id is not None:
+        reported_call(uri, lambda: tracker.client.set_terminated(tracker.run_id, "FINISHED"))
+    return published
 
 
 def _exists(client: Any, name: str) -> bool:
@@ -185,12 +369,59 @@ def _requirements() -> list[str]:
     return [f"{p}=={importlib.metadata.version(p)}" for p in packages]
 
 
+def check_alias(alias: str) -> None:
+    """Refuse an alias dmt manages (`current`) or MLflow reserves, before anything is changed."""
+    if alias.lower() == CURRENT_ALIAS:
+        raise InvalidValueError(
+            f"--alias {alias!r} is managed by dmt: it follows the store's current version "
+            "(add-task, train, remove-task, rollback and register move it); promote to another "
+            "alias, e.g. --alias production, or 'dmt rollback' to change what current serves"
+        )
+    if alias.lower() == "latest" or re.fullmatch(r"[vV]\d+", alias):
+        raise InvalidValueError(
+            f"--alias {alias!r} is reserved by MLflow ('latest' and v<number>); "
+            "choose another, e.g. production"
+        )
+    if not re.fullmatch(r"[\w-]{1,255}", alias):
+        raise InvalidValueError(
+            f"--alias {alias!r} is not a valid alias: use letters, digits, '_' and '-'"
+        )
+
+
 def promote(client: Any, name: str, version: str, alias: str) -> None:
+    """Point `alias` at registry `version` of model `name`."""
+    check_alias(alias)
     try:
         client.get_model_version(name, str(version))
     except Exception as exc:
-        raise UnknownNameError(f"registered model {name!r} has no version {version}") from exc
+        raise UnknownNameError(
+            f"registered model {name!r} has no version {version} (a registry version; "
+            "for a store version use --store-version)"
+        ) from exc
     client.set_registered_model_alias(name, alias, str(version))
+
+
+def store_version_of(client: Any, name: str, version: str) -> int | None:
+    """The store version registry `version` published (its tag), if it says."""
+    tag = client.get_model_version(name, version).tags.get("dmt.store_version", "")
+    return int(tag) if tag.isdigit() else None
+
+
+def registered_for_store_version(client: Any, name: str, manifest: dict[str, Any]) -> str:
+    """The registry version that publishes the state of store version `manifest`, or an error
+    that lists which store versions were registered."""
+    versions = [v for v in registered_versions(client, name) if "dmt.store_version" in v.tags]
+    found = [v for v in versions if _publishes(v, manifest, manifest["version"])]
+    if found:
+        return str(found[-1].version)
+    listing = ", ".join(
+        f"store {v.tags['dmt.store_version']} = registry {v.version}" for v in versions
+    )
+    raise UnknownNameError(
+        f"store version {manifest['version']} was never registered in model {name!r} "
+        f"(registered: {listing or 'none'}); publish it with 'dmt rollback "
+        f"{manifest['version']}' (rollback publishes), or promote a registry VERSION"
+    )
 
 
 def resolve(client: Any, model_uri: str) -> Any:
@@ -255,7 +486,6 @@ def pull(model_uri: str, tracking_uri: str, destination: Path, registry: Any) ->
 def _verify_artifact(model_uri: str, snapshot: Path, registry: Any) -> None:
     """Refuse a downloaded store that `dmt verify --all` would not call sound. Messages name the
     file inside the model's artifacts, not the temporary download that is gone by then."""
-    from dmtcore.errors import DmtError
     from dmtcore.verify import verify_store
 
     def inside_model(text: str) -> str:

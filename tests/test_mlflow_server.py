@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -137,20 +138,41 @@ def test_models_serve_answers_like_dmt_predict(
         )
         with urllib.request.urlopen(request, timeout=60) as response:
             served = json.loads(response.read())["predictions"]
-        png = tmp_path / "first.png"
-        Image.fromarray((batch[0, 0] * 255).astype(np.uint8)).save(png)
-        encoded = base64.b64encode(png.read_bytes()).decode()
-        request = urllib.request.Request(
+        unknown = urllib.request.Request(
             f"http://127.0.0.1:{port}/invocations",
-            data=json.dumps(
-                {"dataframe_split": {"columns": ["image"], "data": [[encoded]]}}
-            ).encode(),
+            data=json.dumps({"inputs": batch.tolist(), "params": {"tasks": "x"}}).encode(),
             headers={"Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            served_png = json.loads(response.read())["predictions"]
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(unknown, timeout=60)
+        assert refused.value.code == 400
+        answer = json.loads(refused.value.read())
+        assert answer["message"].startswith("unknown task 'x' in this store.")
     finally:
         stop(process)
+    # Encoded images go to the same version's images model (its own schema): through the
+    # scoring server's request handling, in-process.
+    import mlflow.pyfunc
+    from mlflow.pyfunc import scoring_server
+    from mlflow.tracking import MlflowClient
+
+    png = tmp_path / "first.png"
+    Image.fromarray((batch[0, 0] * 255).astype(np.uint8)).save(png)
+    encoded = base64.b64encode(png.read_bytes()).decode()
+    registry = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    images_uri = registry.get_model_version_by_alias("store", "current").tags["dmt.images_model"]
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        images_model = mlflow.pyfunc.load_model(images_uri)
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    answer = scoring_server.invocations(
+        json.dumps({"dataframe_split": {"columns": ["image"], "data": [[encoded]]}}),
+        "application/json",
+        images_model,
+        images_model.metadata.get_input_schema(),
+    )
+    served_png = json.loads(answer.response)["predictions"]
     np.save(tmp_path / "batch.npy", batch)
     expected = predict_json(run_cli, store_copy, tmp_path / "batch.npy")
     from_png = predict_json(run_cli, store_copy, png)

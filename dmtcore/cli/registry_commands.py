@@ -45,6 +45,37 @@ def tracking_uri_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def publication_payload(published: Any, uri: str) -> dict[str, Any]:
+    return {
+        "model": published.model,
+        "version": published.version,
+        "store_version": published.store_version,
+        "registered_store_version": published.registered_store_version,
+        "created": published.created,
+        "alias_moved": published.alias_moved,
+        "previous": published.previous,
+        "tracking_uri": uri,
+    }
+
+
+def describe_publication(published: Any) -> str:
+    """One line: which registry version now serves as `current`, and whether it is new."""
+    where = f"models:/{published.model}/{published.version}"
+    if published.created:
+        return f"Registered store version {published.store_version} as {where} (alias current)"
+    moved = (
+        f"alias current moved to it from version {published.previous}"
+        if published.alias_moved and published.previous
+        else "alias current now points at it"
+        if published.alias_moved
+        else "alias current already points at it"
+    )
+    return (
+        f"Store version {published.store_version} is already registered as {where} (registered "
+        f"for store version {published.registered_store_version}; not registered again); {moved}"
+    )
+
+
 @cli.command()
 @store_option
 @tracking_uri_option
@@ -52,77 +83,76 @@ def tracking_uri_option(f: Callable[..., Any]) -> Callable[..., Any]:
 def register(store: Path, tracking_uri: str | None, as_json: bool) -> None:
     """Publish the store's current version to the Model Registry (e.g. after --no-register).
 
-    Logs it in a run of its own, tags it, and points the alias 'current' at it.
+    Logs it in a run of its own, tags it, and points the alias 'current' at it. A version whose
+    state is already registered (registered before, or rolled back to) is not registered twice:
+    'current' moves to the existing registry version.
     """
-    from dmt_registry.publish import model_name
-    from dmt_registry.publish import register as publish
-    from dmtcore.runinfo import RunInfo
+    from dmt_registry.publish import publish_current
 
-    opened = Store.open(store)
-    manifest = opened.manifest()
     uri, embedded = resolve_tracking_uri(store, tracking_uri)
-    from dmt_registry.tracking import MlflowTracker, reported_call
-
-    tracker = MlflowTracker(uri, embedded, register=False)
-    run = RunInfo(
-        "register",
-        [t["name"] for t in manifest["tasks"]],
-        store,
-        manifest["name"],
-        manifest["version"],
-        {},
-    )
-    tracker.dmt_run_started(run=run)
-    try:
-        version = reported_call(
-            uri, lambda: publish(tracker.client, opened, manifest["version"], tracker.run_id)
-        )
-    except BaseException as exc:
-        tracker.dmt_run_failed(run=run, error=exc)
-        raise
-    tracker.client.set_terminated(tracker.run_id, "FINISHED")
-    name = model_name(manifest)
+    published = publish_current(store, uri, embedded, "register")
     emit(
         as_json,
-        {
-            "model": name,
-            "version": version,
-            "store_version": manifest["version"],
-            "tracking_uri": uri,
-        },
-        lambda: click.echo(
-            f"Registered store version {manifest['version']} as models:/{name}/{version} (alias current)"
-        ),
+        publication_payload(published, uri),
+        lambda: click.echo(describe_publication(published)),
     )
 
 
 @cli.command()
-@click.argument("version")
-@click.option("--alias", required=True, help="Alias to point at VERSION, e.g. production.")
+@click.argument("version", required=False, type=click.IntRange(min=1))
+@click.option(
+    "--store-version",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Promote the registry version that publishes this STORE version instead.",
+)
+@click.option("--alias", required=True, help="Alias to point at the version, e.g. production.")
 @store_option
 @click.option("--model-name", default=None, help="[default: the store's registered model]")
 @tracking_uri_option
 @json_option
 def promote(
-    version: str,
+    version: int | None,
+    store_version: int | None,
     alias: str,
     store: Path,
     model_name: str | None,
     tracking_uri: str | None,
     as_json: bool,
 ) -> None:
-    """Point ALIAS of the registered model at VERSION (aliases only: stages are deprecated)."""
+    """Point ALIAS of the registered model at a version (aliases only: stages are deprecated).
+
+    VERSION is a registry version, the N of models:/NAME/N, which differs from store version
+    numbers; or give --store-version N for the registry version that publishes store version
+    N. The alias 'current' is dmt's own: it follows the store's current version.
+    """
+    from dmt_registry.publish import check_alias, registered_for_store_version, store_version_of
     from dmt_registry.publish import model_name as store_model_name
     from dmt_registry.publish import promote as set_alias
     from dmt_registry.tracking import reported_call
 
+    if (version is None) == (store_version is None):
+        raise click.UsageError(
+            "give either a registry VERSION (models:/NAME/VERSION) or --store-version N"
+        )
+    check_alias(alias)
     name = model_name or store_model_name(Store.open(store).manifest())
     client, uri = _registry_client(store, tracking_uri)
-    reported_call(uri, lambda: set_alias(client, name, version, alias))
+    if store_version is not None:
+        manifest = Store.open(store).manifest(store_version)
+        found = reported_call(uri, lambda: registered_for_store_version(client, name, manifest))
+        version = int(found)
+    reported_call(uri, lambda: set_alias(client, name, str(version), alias))
+    published = store_version or reported_call(
+        uri, lambda: store_version_of(client, name, str(version))
+    )
+    of_store = f" (store version {published})" if published else ""
     emit(
         as_json,
-        {"model": name, "version": version, "alias": alias},
-        lambda: click.echo(f"models:/{name}@{alias} now points at version {version}"),
+        {"model": name, "version": version, "store_version": published, "alias": alias},
+        lambda: click.echo(
+            f"models:/{name}@{alias} now points at registry version {version}{of_store}"
+        ),
     )
 
 

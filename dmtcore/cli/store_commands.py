@@ -307,21 +307,84 @@ def verify(store: Path, every_version: bool, plugins: tuple[str, ...], as_json: 
 @cli.command()
 @click.argument("version", type=int)
 @store_option
+@click.option(
+    "--tracking-uri",
+    envvar="MLFLOW_TRACKING_URI",
+    default=None,
+    help="MLflow tracking and registry URI [default: sqlite database inside the store].",
+)
+@click.option(
+    "--no-tracking",
+    "--no-register",
+    "no_tracking",
+    is_flag=True,
+    help="Do not publish the rolled-back state to the Model Registry (alias current stays).",
+)
 @json_option
-def rollback(version: int, store: Path, as_json: bool) -> None:
-    """Make an earlier VERSION current again (as a new version: history is never rewritten)."""
+def rollback(
+    version: int, store: Path, tracking_uri: str | None, no_tracking: bool, as_json: bool
+) -> None:
+    """Make an earlier VERSION current again (as a new version: history is never rewritten).
+
+    The new current version is published: the alias 'current' of the registered model moves to
+    the registry version of VERSION's state (registered anew only if it never was).
+    """
+    from dmtcore.cli.common import resolve_tracking_uri
+
     opened = Store.open(store)
     manifest = _rollback_target(opened, version)
+    tracking = None if no_tracking else resolve_tracking_uri(store, tracking_uri)
     with opened.writer(f"rollback {version}"):
         manifest["operation"] = {"name": "rollback", "tasks": [], "to_version": version}
         new_version = opened.commit(manifest)
+    published, not_published = _publish_rollback(store, manifest, tracking)
     emit(
         as_json,
-        {"store": str(store), "version": new_version, "rolled_back_to": version},
+        {
+            "store": str(store),
+            "version": new_version,
+            "rolled_back_to": version,
+            "published": published,
+            "not_published": not_published,
+        },
         lambda: click.echo(
-            f"Rolled back to version {version}; the store is now at version {new_version}"
+            f"Rolled back to version {version}; the store is now at version {new_version}\n"
+            + (_published_line(published) if published else f"Not published: {not_published}")
         ),
     )
+
+
+def _publish_rollback(
+    store: Path, manifest: dict[str, Any], tracking: tuple[str, bool] | None
+) -> tuple[dict[str, Any] | None, str | None]:
+    """Publish the rolled-back state as the registered model's current version: (what was
+    published, None), or (None, why not and how to). The version is committed either way: a
+    registry that fails is a warning, as after add-task."""
+    how = f"publish it with 'dmt register --store {store}'"
+    if tracking is None:
+        return None, f"--no-tracking; alias current is unchanged, {how}"
+    if not manifest["tasks"]:
+        return None, "the store has no tasks at this version; alias current is unchanged"
+    from dmt_registry.publish import publish_current
+    from dmtcore.cli.registry_commands import publication_payload
+    from dmtcore.errors import DmtError
+
+    uri, embedded = tracking
+    try:
+        published = publish_current(store, uri, embedded, "rollback")
+    except DmtError as exc:
+        return None, f"the rollback is committed, but publishing it failed: {exc}; {how}"
+    return publication_payload(published, uri), None
+
+
+def _published_line(published: dict[str, Any]) -> str:
+    where = f"models:/{published['model']}/{published['version']}"
+    if published["created"]:
+        return f"Published as {where} (alias current)"
+    state = f"registered for store version {published['registered_store_version']}"
+    if not published["alias_moved"]:
+        return f"Published: alias current already points at {where} ({state})"
+    return f"Published: alias current now points at {where} ({state}; same state, not registered again)"
 
 
 def _rollback_target(store: Store, version: int) -> dict[str, Any]:
