@@ -21,6 +21,7 @@ import json
 import re
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -291,15 +292,21 @@ def _save_model(
         "array": f"float32 N×{'×'.join(map(str, shape))} in [0, 1]; encoded images: {images_uri}",
         "images": "a DataFrame column 'image' of image paths or base64 text (PNG, JPEG, ...)",
     }
-    mlflow.pyfunc.save_model(
-        path=str(destination),
-        python_model=str(MODEL_CODE),
-        artifacts={"store": str(snapshot)},
-        signature=signatures(manifest)[form],
-        input_example=np.zeros((1, *shape), dtype=np.float32) if form == "array" else None,
-        metadata={"dmt_input": described[form], "dmt_images_model": images_uri},
-        pip_requirements=_requirements(),
-    )
+    with warnings.catch_warnings():
+        # An example for the images model would be a whole encoded image in every version;
+        # its signature is explicit, so MLflow's advice to log one is only noise.
+        warnings.filterwarnings(
+            "ignore", message=".*An input example was not provided", category=UserWarning
+        )
+        mlflow.pyfunc.save_model(
+            path=str(destination),
+            python_model=str(MODEL_CODE),
+            artifacts={"store": str(snapshot)},
+            signature=signatures(manifest)[form],
+            input_example=np.zeros((1, *shape), dtype=np.float32) if form == "array" else None,
+            metadata={"dmt_input": described[form], "dmt_images_model": images_uri},
+            pip_requirements=_requirements(),
+        )
 
 
 def connect(uri: str, store: Path | None = None) -> Any:
