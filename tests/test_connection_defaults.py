@@ -5,7 +5,6 @@ the value used and its source are recorded in the version and the MLflow run."""
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -25,11 +24,11 @@ FIXTURE = Path(__file__).parent / "fixtures" / "stores_format1"
 # (kind, optimizer) -> the multiplier a store created with the defaults trains its connections at
 DEFAULTS = {
     ("nddr", "sgd"): 100.0,
-    ("nddr", "adam"): 10.0,
+    ("nddr", "adam"): 1.0,
     ("nddr-shortcut", "sgd"): 100.0,
-    ("nddr-shortcut", "adam"): 10.0,
+    ("nddr-shortcut", "adam"): 1.0,
     ("cross-stitch", "sgd"): 100.0,
-    ("cross-stitch", "adam"): 10.0,
+    ("cross-stitch", "adam"): 1.0,
     ("ttc", "sgd"): 10.0,
     ("ttc", "adam"): 10.0,
 }
@@ -94,14 +93,14 @@ def test_explicit_settings_win_in_order(host) -> None:
 
 def test_bad_lr_mult_option_is_refused_before_init_writes(tmp_path: Path, run_cli) -> None:
     store = tmp_path / "s"
-    for value in ("fast", "0", "-3", "true"):
+    for typed, shown in (("fast", "'fast'"), ("0", "0"), ("-3", "-3"), ("true", "True")):
         result = run_cli(
             "init", "--store", store, "--connection", "nddr",
-            "--connection-option", f"lr_mult={value}", expect=11,
+            "--connection-option", f"lr_mult={typed}", expect=11,
         )  # fmt: skip
         assert result.stderr.strip().splitlines() == [
             "Error: connection kind 'nddr' option 'lr_mult' must be a positive number or "
-            f"'auto' (per optimiser: sgd 100, adam 10), got {json.loads(value) if value != 'fast' else value!r}"
+            f"'auto' (per optimiser: sgd 100, adam 1), got {shown}"
         ]
         assert not store.exists()
 
@@ -118,7 +117,7 @@ def test_the_version_and_mlflow_run_record_the_multiplier_used(
     run_cli("remove-task", "toy.bright", *args, "--no-tracking")
     run_cli("add-task", "toy.bright", *args)
     manifest = Store.open(store).manifest()
-    assert manifest["operation"]["connection_lr_mult"] == {"value": 10.0, "source": "default"}
+    assert manifest["operation"]["connection_lr_mult"] == {"value": 1.0, "source": "default"}
     client = MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
     runs = client.search_runs(
         client.get_experiment_by_name("store").experiment_id, order_by=["attributes.start_time"]
@@ -126,7 +125,7 @@ def test_the_version_and_mlflow_run_record_the_multiplier_used(
     recorded = [
         (r.data.params["optimizer"], r.data.params["connection_lr_mult.value"]) for r in runs
     ]
-    assert recorded == [("sgd", "100.0"), ("adam", "10.0")]
+    assert recorded == [("sgd", "100.0"), ("adam", "1.0")]
     assert {r.data.params["connection_lr_mult.source"] for r in runs} == {"default"}
 
 
@@ -147,9 +146,9 @@ def test_an_old_store_keeps_its_stored_multiplier(host, tmp_path: Path) -> None:
     assert rates == pytest.approx([0.1]) and record == {"value": 100.0, "source": "store"}
     assert stored_lr_mult_note(model, adam) == (
         "note: this store's nddr connections learn at x100 (its lr_mult option, the value for "
-        "another optimiser); under adam nddr now defaults to x10: pass --connection-lr-mult 10 "
+        "another optimiser); under adam nddr now defaults to x1: pass --connection-lr-mult 1 "
         "to use it"
     )
     assert stored_lr_mult_note(model, TrainSettings(optimizer="sgd")) is None
-    assert stored_lr_mult_note(model, TrainSettings(connection_lr_mult=10.0)) is None
+    assert stored_lr_mult_note(model, TrainSettings(connection_lr_mult=1.0)) is None
     assert fingerprint(store_path) == before

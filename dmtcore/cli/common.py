@@ -124,7 +124,7 @@ def train_options(default_epochs: int) -> Callable[[Callable[..., Any]], Callabl
             show_default=True,
             help="sgd: momentum 0.9, as in the papers. Each connection kind's default "
             "learning-rate multiplier follows it (nddr, nddr-shortcut, cross-stitch: x100 with "
-            "sgd as the papers tuned it, x10 with adam; ttc: x10).",
+            "sgd as the papers tuned it, x1 with adam; ttc: x10 with both).",
         ),
         click.option(
             "--connection-lr-mult",
