@@ -1,5 +1,5 @@
 """Each connection kind's learning-rate multiplier follows the optimiser a command uses: the
-papers' ×100 for nddr and cross-stitch with SGD, a measured value with Adam; an explicit
+papers' ×100 for nddr with SGD, a measured ×1 with Adam; an explicit
 `--connection-lr-mult` beats a number in the store's options, which beats the kind's default;
 the value used and its source are recorded in the version and the MLflow run."""
 
@@ -28,7 +28,7 @@ DEFAULTS = {
     ("nddr-shortcut", "sgd"): 100.0,
     ("nddr-shortcut", "adam"): 1.0,
     ("cross-stitch", "sgd"): 100.0,
-    ("cross-stitch", "adam"): 1.0,
+    ("cross-stitch", "adam"): 100.0,
     ("ttc", "sgd"): 10.0,
     ("ttc", "adam"): 10.0,
 }
@@ -110,7 +110,7 @@ def test_the_version_and_mlflow_run_record_the_multiplier_used(
 ) -> None:
     plugin = write_plugin("toy", toy_plugin())
     store = new_store_dir
-    run_cli("init", "--store", store, "--connection", "cross-stitch", "-p", plugin)
+    run_cli("init", "--store", store, "--connection", "nddr", "-p", plugin)
     assert Store.open(store).manifest()["connection"]["options"]["lr_mult"] == "auto"
     args = ("--store", store, "-p", plugin, "--epochs", "1", "--no-register")
     run_cli("add-task", "toy.bright", *args, "--optimizer", "sgd")

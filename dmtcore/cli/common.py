@@ -123,8 +123,8 @@ def train_options(default_epochs: int) -> Callable[[Callable[..., Any]], Callabl
             default="adam",
             show_default=True,
             help="sgd: momentum 0.9, as in the papers. Each connection kind's default "
-            "learning-rate multiplier follows it (nddr, nddr-shortcut, cross-stitch: x100 with "
-            "sgd as the papers tuned it, x1 with adam; ttc: x10 with both).",
+            "learning-rate multiplier follows it: nddr and nddr-shortcut x100 with sgd (the "
+            "paper's), x1 with adam; cross-stitch x100 and ttc x10 with both (as measured).",
         ),
         click.option(
             "--connection-lr-mult",
