@@ -42,7 +42,7 @@ from dmtcore.progress import Stage
 from dmtcore.runinfo import RunInfo, RunResult
 from dmtcore.store import Store
 from dmtcore.taskspec import DataRequest, TaskSpec, higher_is_better
-from dmtcore.training import FitResult, Target, TrainSettings, fit
+from dmtcore.training import FitResult, Target, TrainSettings, connection_lr_mult_params, fit
 
 DEFAULT_BACKBONE = "dmt-cnn"
 DEFAULT_CONNECTION = "ttc"
@@ -344,6 +344,7 @@ def _train_tasks(
     group = frozenset(names)
     model.configure_training(TrainingPlan(group, group, group))
     params = {"tasks": ",".join(names), **asdict(settings), "device": str(device)}
+    params.update(connection_lr_mult_params(model, settings))
     params["processes"] = world.size
     run = _run_info(operation, names, store, manifest, params)
 
@@ -401,6 +402,7 @@ def _operation(
         "metrics": metrics,
         "feature_cache": result.feature_cache if result else {},
         "bn_recalibrated": result.bn_recalibrated if result else False,
+        "connection_lr_mult": result.connection_lr_mult if result else None,
     }
 
 
@@ -552,7 +554,12 @@ def remove_task(
             [name],
             store,
             manifest,
-            {"task": name, **asdict(settings), "device": str(device)},
+            {
+                "task": name,
+                **asdict(settings),
+                "device": str(device),
+                **connection_lr_mult_params(model, settings),
+            },
         )
 
         def work() -> tuple[dict[str, Any], dict[str, dict[str, float]]]:

@@ -18,6 +18,13 @@ from dmtcore.taskspec import TaskSpec
 # The connection option every kind accepts: fuse the last stage's features of a task's sources
 # into its head (DMT Table 6, "layer 6 to layer 7"). A manifest without it does not fuse.
 HEAD_FUSION = "head_fusion"
+# The `lr_mult` option value that defers a connection kind's learning-rate multiplier to the
+# optimiser a training command uses (`ConnectionKind.lr_mult_by_optimizer`).
+AUTO_LR_MULT = "auto"
+# The optimiser a multiplier of "auto" stands for where no training command names one (a layer
+# built to check options, to predict, or for a caller's own loop): the papers' optimiser, so a
+# layer on its own carries its paper's multiplier. `fit` sets the one for its optimiser.
+NOMINAL_OPTIMIZER = "sgd"
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,10 @@ class ConnectionKind:
     head_fusion_default: Callable[[str, dict[str, Any]], bool] | None = field(
         default=None, repr=False
     )
+    # The connection weights' learning-rate multiplier per optimiser ({"sgd": 100, "adam": 1}),
+    # for kinds whose papers tuned it for one optimiser. The kind's `lr_mult` option may then be
+    # "auto" (its default): training resolves it from --optimizer, see `lr_mult_for`.
+    lr_mult_by_optimizer: dict[str, float] = field(default_factory=dict)
 
     def resolve_options(
         self,
@@ -61,7 +72,8 @@ class ConnectionKind:
         backbone_options: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """The kind's options plus `head_fusion`, whose default depends on the column the
-        store uses (`backbone`): the paper's pairing fuses, anything else does not."""
+        store uses (`backbone`): the paper's pairing fuses, anything else does not. `lr_mult`
+        may be "auto" where the kind has a multiplier per optimiser."""
         rule = self.head_fusion_default
         fuse = (
             rule is not None
@@ -69,7 +81,53 @@ class ConnectionKind:
             and bool(rule(backbone, backbone_options or {}))
         )
         defaults = {**self.default_options, HEAD_FUSION: fuse}
-        return _resolve("connection kind", self.name, defaults, given)
+        given = dict(given or {})
+        per_optimizer = self.lr_mult_by_optimizer and "lr_mult" in self.default_options
+        lr_mult = given.pop("lr_mult", None) if per_optimizer else None
+        options = _resolve("connection kind", self.name, defaults, given)
+        if lr_mult is not None:
+            options["lr_mult"] = self._checked_lr_mult(lr_mult)
+        return options
+
+    def _checked_lr_mult(self, value: Any) -> float | str:
+        """'auto', or a positive finite number (as a float)."""
+        if value == AUTO_LR_MULT:
+            return AUTO_LR_MULT
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not (number and math.isfinite(value) and value > 0):
+            raise InvalidValueError(
+                f"connection kind {self.name!r} option 'lr_mult' must be a positive number or "
+                f"{AUTO_LR_MULT!r} (per optimiser: {_per_optimizer(self.lr_mult_by_optimizer)}), "
+                f"got {value!r}"
+            )
+        return float(value)
+
+    def lr_mult_for(self, options: dict[str, Any], optimizer: str) -> tuple[float | None, str]:
+        """The multiplier the store's `options` give under `optimizer`, and where it comes from:
+        'store' (a number in the store's options: set at `dmt init`, or written by a release
+        before per-optimiser defaults, which keeps training its stores as it did), 'default'
+        (option "auto": the kind's value for this optimiser), or 'none' (no such option)."""
+        value = options.get("lr_mult")
+        if value is None:
+            return None, "none"
+        if value != AUTO_LR_MULT:
+            return float(value), "store"
+        return auto_lr_mult(self.lr_mult_by_optimizer, optimizer), "default"
+
+
+def auto_lr_mult(by_optimizer: dict[str, float], optimizer: str = NOMINAL_OPTIMIZER) -> float:
+    """The multiplier for `optimizer`; one the kind does not list gets its first value."""
+    return float(by_optimizer.get(optimizer, next(iter(by_optimizer.values()))))
+
+
+def concrete_lr_mult(value: Any, by_optimizer: dict[str, float]) -> float:
+    """A stored `lr_mult` as a number to build a layer with: "auto" is the value for the
+    papers' optimiser (training sets the one for its optimiser on the parameter groups)."""
+    return auto_lr_mult(by_optimizer) if value == AUTO_LR_MULT else float(value)
+
+
+def _per_optimizer(by_optimizer: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:g}" for name, value in by_optimizer.items())
 
 
 def split_head_fusion(options: dict[str, Any]) -> tuple[bool, dict[str, Any]]:

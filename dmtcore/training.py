@@ -145,6 +145,50 @@ class FitResult:
     epochs: list[EpochReport]
     feature_cache: dict[str, Any] = field(default_factory=dict)  # empty when not used
     bn_recalibrated: bool = False  # BatchNorm statistics re-estimated before each validation
+    # The connections' learning-rate multiplier as trained, and its source (connection_lr_mult).
+    connection_lr_mult: dict[str, Any] = field(default_factory=dict)
+
+
+def connection_lr_mult(model: Any, settings: TrainSettings) -> dict[str, Any]:
+    """The multiplier the connection weights learn at, and why: `--connection-lr-mult`
+    ('option') over a number in the store's connection options ('store', set at `dmt init`)
+    over the kind's default for `settings.optimizer` ('default'); 'none' for a model without
+    connection options (hard sharing, or a kind with no `lr_mult`). The store's options are
+    fixed at init while the optimiser is chosen per command: hence resolved here, per run."""
+    if settings.connection_lr_mult is not None:
+        return {"value": float(settings.connection_lr_mult), "source": "option"}
+    kind = getattr(model, "connection", None)
+    if kind is None:
+        return {"value": None, "source": "none"}
+    value, source = kind.lr_mult_for(model.connection_options, settings.optimizer)
+    return {"value": value, "source": source}
+
+
+def stored_lr_mult_note(model: Any, settings: TrainSettings) -> str | None:
+    """A note when the store's own `lr_mult` is the kind's value for another optimiser (stores
+    written before per-optimiser defaults say 100, the papers' SGD value, for nddr and
+    cross-stitch): they keep it, so that a store goes on training as it did, and the note
+    says how to use the multiplier measured for this optimiser instead."""
+    kind = getattr(model, "connection", None)
+    per_optimizer = getattr(kind, "lr_mult_by_optimizer", None)
+    if settings.connection_lr_mult is not None or not per_optimizer:
+        return None
+    value, source = kind.lr_mult_for(model.connection_options, settings.optimizer)
+    own = per_optimizer.get(settings.optimizer)
+    others = {v for k, v in per_optimizer.items() if k != settings.optimizer}
+    if source != "store" or own is None or value == own or value not in others:
+        return None
+    return (
+        f"note: this store's {kind.name} connections learn at x{value:g} (its lr_mult option, "
+        f"the value for another optimiser); under {settings.optimizer} {kind.name} now defaults "
+        f"to x{own:g}: pass --connection-lr-mult {own:g} to use it"
+    )
+
+
+def connection_lr_mult_params(model: Any, settings: TrainSettings) -> dict[str, Any]:
+    """`connection_lr_mult` as flat run parameters (MLflow), next to the settings'."""
+    resolved = connection_lr_mult(model, settings)
+    return {f"connection_lr_mult.{key}": value for key, value in resolved.items()}
 
 
 def _turns(
@@ -219,6 +263,9 @@ def fit(
         warning = few_steps_warning(target, settings)
         if warning:
             notify(warning)
+    note = stored_lr_mult_note(model, settings)
+    if note:
+        notify(note)
     if settings.precision == "bf16" and device.type == "cpu" and not cpu_has_bf16():
         notify(
             "warning: --precision bf16 on a CPU without bfloat16 instructions "
@@ -274,13 +321,7 @@ def _fit(
     notify: Callable[[str], None],
     bars: contextlib.ExitStack,
 ) -> FitResult:
-    groups = model.param_groups(settings.connection_lr_mult)
-    optimizer = OPTIMIZERS[settings.optimizer](
-        [
-            {"params": g.params, "lr": settings.lr * g.lr_mult, "weight_decay": g.weight_decay}
-            for g in groups
-        ]
-    )
+    optimizer, lr_mult = make_optimizer(model, settings)
     names = [t.spec.name for t in targets]
     losses = {t.spec.name: loss_function(t.spec.loss) for t in targets}
     step_model = wrap(model, world, device)
@@ -372,7 +413,26 @@ def _fit(
     model.load_trained_state(best_state)
     model.eval()
     crash_point("fitted")
-    return FitResult(best[0], best[1], reports, bn_recalibrated=recalibrates)
+    return FitResult(
+        best[0], best[1], reports, bn_recalibrated=recalibrates, connection_lr_mult=lr_mult
+    )
+
+
+def make_optimizer(
+    model: Trainable, settings: TrainSettings
+) -> tuple[torch.optim.Optimizer, dict[str, Any]]:
+    """The optimiser over the model's trained parameters, each group at the base learning rate
+    times its multiplier (the connections' as `connection_lr_mult` resolves it), and that
+    resolution, for the record."""
+    lr_mult = connection_lr_mult(model, settings)
+    groups = model.param_groups(lr_mult["value"])
+    optimizer = OPTIMIZERS[settings.optimizer](
+        [
+            {"params": g.params, "lr": settings.lr * g.lr_mult, "weight_decay": g.weight_decay}
+            for g in groups
+        ]
+    )
+    return optimizer, lr_mult
 
 
 def _run_bar(targets: list[Target], settings: TrainSettings, world: World) -> tqdm:

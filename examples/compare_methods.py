@@ -68,13 +68,23 @@ def starve(host: PluginHost, task: str, samples: int, seed: int) -> PluginHost:
 
 
 def run_dmt_store(
-    host: PluginHost, kind: str, spec: InputSpec, tasks: list[str], settings: TrainSettings
+    host: PluginHost,
+    kind: str,
+    spec: InputSpec,
+    tasks: list[str],
+    settings: TrainSettings,
+    sequential: bool = False,
 ) -> dict[str, float]:
+    """Train `tasks` into a fresh store of `kind`: jointly, or one add-task after another
+    (each new column reading the frozen earlier ones, DMT's incremental way)."""
     with tempfile.TemporaryDirectory() as folder:
         store = Path(folder) / "store"
         init_store(store, host, spec, connection=kind)
-        result = train_tasks(store, tasks, host, settings, notify=lambda message: None)
-    return {t: result.metrics[t][host.registry.tasks[t].primary_metric] for t in tasks}
+        scores = {}
+        for group in [[t] for t in tasks] if sequential else [tasks]:
+            result = train_tasks(store, group, host, settings, notify=lambda message: None)
+            scores.update({t: result.metrics[t] for t in group})
+    return {t: scores[t][host.registry.tasks[t].primary_metric] for t in tasks}
 
 
 def run_hard_sharing(
@@ -89,7 +99,15 @@ def run_hard_sharing(
     return {s.name: result.metrics[s.name][s.primary_metric] for s in specs}
 
 
-def main() -> None:
+def _names(text: str, valid: Any, what: str) -> list[str]:
+    names = [n for n in text.split(",") if n]
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise SystemExit(f"unknown {what} {unknown[0]!r}; valid: {', '.join(valid)}")
+    return names
+
+
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument(
@@ -98,44 +116,96 @@ def main() -> None:
     parser.add_argument(
         "--quick", action="store_true", help="digits, full data, 1 epoch (a smoke test)"
     )
+    parser.add_argument("--groups", default=",".join(GROUPS), help="comma-separated task groups")
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated methods")
+    parser.add_argument("--settings", default="full,starved", help="full, starved or both")
+    parser.add_argument("--seeds", default="0", help="comma-separated seeds (one run per seed)")
+    parser.add_argument("--optimizer", default="adam", choices=("adam", "sgd"))
+    parser.add_argument(
+        "--lr-mults",
+        default="",
+        help="comma-separated connection LR multipliers: each connected method runs once per "
+        "value (a sweep); default: each kind's own default for the optimiser",
+    )
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="add the tasks one at a time (add-task) instead of jointly; MT is skipped",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     epochs = 1 if args.quick else args.epochs
-    groups = {"digits": GROUPS["digits"]} if args.quick else GROUPS
-    settings_to_run = ("full",) if args.quick else ("full", "starved")
-    settings = TrainSettings(epochs=epochs, batch_size=64, seed=0)
+    groups = {
+        g: GROUPS[g] for g in (["digits"] if args.quick else _names(args.groups, GROUPS, "group"))
+    }
+    settings_to_run = (
+        ("full",) if args.quick else tuple(_names(args.settings, ("full", "starved"), "setting"))
+    )
+    methods = _names(args.methods, METHODS, "method")
+    if args.sequential:
+        methods = [m for m in methods if METHODS[m] is not None]
+    mults: list[float | None] = [float(m) for m in args.lr_mults.split(",") if m] or [None]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
     host = create_plugin_host()
     results: list[dict[str, Any]] = []
     for group, (spec, tasks) in groups.items():
         for setting in settings_to_run:
             setting_host = host if setting == "full" else starve(host, tasks[-1], args.starved, 0)
-            for method, kind in METHODS.items():
-                started = time.perf_counter()
-                if kind is None:
-                    scores = run_hard_sharing(setting_host, spec, tasks, settings)
-                else:
-                    scores = run_dmt_store(setting_host, kind, spec, tasks, settings)
-                seconds = time.perf_counter() - started
-                results.append(
-                    {
-                        "group": group,
-                        "setting": setting,
-                        "method": method,
-                        "scores": scores,
-                        "seconds": seconds,
-                    }
-                )
-                print(
-                    f"{group:7} {setting:8} {method:13} "
-                    + "  ".join(f"{t} {v:.3f}" for t, v in scores.items())
-                    + f"  ({seconds:.0f}s)",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            for method in methods:
+                kind = METHODS[method]
+                for mult in mults if kind not in (None, "none") else [None]:
+                    for seed in seeds:
+                        settings = TrainSettings(
+                            epochs=epochs,
+                            batch_size=64,
+                            seed=seed,
+                            optimizer=args.optimizer,
+                            connection_lr_mult=mult,
+                        )
+                        started = time.perf_counter()
+                        if kind is None:
+                            scores = run_hard_sharing(setting_host, spec, tasks, settings)
+                        else:
+                            scores = run_dmt_store(
+                                setting_host, kind, spec, tasks, settings, args.sequential
+                            )
+                        seconds = time.perf_counter() - started
+                        label = method if mult is None else f"{method} x{mult:g}"
+                        results.append(
+                            {
+                                "group": group,
+                                "setting": setting,
+                                "method": label,
+                                "lr_mult": mult,
+                                "seed": seed,
+                                "scores": scores,
+                                "seconds": seconds,
+                            }
+                        )
+                        print(
+                            f"{group:7} {setting:8} {label:18} seed {seed} "
+                            + "  ".join(f"{t} {v:.3f}" for t, v in scores.items())
+                            + f"  ({seconds:.0f}s)",
+                            file=sys.stderr,
+                            flush=True,
+                        )
     print_table(results, groups, settings_to_run, args.starved)
     if args.json:
         args.json.write_text(
-            json.dumps({"epochs": epochs, "starved": args.starved, "results": results}, indent=2)
+            json.dumps(
+                {
+                    "epochs": epochs,
+                    "starved": args.starved,
+                    "optimizer": args.optimizer,
+                    "sequential": args.sequential,
+                    "results": results,
+                },
+                indent=2,
+            )
         )
 
 
@@ -149,6 +219,7 @@ def print_table(
             print(f"\n{group} {spec}, {setting} data{note}: validation primary metric")
             header = ["method", *tasks, "mean"]
             widths = [max(len(h), 13) for h in header]
+            widths[0] = 22
             print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
             best = {t: max(r["scores"][t] for r in rows) for t in tasks}
             for row in rows:
@@ -160,10 +231,14 @@ def print_table(
                 cells.append(f"{sum(values) / len(values):.3f}")
                 print(
                     "  ".join(
-                        c.ljust(w) for c, w in zip([row["method"], *cells], widths, strict=True)
+                        c.ljust(w) for c, w in zip([_label(row), *cells], widths, strict=True)
                     )
                 )
     print("\n* best in its column")
+
+
+def _label(row: dict[str, Any]) -> str:
+    return row["method"] + (f" s{row['seed']}" if row.get("seed") else "")
 
 
 if __name__ == "__main__":

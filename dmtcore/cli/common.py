@@ -138,13 +138,17 @@ def train_options(default_epochs: int) -> Callable[[Callable[..., Any]], Callabl
             type=click.Choice(["adam", "sgd"]),
             default="adam",
             show_default=True,
-            help="sgd: momentum 0.9, as in the papers (their connection LR multipliers assume it).",
+            help="sgd: momentum 0.9, as in the papers. Each connection kind's default "
+            "learning-rate multiplier follows it: nddr and nddr-shortcut x100 with sgd (the "
+            "paper's), x1 with adam; cross-stitch x100 and ttc x10 with both (as measured).",
         ),
         click.option(
             "--connection-lr-mult",
             type=float,
             default=None,
-            help="Learning-rate multiplier of connection weights [default: the kind's own].",
+            help="Learning-rate multiplier of connection weights, over the store's lr_mult "
+            "option [default: the store's lr_mult if a number, else (auto) the kind's value "
+            "for --optimizer]. The value used is recorded in the version and the MLflow run.",
         ),
         click.option(
             "--balance",

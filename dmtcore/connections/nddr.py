@@ -6,7 +6,11 @@ and projects K·C channels back to C with a 1×1 convolution (weight decay on it
 ReLU as in the authors' code. The diagonal initialisation (§4.1) puts α on the own block's
 diagonal and spreads β evenly over the other sources' diagonals, so training starts close to the
 single-task network; `init="xavier"` is the paper's alternative. The layer learns at 100× the
-base learning rate (§4.2).
+base learning rate with SGD (§4.2). Adam's steps are about the learning rate in size whatever
+the gradient's scale, so under Adam ×100 moves a weight initialised at 0.9 by up to 0.1 a step
+and undoes the diagonal start: the default `lr_mult="auto"` takes LR_MULT_BY_OPTIMIZER's value
+for the command's optimiser, ×1 with Adam as measured on digits, shapes and scenes (README,
+"Examples: the papers' comparisons on small data").
 
 NDDR-CNN-Shortcut (§3.3) adds, per task, a shortcut: every NDDR output is resized to the last
 one's spatial size, all are concatenated, and a 1×1 convolution reduces them to the last one's
@@ -24,13 +28,14 @@ from torch import nn
 from dmtcore.connections import ParamGroup, TransferConnection
 from dmtcore.errors import InvalidValueError
 from dmtcore.hookspecs import hookimpl
-from dmtcore.registry import ConnectionKind, Registry
+from dmtcore.registry import AUTO_LR_MULT, ConnectionKind, Registry, concrete_lr_mult
 
+LR_MULT_BY_OPTIMIZER = {"sgd": 100.0, "adam": 1.0}
 DEFAULTS = {
     "init": "diagonal",
     "alpha": 0.9,
     "beta": 0.1,
-    "lr_mult": 100.0,
+    "lr_mult": AUTO_LR_MULT,
     "weight_decay": 1e-4,
     "relu": True,
 }
@@ -53,7 +58,9 @@ class NddrLayer(TransferConnection):
     def __init__(
         self, own: int, num_sources: int, shape: tuple[int, ...], options: dict[str, Any]
     ) -> None:
-        super().__init__(own, num_sources, options["lr_mult"])
+        super().__init__(
+            own, num_sources, concrete_lr_mult(options["lr_mult"], LR_MULT_BY_OPTIMIZER)
+        )
         self.channels = shape[0]
         self.spatial = len(shape) == 3
         self.weight_decay = float(options["weight_decay"])
@@ -160,7 +167,8 @@ def _check(options: dict[str, Any]) -> None:
     for key in ("alpha", "beta"):
         if not 0.0 <= float(options[key]) <= 1.0:
             raise InvalidValueError(f"nddr {key} must be in [0, 1], got {options[key]}")
-    if float(options["weight_decay"]) < 0 or float(options["lr_mult"]) <= 0:
+    lr_mult = concrete_lr_mult(options["lr_mult"], LR_MULT_BY_OPTIMIZER)
+    if float(options["weight_decay"]) < 0 or lr_mult <= 0:
         raise InvalidValueError("nddr weight_decay must be >= 0 and lr_mult > 0")
 
 
@@ -170,7 +178,8 @@ def build(own: int, num_sources: int, shape: tuple[int, ...], options: dict[str,
 
 
 def build_shortcut(shapes: list[tuple[int, ...]], options: dict[str, Any]) -> NddrShortcut:
-    return NddrShortcut(shapes, float(options["lr_mult"]), float(options["weight_decay"]))
+    lr_mult = concrete_lr_mult(options["lr_mult"], LR_MULT_BY_OPTIMIZER)
+    return NddrShortcut(shapes, lr_mult, float(options["weight_decay"]))
 
 
 @hookimpl
@@ -181,6 +190,7 @@ def dmt_register_connections(registry: Registry) -> None:
             description="NDDR layer: concat sources, BatchNorm, 1x1 conv K·C→C, ReLU",
             build=build,
             default_options=dict(DEFAULTS),
+            lr_mult_by_optimizer=dict(LR_MULT_BY_OPTIMIZER),
         )
     )
     registry.add_connection(
@@ -189,6 +199,7 @@ def dmt_register_connections(registry: Registry) -> None:
             description="NDDR at every stage plus shortcuts from all stages into the last",
             build=build,
             default_options=dict(DEFAULTS),
+            lr_mult_by_optimizer=dict(LR_MULT_BY_OPTIMIZER),
             build_shortcut=build_shortcut,
         )
     )
