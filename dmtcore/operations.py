@@ -679,9 +679,13 @@ def evaluate_store(
     split: str = "val",
     settings: TrainSettings = TrainSettings(),
     data: DataOptions = DataOptions(),
+    notify: Notify | None = None,
 ) -> dict[str, dict[str, float]]:
     """Metrics of the stored tasks on a split of their data. Each task's factory gets the
-    split seed recorded with the task, never `settings.seed`: that seeds torch's RNG only."""
+    split seed recorded with the task, never `settings.seed`: that seeds torch's RNG only.
+    `notify` hears each stage (the CLI prints them); by default nothing is said."""
+    notify = notify or (lambda message: None)
+    notify(Stage(f"loading store {str(path)!r}"))
     model, manifest = load_current(path, host)
     names = select_tasks(manifest, tasks)
     specs = specs_for(manifest, names, host)
@@ -692,6 +696,7 @@ def evaluate_store(
     seeds = {entry["name"]: recorded_data_seed(entry) for entry in manifest["tasks"]}
     torch.manual_seed(settings.seed)
     for name in names:
+        notify(Stage(f"loading the data of {name}"))
         request = DataRequest(data.data_dir, model.input_spec, seeds[name], data.download)
         splits = load_splits(specs[name], request, plugins[name])
         dataset = getattr(splits, split, None)
@@ -713,4 +718,5 @@ def evaluate_store(
                 plugin=plugins[name],
             )
         )
+    notify(Stage(f"evaluating {', '.join(names)} on the {split} split"))
     return evaluate_tasks(model, [specs[n] for n in names], batches, settings.precision)

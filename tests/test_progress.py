@@ -129,3 +129,12 @@ def test_predict_on_a_float32_array_warns_of_nothing(
         result = run_cli("predict", path, "--store", digits_store, expect=None)
     assert result.exit_code == 0, result.exception
     assert result.stderr == ""
+
+
+def test_eval_says_what_it_loads_and_nothing_under_json(digits_store: Path, run_cli) -> None:
+    said = run_cli("eval", "--store", digits_store).stderr.splitlines()
+    assert said[0] == "loading torch and the task plugins"
+    assert "loading the data of digits.class" in said
+    assert said[-1].startswith("evaluating digits.class, digits.even on the val split")
+    quiet = run_cli("eval", "--store", digits_store, "--json")
+    assert quiet.stderr == "" and json.loads(quiet.stdout)["split"] == "val"

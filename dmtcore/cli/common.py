@@ -324,6 +324,15 @@ def progress(as_json: bool) -> Callable[[str], None]:
     return notify
 
 
+def starting(as_json: bool) -> Callable[[str], None]:
+    """The command's `notify`, after saying what the first silent seconds are spent on."""
+    from dmtcore.progress import Stage
+
+    notify = progress(as_json)
+    notify(Stage("loading torch and the task plugins"))
+    return notify
+
+
 def verbose() -> bool:
     """Whether `dmt -v` asked to see what other libraries print."""
     context = click.get_current_context(silent=True)

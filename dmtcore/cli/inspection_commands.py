@@ -18,6 +18,7 @@ from dmtcore.cli.common import (
     plugin_options,
     print_table,
     resolve_tracking_uri,
+    starting,
     store_option,
     train_settings,
 )
@@ -117,6 +118,7 @@ def eval_command(
     Each task's data is split with the seed it was trained with (recorded in the store), so
     `val` is the split that picked its best epoch; --seed seeds only random augmentation.
     """
+    notify = starting(as_json)
     from dmtcore.operations import DataOptions, evaluate_store
 
     settings = train_settings(
@@ -124,7 +126,7 @@ def eval_command(
     )
     data = DataOptions(options["data_dir"], options["download"])
     results = evaluate_store(
-        store, plugin_host(plugins, no_plugin_autoload), task_names, split, settings, data
+        store, plugin_host(plugins, no_plugin_autoload), task_names, split, settings, data, notify
     )
     metric_names = sorted({m for values in results.values() for m in values})
     emit(

@@ -18,13 +18,13 @@ from dmtcore.cli.common import (
     plugin_host,
     plugin_options,
     print_table,
-    progress,
+    starting,
     store_option,
     train_options,
     train_settings,
 )
 from dmtcore.errors import InvalidValueError
-from dmtcore.progress import Stage, duration
+from dmtcore.progress import duration
 from dmtcore.store import Store
 
 
@@ -96,7 +96,7 @@ def add_task(
     With --from-folder DIR, NAME is a new task made from the images in DIR.
     """
     started = time.perf_counter()
-    notify = _starting(as_json)
+    notify = starting(as_json)
     from dmtcore.operations import DataOptions
     from dmtcore.operations import add_task as run_add_task
 
@@ -162,7 +162,7 @@ def train(
     frozen; later add-task calls connect to the whole group.
     """
     started = time.perf_counter()
-    notify = _starting(as_json)
+    notify = starting(as_json)
     from dmtcore.operations import DataOptions, train_tasks
 
     settings, data, tracking = _split_options(options)
@@ -228,7 +228,7 @@ def remove_task(
     """
     settings, data, tracking = _split_options(options)
     Store.open(store)
-    notify = _starting(as_json)
+    notify = starting(as_json)
     from dmtcore.operations import DataOptions
     from dmtcore.operations import remove_task as run_remove_task
 
@@ -287,13 +287,6 @@ def _split_options(options: dict[str, Any]) -> tuple[Any, dict[str, Any], tuple[
     )
     data = {"data_dir": options["data_dir"], "download": options["download"]}
     return settings, data, (options["tracking_uri"], options["no_tracking"], options["no_register"])
-
-
-def _starting(as_json: bool) -> Any:
-    """The command's `notify`, after saying what the first silent seconds are spent on."""
-    notify = progress(as_json)
-    notify(Stage("loading torch and the task plugins"))
-    return notify
 
 
 def _attach_epoch_printer(host: Any, as_json: bool, epochs: int) -> None:
