@@ -234,7 +234,13 @@ def normalised(values: np.ndarray) -> np.ndarray:
 def map_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Half the L1 distance of two maps of L1 norm 1, to the other map or to its negation
     (the task asked the other way round), whichever is nearer: in [0, 1]."""
-    return 0.5 * min(float(np.abs(a - b).sum()), float(np.abs(a + b).sum()))
+    return signed_map_distance(a, b)[0]
+
+
+def signed_map_distance(a: np.ndarray, b: np.ndarray) -> tuple[float, bool]:
+    """`map_distance`, and whether the negation of `b` was the nearer one."""
+    same, opposite = float(np.abs(a - b).sum()), float(np.abs(a + b).sum())
+    return 0.5 * min(same, opposite), opposite < same
 
 
 def distance_matrix(
@@ -247,12 +253,15 @@ def distance_matrix(
     via: list[list[list[str] | None]] = [[None] * n for _ in range(n)]
     for i in range(n):
         for j in range(i + 1, n):
-            pairs = np.array([[map_distance(a, b) for b in maps[j].maps] for a in maps[i].maps])
+            signed = [[signed_map_distance(a, b) for b in maps[j].maps] for a in maps[i].maps]
+            pairs = np.array([[d for d, _ in row] for row in signed])
             a, b = np.unravel_index(int(pairs.argmin()), pairs.shape)
             distance[i, j] = distance[j, i] = pairs.min() if reduce == "min" else pairs.mean()
             if pairs.size > 1:
-                via[i][j] = [maps[i].classes[a], maps[j].classes[b]]
-                via[j][i] = [maps[j].classes[b], maps[i].classes[a]]
+                # "not green": the class's contrast matched with its sign flipped
+                negated = "not " if signed[a][b][1] else ""
+                via[i][j] = [maps[i].classes[a], negated + maps[j].classes[b]]
+                via[j][i] = [maps[j].classes[b], negated + maps[i].classes[a]]
     return distance, via
 
 

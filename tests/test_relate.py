@@ -122,3 +122,17 @@ def test_distance_ignores_which_label_is_positive() -> None:
     assert phi(labels[:, None].astype(float), 1 - labels[:, None].astype(float)) == pytest.approx(
         -1
     )
+
+
+def test_a_contrast_matched_with_its_sign_flipped_is_marked_not() -> None:
+    import numpy as np
+
+    from dmtcore.relatedness import ContrastMaps, distance_matrix, normalised
+
+    up = normalised(np.array([1.0, 2.0, 0.0, -1.0]))
+    other = normalised(np.array([0.0, 1.0, 1.0, 1.0]))
+    binary = ContrastMaps("t.binary", ["yes"], np.stack([up]))
+    colours = ContrastMaps("t.colour", ["red", "green"], np.stack([other, -up]))
+    distance, via = distance_matrix([binary, colours])
+    assert distance[0, 1] == 0.0
+    assert via[0][1] == ["yes", "not green"] and via[1][0] == ["green", "not yes"]
