@@ -32,6 +32,15 @@ def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
+def tracked_store(store_copy: Path, mlflow_template: Path, run_cli) -> tuple[Path, str]:
+    """The digits store (version 3) with a fresh embedded registry, its current version
+    registered once: models:/store/1. Returns the store and its tracking URI."""
+    shutil.copy(mlflow_template, store_copy / "mlflow.db")
+    run_cli("register", "--store", store_copy)
+    return store_copy, f"sqlite:///{store_copy / 'mlflow.db'}"
+
+
+@pytest.fixture
 def new_store_dir(tmp_path: Path, mlflow_template: Path) -> Path:
     """A store path whose embedded tracking database is already migrated."""
     store = tmp_path / "store"

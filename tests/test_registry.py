@@ -3,21 +3,12 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 FAST = ["--epochs", "1", "--batch-size", "64"]
-
-
-@pytest.fixture
-def tracked_store(store_copy: Path, mlflow_template: Path, run_cli) -> tuple[Path, str]:
-    """The digits store with a fresh embedded registry, its current version registered."""
-    shutil.copy(mlflow_template, store_copy / "mlflow.db")
-    run_cli("register", "--store", store_copy)
-    return store_copy, f"sqlite:///{store_copy / 'mlflow.db'}"
 
 
 def client(uri: str):

@@ -5,21 +5,12 @@ registered model declares its input."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.conftest import fingerprint
-
-
-@pytest.fixture
-def tracked_store(store_copy: Path, mlflow_template: Path, run_cli) -> tuple[Path, str]:
-    """The digits store (version 3) registered once in its embedded registry: models:/store/1."""
-    shutil.copy(mlflow_template, store_copy / "mlflow.db")
-    run_cli("register", "--store", store_copy)
-    return store_copy, f"sqlite:///{store_copy / 'mlflow.db'}"
 
 
 def client(uri: str):
