@@ -65,3 +65,39 @@ def test_weights_are_byte_identical_to_torchs_own_optimisers(
     add_task(reference, "digits.large", host, settings, notify=lambda m: None)
     assert _blobs(store_copy) == _blobs(reference)  # blob names are their contents' sha256
     assert _blobs(reference) > before  # the new column was written
+
+
+def test_digits_data_loads_without_importing_sklearn() -> None:
+    code = "import sys\nfrom dmt_plugins.digits import _splits\n_splits()\nprint('sklearn' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_digits_split_is_scikit_learns_train_test_split() -> None:
+    """The split every digits store was trained on, read without scikit-learn, is the one
+    scikit-learn's stratified train_test_split gives; also on labels whose class shares tie."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from dmt_plugins import digits
+
+    bundled = load_digits()
+    images = (bundled.images / 16.0).astype(np.float32)[:, None]
+    expected = train_test_split(
+        images,
+        bundled.target,
+        test_size=digits.VAL_FRACTION,
+        random_state=digits.SPLIT_SEED,
+        stratify=bundled.target,
+    )
+    split = digits._splits()
+    got = [split["train"][0], split["val"][0], split["train"][1], split["val"][1]]
+    for want, have in zip(expected, got, strict=True):
+        assert want.dtype == have.dtype and want.tobytes() == have.tobytes()
+    rng = np.random.default_rng(0)
+    for seed, labels in enumerate([rng.integers(0, k, n) for k, n in ((2, 7), (3, 31), (5, 50))]):
+        indices = np.arange(len(labels))
+        train, val = train_test_split(indices, test_size=0.3, random_state=seed, stratify=labels)
+        mine = digits._stratified_split(labels, 0.3, seed)
+        assert np.array_equal(train, mine[0]) and np.array_equal(val, mine[1])
