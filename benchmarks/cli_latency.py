@@ -12,18 +12,34 @@ Whether a command imports torch is checked in one extra run per command under
 `python -X importtime` (torch's top-level import line in its report); `--help` and `status`
 must not (they are meant to be instant), `predict` must.
 
+With `--add-task`, the fixed cost of a small training command instead: the process CPU seconds
+of `dmt add-task digits.even --epochs 1 --no-tracking` on a store holding digits.class, split
+into phases by a wrapper that marks the process CPU time as the command passes known points
+(`dmtcore.operations.load_model`, `make_target`, `fit`, `dmtcore.training.make_optimizer`,
+`_commit_weights`): start-up is everything until the optimiser exists (the first epoch's
+start), training is the epochs, then the commit and exit. With `--baseline DIR` (a checkout of
+an older commit, e.g. `git worktree add /tmp/base <commit>`) the same command runs from that
+code too, interleaved with this checkout's, each with its own `dmt_plugins` and `dmt_registry`.
+`import mlflow` (what a tracked run adds) is measured after the command in the same process.
+
     python benchmarks/cli_latency.py [--quick] [--rounds 10]
+    python benchmarks/cli_latency.py --add-task [--baseline DIR] [--rounds 5]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import _common as common
 
@@ -59,15 +75,159 @@ def imports_torch(command: list[str], env: dict[str, str]) -> bool:
     return any(re.search(r"\|\s+torch$", line.rstrip()) for line in lines)
 
 
+# Runs `dmt add-task` in-process, marking process CPU time at known points; prints PHASES json.
+PHASE_WRAPPER = """
+import json, sys, time
+marks = [("interpreter start", time.process_time())]
+def mark(label):
+    marks.append((label, time.process_time()))
+import torch
+mark("import torch")
+from dmtcore.cli import cli
+import dmtcore.operations as operations, dmtcore.training as training
+mark("import dmt (cli, library)")
+def wrap(module, name, before=None, after=None):
+    function = getattr(module, name)
+    def wrapper(*args, **kwargs):
+        before and mark(before)
+        result = function(*args, **kwargs)
+        after and mark(after)
+        return result
+    setattr(module, name, wrapper)
+wrap(operations, "load_model", after="plugins, store, stored model")
+wrap(operations, "make_target", after="data")
+wrap(operations, "fit", before="model build")
+wrap(training, "make_optimizer", after="optimiser")
+wrap(operations, "fit", after="training (epochs)")
+wrap(operations, "_commit_weights", after="commit")
+cli(sys.argv[1:], standalone_mode=False)
+mark("exit")
+started = time.process_time()
+import mlflow
+extra = {"import mlflow": time.process_time() - started}
+phases = {"interpreter start": marks[0][1]}
+for (_, before), (label, at) in zip(marks, marks[1:]):
+    phases[label] = phases.get(label, 0.0) + at - before
+files = {m: sys.modules[m].__file__ for m in ("dmtcore", "dmt_plugins.digits")}
+print("PHASES " + json.dumps({"phases": phases, "extra": extra, "files": files}))
+"""
+STARTUP_PHASES = (
+    "interpreter start",
+    "import torch",
+    "import dmt (cli, library)",
+    "plugins, store, stored model",
+    "data",
+    "model build",
+    "optimiser",
+)
+
+
+def code_path(root: Path, folder: Path) -> str:
+    """PYTHONPATH that imports dmtcore, dmt_plugins and dmt_registry from checkout `root`
+    (the installed packages map the latter two to folders of another name)."""
+    shim = folder / f"path-{abs(hash(str(root)))}"
+    if not shim.exists():
+        shim.mkdir()
+        (shim / "dmt_plugins").symlink_to(root / "plugins")
+        (shim / "dmt_registry").symlink_to(root / "registry")
+    return os.pathsep.join([str(root), str(shim)])
+
+
+def phase_run(root: Path, store: Path, folder: Path, env: dict[str, str]) -> dict[str, Any]:
+    copy = folder / "run-store"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(store, copy)
+    command = [sys.executable, "-c", PHASE_WRAPPER, "add-task", "digits.even", "--store"]
+    command += [str(copy), "--epochs", "1", "--no-tracking"]
+    run_env = {**env, "PYTHONPATH": code_path(root, folder), "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=run_env)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("PHASES ")]
+    if result.returncode != 0 or not lines:
+        raise SystemExit(f"{root}: add-task exited {result.returncode}: {result.stderr[-2000:]}")
+    data = json.loads(lines[-1].removeprefix("PHASES "))
+    expected = str(root / "dmtcore")
+    if not data["files"]["dmtcore"].startswith(expected):
+        raise SystemExit(f"ran {data['files']['dmtcore']}, not the code under {root}")
+    return data
+
+
+def summary(run: dict[str, Any]) -> dict[str, float]:
+    """A run's phases, then start-up, training, what follows, the whole, and `import mlflow`."""
+    phases = run["phases"]
+    startup = sum(phases.get(name, 0.0) for name in STARTUP_PHASES)
+    training = phases["training (epochs)"]
+    whole = sum(phases.values())
+    return {
+        **phases,
+        "= start-up (until the first epoch)": startup,
+        "= training (epochs)": training,
+        "= commit and exit": whole - startup - training,
+        "= whole command": whole,
+        "import mlflow (tracked runs add it)": run["extra"]["import mlflow"],
+    }
+
+
+def startup_main(args: argparse.Namespace) -> None:
+    """CPU seconds of a small add-task by phase, this checkout against `--baseline`."""
+    from dmtcore.operations import add_task
+    from dmtcore.training import TrainSettings
+
+    roots = {"this checkout": Path(__file__).resolve().parents[1]}
+    if args.baseline:
+        roots = {"baseline": args.baseline.resolve(), **roots}
+    env = environment()
+    with tempfile.TemporaryDirectory() as name:
+        folder = Path(name)
+        store = folder / "store"
+        add_task(
+            store,
+            "digits.class",
+            common.plugin_host(),
+            TrainSettings(epochs=1, device="cpu"),
+            notify=common.quiet,
+        )
+        runs = common.interleaved(
+            {
+                label: (lambda r=root: phase_run(r, store, folder, env))
+                for label, root in roots.items()
+            },
+            args.rounds,
+        )
+    labels = list(runs)
+    names = list(summary(runs[labels[-1]][0]))
+    rows = [
+        [name, *(common.median([summary(run)[name] for run in runs[label]]) for label in labels)]
+        for name in names
+    ]
+    if len(labels) == 2:
+        for row in rows:
+            row.append(row[2] / row[1] if row[1] else math.nan)
+    headers = ["phase (process CPU s)", *labels, *(["÷ baseline"] if len(labels) == 2 else [])]
+    title = (
+        "dmt add-task digits.even --epochs 1 --no-tracking (store: digits.class), one torch "
+        f"thread, median of {args.rounds} interleaved round(s)"
+    )
+    common.report(args, f"{title}\n{common.table(headers, rows)}", {"rows": rows, "runs": runs})
+
+
 def main() -> None:
     p = common.parser(__doc__.splitlines()[0], "cli_latency")
-    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--add-task", action="store_true", help="the fixed cost of a small add-task")
+    p.add_argument("--baseline", type=Path, help="with --add-task: a checkout to compare with")
     args = p.parse_args()
+    if args.rounds is None:
+        args.rounds = 5 if args.add_task else 10
     if args.quick:
         args.rounds = 1
     if args.device != "cpu":
         raise SystemExit("cli_latency measures the command line on the CPU; --device cpu only")
     common.setup(args)
+    if args.add_task:
+        if args.json == common.RESULTS / "cli_latency.json":
+            args.json = common.RESULTS / "cli_latency_add_task.json"
+        startup_main(args)
+        return
     import numpy as np
     from PIL import Image
 

@@ -416,22 +416,22 @@ def _commit_weights(
     """Write the blobs and relation weights of every task into `manifest` (blobs only if
     `write`: rank 0 alone writes). Frozen tasks must serialise to the very blobs they had: if
     one did not, something changed an old task, and nothing at all is written."""
-    payloads = serialise_weights(model)
+    blobs = {
+        name: {part: (hashlib.sha256(data).hexdigest(), data) for part, data in parts.items()}
+        for name, parts in serialise_weights(model).items()
+    }
     relations = model.relation_weights()
     for task in manifest["tasks"]:
-        refs = {
-            part: {"sha256": hashlib.sha256(data).hexdigest()}
-            for part, data in payloads[task["name"]].items()
-        }
+        refs = {part: {"sha256": sha256} for part, (sha256, _) in blobs[task["name"]].items()}
         if task["name"] not in trained and task["weights"] and task["weights"] != refs:
             raise StoreError(f"refusing to commit: the frozen task {task['name']!r} changed")
         task["weights"] = refs
         task["relations"] = relations[task["name"]]
     if not write:
         return
-    for parts in payloads.values():
-        for data in parts.values():
-            store.write_blob(data)
+    for parts in blobs.values():
+        for sha256, data in parts.values():
+            store.write_blob(data, sha256)
 
 
 def task_from_recipe(

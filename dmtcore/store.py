@@ -377,9 +377,11 @@ class Store:
                 f"cannot write {target}: {exc.strerror}; the store is unchanged"
             ) from exc
 
-    def write_blob(self, data: bytes) -> str:
-        """Store weight bytes under their sha256 (once: identical content is never rewritten)."""
-        sha256 = hashlib.sha256(data).hexdigest()
+    def write_blob(self, data: bytes, sha256: str | None = None) -> str:
+        """Store weight bytes under their sha256 (once: identical content is never rewritten).
+        `sha256`, when given, is the caller's digest of these very bytes: a commit has just
+        computed it for the manifest, and hashing every column again costs time per command."""
+        sha256 = sha256 or hashlib.sha256(data).hexdigest()
         path = self.blob_path(sha256)
         if not path.exists():
             self._write_atomically(path, data)

@@ -13,6 +13,7 @@ DistributedDataParallel.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import itertools
 import math
 import os
@@ -40,9 +41,39 @@ from dmtcore.relations import gate_series_layer
 from dmtcore.runinfo import EpochReport
 from dmtcore.taskspec import TaskSpec, higher_is_better
 
+
+def _without_compiler_import(base: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
+    """`base` whose add_param_group, zero_grad and step run torch's own code undecorated.
+
+    torch decorates them to keep torch.compile from tracing an optimiser (`_disable_dynamo`,
+    `_use_grad_for_differentiable`), and the decorators import torch._dynamo on first use:
+    over a CPU second per command, for an optimiser that is never compiled here (only the
+    model's parts are: `Trainable.compile_planned`). The undecorated functions are the same
+    arithmetic, so the weights stay bit-identical; step keeps the decorator's grad mode."""
+    add_param_group = inspect.unwrap(torch.optim.Optimizer.add_param_group)
+    zero_grad = inspect.unwrap(torch.optim.Optimizer.zero_grad)
+    step = inspect.unwrap(base.step)
+
+    class Eager(base):  # type: ignore[valid-type, misc]
+        def add_param_group(self, param_group: dict[str, Any]) -> None:
+            add_param_group(self, param_group)
+
+        def zero_grad(self, set_to_none: bool = True) -> None:
+            zero_grad(self, set_to_none)
+
+        def step(self, closure: Callable[[], Any] | None = None) -> Any:
+            with torch.set_grad_enabled(self.defaults["differentiable"]):
+                return step(self, closure)
+
+    Eager.__name__ = Eager.__qualname__ = base.__name__
+    return Eager
+
+
+_Adam = _without_compiler_import(torch.optim.Adam)
+_SGD = _without_compiler_import(torch.optim.SGD)
 OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]]], torch.optim.Optimizer]] = {
-    "adam": lambda groups: torch.optim.Adam(groups),
-    "sgd": lambda groups: torch.optim.SGD(groups, momentum=0.9),
+    "adam": lambda groups: _Adam(groups),
+    "sgd": lambda groups: _SGD(groups, momentum=0.9),
 }
 PRECISIONS = ("fp32", "bf16")
 # BatchNorm's running averages (momentum 0.1) follow the last ~10 steps and start at mean 0,

@@ -31,19 +31,81 @@ ATTRIBUTES = {
 def _splits() -> dict[str, tuple[Any, Any]]:
     """Images as float32 N×1×8×8 in [0, 1] and digit labels, split once per process."""
     import numpy as np
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
-    digits = load_digits()
-    images = (digits.images / 16.0).astype(np.float32)[:, None]
-    train_x, val_x, train_y, val_y = train_test_split(
-        images,
-        digits.target,
-        test_size=VAL_FRACTION,
-        random_state=SPLIT_SEED,
-        stratify=digits.target,
+    images, labels = _load()
+    train, val = _stratified_split(labels, VAL_FRACTION, SPLIT_SEED)
+    images = (images / 16.0).astype(np.float32)[:, None]
+    return {"train": (images[train], labels[train]), "val": (images[val], labels[val])}
+
+
+def _load() -> tuple[Any, Any]:
+    """scikit-learn's bundled digits (N×8×8 float64 in 0–16, int labels), read from its file
+    as `load_digits` reads it, without importing scikit-learn: that import (scipy.stats,
+    pandas) costs over a CPU second per command. Falls back to `load_digits` if the file has
+    moved."""
+    import gzip
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+
+    spec = importlib.util.find_spec("sklearn")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    path = next(
+        (f for f in (Path(d) / "datasets" / "data" / "digits.csv.gz" for d in folders)), None
     )
-    return {"train": (train_x, train_y), "val": (val_x, val_y)}
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        return digits.images, digits.target
+    with gzip.open(path, "rt", encoding="utf-8") as file:
+        data = np.loadtxt(file, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(int, copy=False)
+
+
+def _stratified_split(labels: Any, val_fraction: float, seed: int) -> tuple[Any, Any]:
+    """Train and validation indices, each shuffled: scikit-learn's `train_test_split(...,
+    test_size=val_fraction, random_state=seed, stratify=labels)` step for step (the same
+    draws from the same RandomState), so the split is the one stores were trained on, without
+    importing scikit-learn (tests compare the two)."""
+    import math
+
+    import numpy as np
+
+    n_val = math.ceil(val_fraction * len(labels))
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])
+    rng = np.random.RandomState(seed)
+    n_train = _approximate_mode(counts, len(labels) - n_val, rng)
+    n_test = _approximate_mode(counts - n_train, n_val, rng)
+    train: list[Any] = []
+    val: list[Any] = []
+    for indices, a, b in zip(members, n_train, n_test, strict=True):
+        shuffled = indices.take(rng.permutation(len(indices)), mode="clip")
+        train.extend(shuffled[:a])
+        val.extend(shuffled[a : a + b])
+    return rng.permutation(train), rng.permutation(val)
+
+
+def _approximate_mode(counts: Any, draws: int, rng: Any) -> Any:
+    """How many of `draws` each class gets: scikit-learn's `utils.extmath._approximate_mode`
+    (floors of the proportional shares, the rest to the largest remainders, ties broken by
+    `rng`)."""
+    import numpy as np
+
+    continuous = counts / counts.sum() * draws
+    floored = np.floor(continuous)
+    need = int(draws - floored.sum())
+    remainder = continuous - floored
+    for value in np.sort(np.unique(remainder))[::-1] if need > 0 else []:
+        (indices,) = np.where(remainder == value)
+        add = min(len(indices), need)
+        floored[rng.choice(indices, size=add, replace=False)] += 1
+        need -= add
+        if need == 0:
+            break
+    return floored.astype(int)
 
 
 def _dataset(split: str, members: set[int] | None) -> Any:
