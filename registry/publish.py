@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dmt_registry import artifact_links
 from dmtcore.errors import (
     ConflictError,
     DmtError,
@@ -228,16 +229,25 @@ def publish_version(
 def _create_version(client: Any, store: Store, version: int, run_id: str) -> str:
     """Log store `version` as two pyfuncs into run `run_id` (arrays: `model`, registered;
     encoded images: `model-images`), register the first, tag it, describe it, point `current`
-    at it."""
+    at it. Where the run's artifacts are local files, the logged weights become hard links to
+    the store's blobs and the images model's files links to the array model's identical ones
+    (`artifact_links`): one copy on disk per column, however many versions name it."""
     manifest = store.manifest(version)
     name = model_name(manifest)
     images_uri = f"runs:/{run_id}/{IMAGES_MODEL}"
+    artifact_uri = client.get_run(run_id).info.artifact_uri.rstrip("/")
+    local = artifact_links.local_artifact_dir(artifact_uri)
+    paths = ("model", IMAGES_MODEL)
     with tempfile.TemporaryDirectory() as folder:
         snapshot = write_snapshot(store, version, Path(folder) / "store")
-        for path, form in (("model", "array"), (IMAGES_MODEL, "images")):
+        for path, form in zip(paths, ("array", "images"), strict=True):
             model_dir = Path(folder) / path
             _save_model(model_dir, snapshot, manifest, form, images_uri)
+            if local is not None:  # never copy into a file that is linked to a store blob
+                artifact_links.detach(local / path)
             client.log_artifacts(run_id, str(model_dir), artifact_path=path)
+    if local is not None:
+        artifact_links.share([local / path for path in paths], store)
     if not _exists(client, name):
         client.create_registered_model(
             name,
@@ -258,7 +268,7 @@ def _create_version(client: Any, store: Store, version: int, run_id: str) -> str
     if operation["name"] in ("add-task", "remove-task", "train"):
         key = "dmt.task_removed" if operation["name"] == "remove-task" else "dmt.task_added"
         tags[key] = ",".join(operation["tasks"])
-    source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/model"
+    source = f"{artifact_uri}/model"
     registered = client.create_model_version(
         name, source, run_id=run_id, tags=tags, description=describe(manifest)
     )
