@@ -135,3 +135,20 @@ def test_growth_cost_dense_quick(tmp_path: Path) -> None:
     assert "scenes k=2 cache: 3256320 bytes (3.1 MiB) of float16 in memory," in stdout
     said = "add-task said: feature cache: 2 frozen columns computed once, 3.1 MB of float16"
     assert said in stdout
+
+
+@pytest.mark.slow
+def test_registry_storage_quick(tmp_path: Path) -> None:
+    stdout, data = run_benchmark("registry_storage.py", tmp_path)
+    assert "÷ off" in stdout
+    ratios = {(r["tasks"], r["variant"]): r["ratio"] for r in data["rows"]}
+    for tasks in {t for t, _ in ratios}:
+        assert ratios[(tasks, "off")] == 1.0
+        assert ratios[(tasks, "links")] < ratios[(tasks, "copies")]  # hard links share weights
+
+
+@pytest.mark.slow
+def test_cli_latency_add_task_phases(tmp_path: Path) -> None:
+    stdout, data = run_benchmark("cli_latency.py", tmp_path, "--add-task")
+    assert "= start-up (until the first epoch)" in stdout and "optimiser" in stdout
+    assert data["rows"] and data["runs"]
