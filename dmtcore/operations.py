@@ -42,7 +42,14 @@ from dmtcore.progress import Stage
 from dmtcore.runinfo import RunInfo, RunResult
 from dmtcore.store import Store
 from dmtcore.taskspec import DataRequest, TaskSpec, higher_is_better
-from dmtcore.training import FitResult, Target, TrainSettings, connection_lr_mult_params, fit
+from dmtcore.training import (
+    FitResult,
+    Target,
+    TrainSettings,
+    connection_lr_mult_params,
+    fit,
+    joint_mode,
+)
 
 DEFAULT_BACKBONE = "dmt-cnn"
 DEFAULT_CONNECTION = "ttc"
@@ -252,8 +259,9 @@ def train_tasks(
     notify: Notify = _stderr,
 ) -> RunResult:
     """Train a group of new tasks together (DMT §4.1): each gets a column connected to every
-    existing task and to the other members; each step takes turns over the tasks, each on its
-    own data and loss. With one task this is add-task. `connection` picks the kind when the
+    existing task and to the other members. Tasks that share their images train in one pass
+    per batch, the others take turns, each on its own data and loss (`joint_mode`, recorded in
+    the version and the run). With one task this is add-task. `connection` picks the kind when the
     store is created here, and must match the store's kind otherwise."""
     names = list(names)
     if not names or len(set(names)) != len(names):
@@ -346,6 +354,7 @@ def _train_tasks(
     params = {"tasks": ",".join(names), **asdict(settings), "device": str(device)}
     params.update(connection_lr_mult_params(model, settings))
     params["processes"] = world.size
+    params["joint_mode"] = joint_mode(targets, settings)[0]  # as run; checked before the run
     run = _run_info(operation, names, store, manifest, params)
 
     def work() -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
@@ -403,6 +412,7 @@ def _operation(
         "feature_cache": result.feature_cache if result else {},
         "bn_recalibrated": result.bn_recalibrated if result else False,
         "connection_lr_mult": result.connection_lr_mult if result else None,
+        "joint_mode": result.joint_mode if result else None,
     }
 
 
@@ -559,6 +569,7 @@ def remove_task(
                 **asdict(settings),
                 "device": str(device),
                 **connection_lr_mult_params(model, settings),
+                "joint_mode": joint_mode([targets[t] for t in affected], settings)[0],
             },
         )
 

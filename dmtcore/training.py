@@ -2,8 +2,10 @@
 
 Only the parts in the model's `TrainingPlan` learn; frozen columns run without autograd and in
 eval mode, and with deterministic data their features are computed once and then read from
-the feature cache. Several targets train by taking turns, one batch each, each on its own data
-and loss (DMT §4.1). After every epoch the targets are validated and the best epoch by
+the feature cache. Several targets whose splits hold the very same images (the digits
+attributes) train in one pass per batch: every column runs once and the tasks' losses are
+summed (`joint_mode`); others take turns, one batch each, each on its own data and loss
+(DMT §4.1). After every epoch the targets are validated and the best epoch by
 `epoch_score` (the primary metric in its direction; a group's mean relative improvement) is kept; the trained parts are restored to it at the end. A caller whose
 starting point is already a result (remove-task's cut) passes its metrics as epoch 0: training
 then never ends below it. Under torchrun each rank trains on its share of the data through
@@ -13,9 +15,11 @@ DistributedDataParallel.
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import itertools
 import math
+import operator
 import os
 import shutil
 import sys
@@ -32,10 +36,11 @@ from dmtcore.data import Batches
 from dmtcore.dense_labels import has_labelled_pixels, no_labelled_pixels
 from dmtcore.distributed import World, sync_buffers, wrap
 from dmtcore.errors import InvalidValueError, TrainingError
-from dmtcore.evaluation import autocast, evaluate
+from dmtcore.evaluation import autocast, evaluate, metric_state, shared_images
 from dmtcore.faults import crash_point
 from dmtcore.feature_cache import FeatureCache, check_cache_settings
 from dmtcore.metrics import loss_function
+from dmtcore.model import evaluating
 from dmtcore.progress import Stage, bar_disabled, duration
 from dmtcore.relations import gate_series_layer
 from dmtcore.runinfo import EpochReport
@@ -76,6 +81,7 @@ OPTIMIZERS: dict[str, Callable[[list[dict[str, Any]]], torch.optim.Optimizer]] =
     "sgd": lambda groups: _SGD(groups, momentum=0.9),
 }
 PRECISIONS = ("fp32", "bf16")
+JOINT_MODES = ("auto", "one-pass", "turns")
 # BatchNorm's running averages (momentum 0.1) follow the last ~10 steps and start at mean 0,
 # variance 1 (0.9**20: 12% of those initial values is left after 20 steps). Fewer steps than
 # this per epoch, or in the whole run, make eval-mode scores unreliable: fit warns.
@@ -117,6 +123,10 @@ class TrainSettings:
     # None (auto): only when a task gets few steps (few_steps_warning), where running averages
     # lag the weights and the pass is a handful of batches; on digits it costs ~20% of an epoch.
     bn_recalibration: bool | None = None
+    # How a group of tasks trains: "one-pass" (one forward pass per batch for every task,
+    # their losses summed), "turns" (one batch of each task in turn), or "auto": one-pass
+    # when the tasks share their training images and nothing resamples them per task.
+    joint_mode: str = "auto"
 
     def __post_init__(self) -> None:
         seed_limit = 2**32 - 1  # numpy's seeds stop here, torch's at 2**64 - 1: plugins get both
@@ -148,6 +158,10 @@ class TrainSettings:
             raise InvalidValueError(
                 f"unknown precision {self.precision!r}; valid: {', '.join(PRECISIONS)}"
             )
+        if self.joint_mode not in JOINT_MODES:
+            raise InvalidValueError(
+                f"unknown joint mode {self.joint_mode!r}; valid: {', '.join(JOINT_MODES)}"
+            )
         check_cache_settings(self.feature_cache, self.cache_budget_mb, self.cache_dtype)
         if not isinstance(self.workers, int) or self.workers < 0:
             raise InvalidValueError(
@@ -178,6 +192,7 @@ class FitResult:
     bn_recalibrated: bool = False  # BatchNorm statistics re-estimated before each validation
     # The connections' learning-rate multiplier as trained, and its source (connection_lr_mult).
     connection_lr_mult: dict[str, Any] = field(default_factory=dict)
+    joint_mode: str = "single"  # "one-pass" or "turns" for a group: see joint_mode
 
 
 def connection_lr_mult(model: Any, settings: TrainSettings) -> dict[str, Any]:
@@ -235,6 +250,137 @@ def _turns(
                 still_running.append((target, iterator))
                 yield target, *batch
         iterators = still_running
+
+
+def joint_mode(targets: list[Target], settings: TrainSettings) -> tuple[str, str]:
+    """How `fit` trains `targets`, and why. 'single' for one task. For a group, 'one-pass'
+    when every task's training and validation splits hold the very same in-memory images
+    (the digits attributes: `shared_images`): each batch then runs every column once for all
+    the tasks, where taking turns runs it once per task. Else 'turns' (DMT §4.1), each task on
+    its own batches: their images differ, or --balance draws each task's batches by its own
+    classes. `--joint-mode one-pass` where it cannot apply is an error, before anything trains."""
+    if len(targets) <= 1:
+        return "single", "one task"
+    if settings.joint_mode == "turns":
+        return "turns", "asked for with --joint-mode turns"
+    blocker = _one_pass_blocker(targets, settings)
+    if blocker is None:
+        return "one-pass", "they share their images"
+    if settings.joint_mode == "one-pass":
+        raise InvalidValueError(
+            f"--joint-mode one-pass needs tasks that share their images, but {blocker}; "
+            "use --joint-mode turns or auto"
+        )
+    return "turns", blocker
+
+
+def _one_pass_blocker(targets: list[Target], settings: TrainSettings) -> str | None:
+    """Why the targets cannot share one pass per batch, or None when they can."""
+    if settings.balance:
+        return "--balance draws each task's batches by its own classes"
+    for split in ("train", "val"):
+        batches = [getattr(t, split) for t in targets]
+        elsewhere = [t.spec.name for t, b in zip(targets, batches, strict=True) if not b.in_memory]
+        if elsewhere:
+            return f"the {split} data of {', '.join(elsewhere)} is not in-memory tensors"
+        if len({shared_images(b.dataset) for b in batches}) > 1:
+            return f"their {split} images differ"
+    return None
+
+
+@dataclass
+class _Group:
+    """Targets trained in one pass per batch: the first one's batches give the images and
+    their order (every target's sampler would draw that same order from the same seed); the
+    others' labels are looked up by sample index. `providers`: the targets whose cached
+    frozen features together cover what the group reads."""
+
+    targets: list[Target]
+    labels: dict[tuple[str, str], torch.Tensor]
+    providers: list[str]
+
+    @classmethod
+    def of(cls, model: Trainable, targets: list[Target]) -> _Group:
+        labels = {
+            (t.spec.name, split): getattr(t, split).all_labels().to(getattr(t, split).device)
+            for t in targets[1:]
+            for split in ("train", "val")
+        }
+        covered: set[str] = set()
+        providers = []
+        for target in targets:
+            sources = set(model.frozen_sources([target.spec.name]))
+            if not sources <= covered:
+                providers.append(target.spec.name)
+                covered |= sources
+        return cls(targets, labels, providers)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.spec.name for t in self.targets]
+
+    def batches(
+        self, split: str
+    ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]]:
+        """(images, task -> labels, dataset indices) of every batch of the split."""
+        lead = self.targets[0]
+        for images, lead_labels, index in getattr(lead, split).indexed():
+            labels = {lead.spec.name: lead_labels}
+            for target in self.targets[1:]:
+                table = self.labels[(target.spec.name, split)]
+                labels[target.spec.name] = table[index.to(table.device)]
+            yield images, labels, index
+
+    def given(
+        self, cache: FeatureCache | None, split: str, index: torch.Tensor
+    ) -> dict[str, list[torch.Tensor]] | None:
+        """The frozen sources' cached features for the batch, for the whole group."""
+        if cache is None:
+            return None
+        given: dict[str, list[torch.Tensor]] = {}
+        for name in self.providers:
+            found = cache.lookup(name, split, index)
+            if found is None:
+                return None
+            given.update(found)
+        return given or None
+
+    def cached_splits(self) -> dict[tuple[str, str], Any]:
+        """The splits whose frozen features the cache keeps: the providers' only."""
+        return {
+            (t.spec.name, s): getattr(t, s)
+            for t in self.targets
+            if t.spec.name in self.providers
+            for s in ("train", "val")
+        }
+
+
+def _train_batches(
+    targets: list[Target], group: _Group | None
+) -> Iterator[tuple[list[str], torch.Tensor, dict[str, torch.Tensor], torch.Tensor]]:
+    """(tasks trained, images, task -> labels, indices) per step: taking turns, one task a
+    step; in one pass, the whole group every step."""
+    if group is None:
+        for target, images, labels, index in _turns(targets):
+            yield [target.spec.name], images, {target.spec.name: labels}, index
+        return
+    for images, labels, index in group.batches("train"):
+        yield group.names, images, labels, index
+
+
+def evaluate_group(
+    model: Trainable, group: _Group, cache: FeatureCache | None, precision: str
+) -> dict[str, dict[str, float]]:
+    """Every target's validation metrics from one forward pass per batch: the same numbers
+    as `evaluate` per task (eval mode computes each column the same way for any reader)."""
+    states = {t.spec.name: metric_state(t.spec) for t in group.targets}
+    device = group.targets[0].val.device
+    with evaluating(model), torch.inference_mode(), autocast(device, precision):
+        for images, labels, index in group.batches("val"):
+            logits = model(images, group.names, group.given(cache, "val", index))
+            for name, state in states.items():
+                state.update(logits[name], labels[name])
+    return {name: state.result() for name, state in states.items()}
 
 
 def flat_relation_weights(model: Any, tasks: list[str]) -> dict[str, float]:
@@ -303,7 +449,17 @@ def fit(
             f"({torch.backends.cpu.get_cpu_capability()}) is emulated and far slower than fp32 "
             "(30x for resnet18 on an AVX2 CPU); it is meant for GPUs"
         )
-    splits = {(t.spec.name, s): getattr(t, s) for t in targets for s in ("train", "val")}
+    mode, reason = joint_mode(targets, settings)
+    if mode != "single":
+        names = ", ".join(t.spec.name for t in targets)
+        how = "in one pass per batch" if mode == "one-pass" else "taking turns, one batch each"
+        notify(Stage(f"training {names} {how} ({reason})"))
+    group = _Group.of(model, targets) if mode == "one-pass" else None
+    splits = (
+        group.cached_splits()
+        if group
+        else {(t.spec.name, s): getattr(t, s) for t in targets for s in ("train", "val")}
+    )
     cache = FeatureCache.plan(
         model,
         splits,
@@ -328,6 +484,7 @@ def fit(
             start,
             notify=notify,
             bars=bars,
+            group=group,
         )
     finally:
         bars.close()
@@ -336,6 +493,7 @@ def fit(
         model.to(memory_format=torch.contiguous_format)
     if cache is not None:
         result.feature_cache = cache.summary()
+    result.joint_mode = mode
     return result
 
 
@@ -351,10 +509,12 @@ def _fit(
     *,
     notify: Callable[[str], None],
     bars: contextlib.ExitStack,
+    group: _Group | None = None,
 ) -> FitResult:
     optimizer, lr_mult = make_optimizer(model, settings)
     names = [t.spec.name for t in targets]
     losses = {t.spec.name: loss_function(t.spec.loss) for t in targets}
+    specs = {t.spec.name: t.spec for t in targets}
     step_model = wrap(model, world, device)
     recalibrates = recalibrates_batchnorm(targets, settings)
     best_score = -math.inf
@@ -372,7 +532,7 @@ def _fit(
     started = time.perf_counter()
     if cache is not None:  # the frozen columns' one pass, counted in epoch 1's time
         _fill_cache(cache, model, targets, notify, world)
-    bar = bars.enter_context(_run_bar(targets, settings, world))
+    bar = bars.enter_context(_run_bar(targets, settings, world, group))
 
     def validate(epoch: int) -> None:
         nonlocal best_score, best_state, best, totals, counts, started, reference
@@ -380,11 +540,15 @@ def _fit(
         for name, value in train_loss.items():
             _check_finite(name, value, epoch, settings)
         if recalibrates:
-            recalibrate_batchnorm(model, targets, cache, settings.precision)
+            recalibrate_batchnorm(model, targets, cache, settings.precision, group)
         sync_buffers(model, world)
-        metrics = {
-            t.spec.name: evaluate(model, t.spec, t.val, cache, settings.precision) for t in targets
-        }
+        if group is not None:
+            metrics = evaluate_group(model, group, cache, settings.precision)
+        else:
+            metrics = {
+                t.spec.name: evaluate(model, t.spec, t.val, cache, settings.precision)
+                for t in targets
+            }
         for target in targets:
             if target.spec.dense and math.isnan(
                 metrics[target.spec.name][target.spec.primary_metric]
@@ -408,28 +572,34 @@ def _fit(
     for epoch in range(1, settings.epochs + 1):
         model.train_mode()
         bar.set_description_str(f"epoch {epoch}/{settings.epochs}", refresh=False)
-        for target, images, labels, index in _turns(targets):
-            name = target.spec.name
-            if (
-                epoch == 1
-                and name in unlabelled
-                and has_labelled_pixels(target.spec.output, labels)
-            ):
-                unlabelled.discard(name)
-            given = cache.lookup(name, "train", index) if cache else None
+        for trained, images, labels, index in _train_batches(targets, group):
+            if epoch == 1:
+                unlabelled -= {
+                    n
+                    for n in trained
+                    if n in unlabelled and has_labelled_pixels(specs[n].output, labels[n])
+                }
+            if group is not None:
+                given = group.given(cache, "train", index)
+            else:
+                given = cache.lookup(trained[0], "train", index) if cache else None
             with autocast(device, settings.precision):
-                logits = step_model(images, [name], given)[name]
-                loss = losses[name](logits.float(), labels)
+                logits = step_model(images, trained, given)
+                task_losses = {n: losses[n](logits[n].float(), labels[n]) for n in trained}
+                loss = functools.reduce(operator.add, task_losses.values())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            totals[name] = totals[name] + loss.detach() if name in totals else loss.detach()
-            counts[name] += 1
+            for name, task_loss in task_losses.items():
+                value = task_loss.detach()
+                totals[name] = totals[name] + value if name in totals else value
+                counts[name] += 1
             step += 1
             crash_point("step")
             interrupts.check()
             if step == 1:
-                _check_finite(name, loss.item(), epoch, settings)
+                for name, task_loss in task_losses.items():
+                    _check_finite(name, task_loss.item(), epoch, settings)
             if settings.eval_every and step % settings.eval_every == 0:
                 validate(epoch)
             bar.update()
@@ -466,11 +636,14 @@ def make_optimizer(
     return optimizer, lr_mult
 
 
-def _run_bar(targets: list[Target], settings: TrainSettings, world: World) -> tqdm:
+def _run_bar(
+    targets: list[Target], settings: TrainSettings, world: World, group: _Group | None = None
+) -> tqdm:
     """One bar for the whole run (every step of every epoch), so that its estimate of the time
     left is the run's; drawn on a terminal only, and never while the CLI prints JSON."""
+    per_epoch = len(targets[0].train) if group else sum(len(t.train) for t in targets)
     return tqdm(
-        total=sum(len(t.train) for t in targets) * settings.epochs,
+        total=per_epoch * settings.epochs,
         desc=f"epoch 1/{settings.epochs}",
         unit="step",
         leave=False,
@@ -580,7 +753,11 @@ def trained_batchnorms(model: Trainable) -> list[torch.nn.modules.batchnorm._Bat
 
 
 def recalibrate_batchnorm(
-    model: Trainable, targets: list[Target], cache: FeatureCache | None, precision: str
+    model: Trainable,
+    targets: list[Target],
+    cache: FeatureCache | None,
+    precision: str,
+    group: _Group | None = None,
 ) -> None:
     """Replace the trained parts' BatchNorm running statistics by their plain average over one
     pass of the training data, as the weights now are (no gradients; swa_utils.update_bn).
@@ -603,7 +780,12 @@ def recalibrate_batchnorm(
     devices = [device] if device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices), torch.no_grad():
-            for target in targets:
+            if group is not None:
+                batches = group.batches("train")
+                for images, _, index in itertools.islice(batches, RECALIBRATION_BATCHES):
+                    with autocast(device, precision):
+                        model(images, group.names, group.given(cache, "train", index))
+            for target in targets if group is None else []:
                 name = target.spec.name
                 batches = target.train.indexed()
                 for images, _, index in itertools.islice(batches, RECALIBRATION_BATCHES):

@@ -156,6 +156,16 @@ def train_options(default_epochs: int) -> Callable[[Callable[..., Any]], Callabl
             help="Draw every class equally often (minority resampling, DMT §4.1).",
         ),
         click.option(
+            "--joint-mode",
+            type=click.Choice(["auto", "one-pass", "turns"]),
+            default="auto",
+            show_default=True,
+            help="How a group of tasks trains: one-pass runs every column once per batch for "
+            "all tasks and sums their losses (tasks that share their images); turns gives each "
+            "task its own batch in turn; auto: one-pass where the tasks share their images and "
+            "--balance is off.",
+        ),
+        click.option(
             "--precision",
             type=click.Choice(["fp32", "bf16"]),
             default="fp32",

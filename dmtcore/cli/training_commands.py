@@ -158,8 +158,9 @@ def train(
 ) -> None:
     """Train a group of new tasks jointly, all mutually connected (DMT §4.1).
 
-    Each step takes turns over the tasks, each on its own data and loss. Existing tasks stay
-    frozen; later add-task calls connect to the whole group.
+    Tasks that share their images train in one pass per batch (their losses summed); others
+    take turns, each on its own data and loss (--joint-mode). Existing tasks stay frozen;
+    later add-task calls connect to the whole group.
     """
     started = time.perf_counter()
     notify = starting(as_json)
@@ -284,6 +285,7 @@ def _split_options(options: dict[str, Any]) -> tuple[Any, dict[str, Any], tuple[
         channels_last=options["channels_last"],
         compile=options["compile_"],
         bn_recalibration=options["bn_recalibration"],
+        joint_mode=options["joint_mode"],
     )
     data = {"data_dir": options["data_dir"], "download": options["download"]}
     return settings, data, (options["tracking_uri"], options["no_tracking"], options["no_register"])
