@@ -133,3 +133,13 @@ def test_a_single_add_task_trains_the_same_whatever_the_joint_mode(tmp_path: Pat
         assert manifest["operation"]["joint_mode"] == "single"
         blobs[mode] = json.dumps(manifest["tasks"][0]["weights"], sort_keys=True)
     assert len(set(blobs.values())) == 1
+
+
+def test_remove_task_reconnects_shared_image_tasks_in_one_pass(store_copy: Path, host) -> None:
+    add_task(store_copy, "digits.large", host, TrainSettings(epochs=1), notify=print)
+    messages: list[str] = []
+    operations.remove_task(
+        store_copy, "digits.class", host, TrainSettings(epochs=1), notify=messages.append
+    )
+    assert _operation(store_copy)["joint_mode"] == "one-pass"  # digits.even, digits.large
+    assert any("digits.even, digits.large in one pass per batch" in str(m) for m in messages)
