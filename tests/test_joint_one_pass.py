@@ -143,3 +143,20 @@ def test_remove_task_reconnects_shared_image_tasks_in_one_pass(store_copy: Path,
     )
     assert _operation(store_copy)["joint_mode"] == "one-pass"  # digits.even, digits.large
     assert any("digits.even, digits.large in one pass per batch" in str(m) for m in messages)
+
+
+@pytest.mark.slow
+def test_joint_training_benchmark_quick(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "result.json"
+    script = Path(__file__).parents[1] / "benchmarks" / "joint_training.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json", str(out)],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["connection"] == "cross-stitch" and row["speedup_cpu"] > 1
+    assert "turns ÷ one-pass" in done.stdout
