@@ -516,7 +516,7 @@ def _fit(
     losses = {t.spec.name: loss_function(t.spec.loss) for t in targets}
     specs = {t.spec.name: t.spec for t in targets}
     step_model = wrap(model, world, device)
-    recalibrates = recalibrates_batchnorm(targets, settings)
+    recalibrates = recalibrates_batchnorm(targets, settings, one_pass=group is not None)
     best_score = -math.inf
     best_state: Any = None
     best: tuple[int, dict[str, dict[str, float]]] | None = None
@@ -731,12 +731,22 @@ def few_steps_warning(target: Target, settings: TrainSettings) -> str | None:
     )
 
 
-def recalibrates_batchnorm(targets: list[Target], settings: TrainSettings) -> bool:
+def recalibrates_batchnorm(
+    targets: list[Target], settings: TrainSettings, one_pass: bool = False
+) -> bool:
     """Whether to re-estimate BatchNorm statistics before each validation: as the option says,
-    or by default when some task gets too few steps for its running averages to catch up."""
+    or by default when some task gets too few steps for its running averages to catch up.
+
+    In one pass per batch, a group of n tasks updates each column's statistics once per batch
+    where taking turns updated them n times; so a one-pass run counts as short until it has
+    as many updates per column as n turns-taking tasks would need (digits, 4 tasks, 1 epoch:
+    22 steps left digits.prime at chance without it)."""
     if settings.bn_recalibration is not None:
         return settings.bn_recalibration
-    return any(few_steps_warning(t, settings) for t in targets)
+    if any(few_steps_warning(t, settings) for t in targets):
+        return True
+    steps = min(len(t.train) for t in targets) * settings.epochs
+    return one_pass and steps < MIN_STEPS_PER_RUN * len(targets)
 
 
 def trained_batchnorms(model: Trainable) -> list[torch.nn.modules.batchnorm._BatchNorm]:
