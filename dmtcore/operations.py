@@ -417,12 +417,12 @@ def warm_start_source(init_from: str, stored: Sequence[str], where: str) -> str 
 
 
 def _describe_init(init_from: str, source: str | None, names: Sequence[str]) -> str:
-    columns = "column" if len(names) == 1 else "columns"
+    columns = "the new column starts" if len(names) == 1 else "the new columns start"
     if source is None:
         why = " (the store has no trained column)" if init_from == INIT_AUTO else ""
-        return f"new {columns} start from fresh weights{why}"
+        return f"{columns} from fresh weights{why}"
     how = " (auto: the most recently added task)" if init_from == INIT_AUTO else ""
-    return f"new {columns} start from the trained column of {source}{how}"
+    return f"{columns} from the trained column of {source}{how}"
 
 
 def _world_and_device(settings: TrainSettings) -> tuple[World, torch.device]:
