@@ -336,7 +336,7 @@ def _train_tasks(
             f"store {str(store.path)!r} uses connection kind {kind!r}, not {connection!r}; "
             "a store has one kind: create another store for it"
         )
-    warm_from = warm_start_source(init_from, stored, str(store.path))
+    check_init_from(init_from, stored, str(store.path))
     input_spec = InputSpec.from_shape(manifest["input_spec"] or specs[0].input_shape)
     notify(Stage(f"loading {_describe_store(store, manifest)}"))
     model = load_model(store, manifest, host.registry) or empty_model(
@@ -356,17 +356,14 @@ def _train_tasks(
         slots[spec.name] = f"t{manifest['next_slot'] + index}"
         model.add_task(spec.name, slots[spec.name], sources, spec.head, spec.num_outputs)
     model.check_sources()
-    if warm_from is not None:
-        for name in names:
-            model.copy_column(warm_from, name)
-    notify(_describe_init(init_from, warm_from, names))
-    model.to(device)
+    model.to(device)  # the probe of --init-from auto reads the data on the device
+    init_record = warm_start(model, targets, stored, init_from, notify)
     group = frozenset(names)
     model.configure_training(TrainingPlan(group, group, group))
     params = {"tasks": ",".join(names), **asdict(settings), "device": str(device)}
     params.update(connection_lr_mult_params(model, settings))
     params["processes"] = world.size
-    params["init_from"] = warm_from or INIT_NONE
+    params["init_from"] = ",".join(c or INIT_NONE for c in init_record["columns"].values())
     params["init_from_requested"] = init_from
     run = _run_info(operation, names, store, manifest, params)
 
@@ -384,7 +381,7 @@ def _train_tasks(
                 )
             )
         new["operation"] = _operation(operation, names, settings, result, result.metrics)
-        new["operation"]["init_from"] = {"requested": init_from, "column": warm_from}
+        new["operation"]["init_from"] = init_record
         notify(Stage(_committing(store)))
         _commit_weights(store, model, new, set(names), write=world.is_main)
         return new, result.metrics
@@ -392,18 +389,11 @@ def _train_tasks(
     return _tracked(host, run, store, work, notify, world)
 
 
-def warm_start_source(init_from: str, stored: Sequence[str], where: str) -> str | None:
-    """The stored task whose column a new column starts from, or None for fresh weights.
-
-    `auto` picks the most recently added task: measured on shapes.red-circle after
-    shapes.kind + shapes.colour (benchmarks/incremental_transfer.py, README), a warm start
-    from either trained column cut the steps to the single-task score far more than the
-    choice between them did, so the cheapest rule wins; on an empty store it falls back to
-    fresh weights. A named task must be stored (unknown name otherwise)."""
-    if init_from == INIT_NONE:
-        return None
-    if init_from == INIT_AUTO:
-        return stored[-1] if stored else None
+def check_init_from(init_from: str, stored: Sequence[str], where: str) -> None:
+    """Before anything is loaded: a named column must be a stored task's (unknown name
+    otherwise); `none` and `auto` always do (auto starts fresh in an empty store)."""
+    if init_from in (INIT_NONE, INIT_AUTO) or init_from in stored:
+        return
     if not stored:
         raise unknown_name(
             "task",
@@ -411,18 +401,40 @@ def warm_start_source(init_from: str, stored: Sequence[str], where: str) -> str 
             stored,
             f"to start from: store {where!r} has no tasks yet (use --init-from none or auto)",
         )
-    if init_from not in stored:
-        raise unknown_name("task", init_from, stored, f"to start from in store {where!r}")
-    return init_from
+    raise unknown_name("task", init_from, stored, f"to start from in store {where!r}")
 
 
-def _describe_init(init_from: str, source: str | None, names: Sequence[str]) -> str:
-    columns = "the new column starts" if len(names) == 1 else "the new columns start"
-    if source is None:
-        why = " (the store has no trained column)" if init_from == INIT_AUTO else ""
-        return f"{columns} from fresh weights{why}"
-    how = " (auto: the most recently added task)" if init_from == INIT_AUTO else ""
-    return f"{columns} from the trained column of {source}{how}"
+def warm_start(
+    model: MultiTaskModel,
+    targets: Sequence[Target],
+    stored: Sequence[str],
+    init_from: str,
+    notify: Notify,
+) -> dict[str, Any]:
+    """Start each new column from a stored task's trained column (weights and BatchNorm
+    statistics; connections and heads stay fresh), say which on stderr, and return the
+    record for the manifest: requested value, column per new task (None: fresh), and why."""
+    from dmtcore.warm_start import choose_column
+
+    record: dict[str, Any] = {"requested": init_from, "columns": {}, "reasons": {}}
+    for target in targets:
+        name = target.spec.name
+        if init_from == INIT_NONE or not stored:
+            column, reason = None, "requested" if init_from == INIT_NONE else "no stored task"
+        elif init_from == INIT_AUTO:
+            choice = choose_column(model, stored, target)
+            column, reason = choice.column, f"auto: {choice.reason}"
+            if choice.scores:
+                record.setdefault("probe", {})[name] = choice.scores
+        else:
+            column, reason = init_from, "requested"
+        if column is not None:
+            model.copy_column(column, name)
+            notify(f"{name}'s column starts from the trained column of {column} ({reason})")
+        else:
+            notify(f"{name}'s column starts from fresh weights ({reason})")
+        record["columns"][name], record["reasons"][name] = column, reason
+    return record
 
 
 def _world_and_device(settings: TrainSettings) -> tuple[World, torch.device]:
