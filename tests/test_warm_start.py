@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -50,14 +50,15 @@ def test_init_from_task_starts_from_its_column(store_copy: Path, run_cli, starts
     result = run_cli(
         "add-task", "digits.large", "--store", store_copy, "--init-from", "digits.class", *FAST
     )
-    assert "the new column starts from the trained column of digits.class" in result.stderr
+    assert "digits.large's column starts from the trained column of digits.class" in result.stderr
     assert _same(starts["digits.large"], starts["digits.class"])
     assert not _same(starts["digits.large"], starts["digits.even"])
     assert any(k.endswith("running_mean") for k in starts["digits.large"])  # BN statistics too
     after = _manifest(store_copy)
     assert after["operation"]["init_from"] == {
         "requested": "digits.class",
-        "column": "digits.class",
+        "columns": {"digits.large": "digits.class"},
+        "reasons": {"digits.large": "requested"},
     }
     old = {t["name"]: t for t in before["tasks"]}
     for task in after["tasks"]:
@@ -65,21 +66,44 @@ def test_init_from_task_starts_from_its_column(store_copy: Path, run_cli, starts
             assert task == old[task["name"]]
 
 
-def test_auto_takes_the_latest_column_and_none_starts_fresh(
+def test_auto_starts_from_the_column_the_probe_scores_best(
     store_copy: Path, run_cli, starts
 ) -> None:
     result = run_cli("add-task", "digits.large", "--store", store_copy, *FAST)
-    assert "digits.even (auto" in result.stderr
-    assert _same(starts["digits.large"], starts["digits.even"])
-    assert _manifest(store_copy)["operation"]["init_from"] == {
-        "requested": "auto",
-        "column": "digits.even",
-    }
-    none = run_cli("add-task", "digits.prime", "--store", store_copy, "--init-from", "none", *FAST)
-    assert "the new column starts from fresh weights" in none.stderr
-    fresh = starts["digits.prime"]
-    assert not any(_same(fresh, starts[t]) for t in ("digits.class", "digits.even", "digits.large"))
-    assert _manifest(store_copy)["operation"]["init_from"] == {"requested": "none", "column": None}
+    record = _manifest(store_copy)["operation"]["init_from"]
+    scores = record["probe"]["digits.large"]
+    assert list(scores) == ["digits.class", "digits.even"]
+    assert all(0.0 <= value <= 1.0 for value in scores.values())
+    chosen = record["columns"]["digits.large"]
+    assert scores[chosen] == max(scores.values())
+    assert f"starts from the trained column of {chosen} (auto: its features" in result.stderr
+    assert _same(starts["digits.large"], starts[chosen])
+
+
+def test_none_starts_fresh_and_the_run_params_say_so(store_copy: Path, starts) -> None:
+    from dmtcore.hookspecs import hookimpl
+    from dmtcore.operations import add_task
+    from dmtcore.plugins import create_plugin_host
+    from dmtcore.training import TrainSettings
+
+    class Params:
+        seen: ClassVar[dict[str, Any]] = {}
+
+        @hookimpl
+        def dmt_run_started(self, run: Any) -> None:
+            Params.seen.update(run.params)  # what the MLflow tracker logs as the run's params
+
+    messages: list[str] = []
+    host = create_plugin_host()
+    host.register(Params(), "params-recorder")
+    settings = TrainSettings(epochs=1, batch_size=64)
+    add_task(store_copy, "digits.prime", host, settings, notify=messages.append, init_from="none")
+    assert "digits.prime's column starts from fresh weights (requested)" in map(str, messages)
+    assert not any(
+        _same(starts["digits.prime"], starts[t]) for t in ("digits.class", "digits.even")
+    )
+    assert (Params.seen["init_from"], Params.seen["init_from_requested"]) == ("none", "none")
+    assert _manifest(store_copy)["operation"]["init_from"]["columns"] == {"digits.prime": None}
 
 
 def test_unknown_init_task_exits_3_and_changes_nothing(store_copy: Path, run_cli) -> None:
