@@ -357,7 +357,7 @@ def _train_tasks(
         model.add_task(spec.name, slots[spec.name], sources, spec.head, spec.num_outputs)
     model.check_sources()
     model.to(device)  # the probe of --init-from auto reads the data on the device
-    init_record = warm_start(model, targets, stored, init_from, notify)
+    init_record = warm_start(model, targets, stored, init_from, kind, notify)
     group = frozenset(names)
     model.configure_training(TrainingPlan(group, group, group))
     params = {"tasks": ",".join(names), **asdict(settings), "device": str(device)}
@@ -409,18 +409,23 @@ def warm_start(
     targets: Sequence[Target],
     stored: Sequence[str],
     init_from: str,
+    kind: str,
     notify: Notify,
 ) -> dict[str, Any]:
     """Start each new column from a stored task's trained column (weights and BatchNorm
     statistics; connections and heads stay fresh), say which on stderr, and return the
-    record for the manifest: requested value, column per new task (None: fresh), and why."""
-    from dmtcore.warm_start import choose_column
+    record for the manifest: requested value, column per new task (None: fresh), and why.
+    `auto` warm-starts only under the connection kinds where that was measured to help."""
+    from dmtcore.warm_start import WARM_KINDS, choose_column
 
     record: dict[str, Any] = {"requested": init_from, "columns": {}, "reasons": {}}
     for target in targets:
         name = target.spec.name
         if init_from == INIT_NONE or not stored:
             column, reason = None, "requested" if init_from == INIT_NONE else "no stored task"
+        elif init_from == INIT_AUTO and kind not in WARM_KINDS:
+            column = None
+            reason = f"auto: a warm start was measured to help ttc transfer, not {kind}'s"
         elif init_from == INIT_AUTO:
             choice = choose_column(model, stored, target)
             column, reason = choice.column, f"auto: {choice.reason}"

@@ -84,9 +84,10 @@ FROM_FOLDER_HELP = (
     show_default=True,
     metavar="auto|none|TASK",
     help="Start the new column from a stored task's trained column (its weights and BatchNorm "
-    "statistics; the connections and head start fresh): TASK names it; auto takes the column "
-    "whose features a quick linear probe finds most predictive of NAME (fresh weights in an "
-    "empty store); none starts from fresh weights. The choice is recorded in the version.",
+    "statistics; the connections and head start fresh): TASK names it; auto, in a ttc store, "
+    "takes the column whose features a nearest-class-mean probe finds most predictive of NAME "
+    "(fresh weights under other kinds, where a warm start measured slower, and in an empty "
+    "store); none starts from fresh weights. The choice is recorded in the version.",
 )
 @train_options(default_epochs=5)
 @plugin_options
