@@ -125,3 +125,12 @@ def test_init_task_on_a_new_store_exits_3_and_leaves_nothing(tmp_path: Path, run
     )
     assert "has no tasks yet" in result.stderr.strip().splitlines()[-1]
     assert not store.exists()
+
+
+def test_auto_starts_fresh_under_a_kind_it_does_not_help(tmp_path: Path, run_cli, starts) -> None:
+    store = tmp_path / "store"
+    run_cli("train", "digits.class", "--store", store, "--connection", "cross-stitch", *FAST)
+    result = run_cli("add-task", "digits.even", "--store", store, *FAST)
+    assert "digits.even's column starts from fresh weights (auto: " in result.stderr
+    assert not _same(starts["digits.even"], starts["digits.class"])
+    assert _manifest(store)["operation"]["init_from"]["columns"] == {"digits.even": None}
