@@ -18,6 +18,10 @@ the first step at which each run reaches the target, and alone ÷ added ("never"
 run does not reach it within the epochs; its best score is shown). The curves come from
 `examples/incremental_transfer.py` (`curve`, `steps_to_reach`), which this imports.
 
+`--inits` compares how the added column starts (`dmt add-task --init-from`): `none` from
+fresh weights, `auto` or a predecessor's name from that predecessor's trained column (warm
+start, NDDR and cross-stitch Table 3); names that are not predecessors of a pair are skipped.
+
 NDDR layers use SGD (momentum 0.9), the papers' optimiser, for which their ×100 learning rate
 was tuned (README); their single-task baseline then uses SGD too. ttc and cross-stitch use Adam.
 Steps are deterministic on the CPU for a seed (no timing is involved); `--seeds` repeats the
@@ -25,6 +29,7 @@ whole comparison and reports medians. Target: ≥ 4× fewer steps.
 
     python benchmarks/incremental_transfer.py [--quick] [--kinds ttc nddr cross-stitch]
         [--pairs digits shapes] [--epochs 5] [--every 5] [--seeds 0]
+        [--inits none auto shapes.kind]
 """
 
 from __future__ import annotations
@@ -58,9 +63,16 @@ def main() -> None:
     p.add_argument("--parent-epochs", type=int, default=4)
     p.add_argument("--every", type=int, default=5, help="validate every N optimiser steps")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument(
+        "--inits",
+        nargs="+",
+        default=["none", "auto"],
+        help="how the added column starts: none, auto or a predecessor task (as --init-from)",
+    )
     args = p.parse_args()
     if args.quick:
         args.kinds, args.pairs, args.epochs, args.parent_epochs = ["ttc"], ["digits"], 1, 1
+        args.inits = ["none", "auto"]
     device = common.setup(args)
     from dmtcore.training import TrainSettings
 
@@ -71,7 +83,13 @@ def main() -> None:
     for pair in args.pairs:
         task, parents, spec = pairs[pair]
         alone: dict[tuple[str, int], list[tuple[int, float]]] = {}
-        for kind in args.kinds:
+        variants = [
+            (kind, init)
+            for kind in args.kinds
+            for init in args.inits
+            if init in ("none", "auto", *parents)
+        ]
+        for kind, init in variants:
             optimizer = OPTIMIZER.get(kind, "adam")
             per_seed = []
             for seed in args.seeds:
@@ -90,7 +108,7 @@ def main() -> None:
                         "none", task, [], spec, settings, parent_settings
                     )
                 single = alone[optimizer, seed]
-                added = ex.curve(kind, task, parents, spec, settings, parent_settings)
+                added = ex.curve(kind, task, parents, spec, settings, parent_settings, init)
                 target = max(value for _, value in single[-3:])
                 alone_steps = ex.steps_to_reach(single, target)
                 added_steps = ex.steps_to_reach(added, target)
@@ -105,7 +123,7 @@ def main() -> None:
                         "added_final": added[-1][1],
                     }
                 )
-                curves[f"{task}/{kind}/{seed}"] = {"alone": single, "added": added}
+                curves[f"{task}/{kind}/{init}/{seed}"] = {"alone": single, "added": added}
             reached = [r["ratio"] for r in per_seed if r["ratio"] is not None]
             ratio = common.median(reached) if len(reached) == len(per_seed) else None
             rows.append(
@@ -114,6 +132,7 @@ def main() -> None:
                     "after": parents,
                     "input": str(spec),
                     "kind": kind,
+                    "init_from": init,
                     "optimizer": optimizer,
                     "target_score": common.median([r["target_score"] for r in per_seed]),
                     "alone_steps": common.median([r["alone_steps"] for r in per_seed]),
@@ -129,10 +148,10 @@ def main() -> None:
                     "seeds": per_seed,
                 }
             )
-    headers = ["new task (after)", "kind", "opt", "score to reach", "alone steps",
+    headers = ["new task (after)", "kind", "init from", "opt", "score to reach", "alone steps",
                "added steps", "added best", "fewer steps", "target", ""]  # fmt: skip
     table_rows = [
-        [f"{r['task']} ({' + '.join(r['after'])})", r["kind"], r["optimizer"],
+        [f"{r['task']} ({' + '.join(r['after'])})", r["kind"], r["init_from"], r["optimizer"],
          round(r["target_score"], 3), r["alone_steps"],
          r["added_steps"] if r["added_steps"] is not None else "never", round(r["added_best"], 3),
          f"{r['ratio']:.1f}x" if r["ratio"] is not None else "-", f"≥{TARGET:g}x", r["verdict"]]

@@ -135,6 +135,13 @@ class MultiTaskModel(nn.Module):
         size = (self.input_spec.height, self.input_spec.width)
         self.heads[slot] = build_head(head, column.out_shape, num_outputs, size)
 
+    def copy_column(self, source: str, target: str) -> None:
+        """Start task `target`'s column from task `source`'s trained one (weights and
+        BatchNorm statistics; warm start, NDDR and cross-stitch Table 3). The copy shares no
+        storage with the source, so training `target` leaves `source` bit-identical."""
+        state = self.columns[self.tasks[source].slot].state_dict()
+        self.columns[self.tasks[target].slot].load_state_dict(state)
+
     def check_sources(self) -> None:
         unknown = {s for t in self.tasks.values() for s in t.sources if s not in self.tasks}
         if unknown:

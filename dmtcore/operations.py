@@ -53,6 +53,7 @@ from dmtcore.training import (
 
 DEFAULT_BACKBONE = "dmt-cnn"
 DEFAULT_CONNECTION = "ttc"
+INIT_NONE, INIT_AUTO = "none", "auto"  # add-task --init-from: fresh weights, or pick a column
 Notify = Callable[[str], None]
 
 
@@ -243,10 +244,12 @@ def add_task(
     settings: TrainSettings = TrainSettings(),
     data: DataOptions = DataOptions(),
     notify: Notify = _stderr,
+    init_from: str = INIT_NONE,
 ) -> RunResult:
     """Train task `name` as a new column connected to every existing one; old tasks stay frozen.
-    A missing store is created with the defaults (and removed again if the operation fails)."""
-    return train_tasks(path, [name], host, settings, data, notify=notify)
+    A missing store is created with the defaults (and removed again if the operation fails).
+    `init_from` starts the new column from a stored task's column (see `warm_start`)."""
+    return train_tasks(path, [name], host, settings, data, notify=notify, init_from=init_from)
 
 
 def train_tasks(
@@ -257,6 +260,7 @@ def train_tasks(
     data: DataOptions = DataOptions(),
     connection: str | None = None,
     notify: Notify = _stderr,
+    init_from: str = INIT_NONE,
 ) -> RunResult:
     """Train a group of new tasks together (DMT §4.1): each gets a column connected to every
     existing task and to the other members. Tasks that share their images train in one pass
@@ -291,7 +295,17 @@ def train_tasks(
     with _writer(store, world, f"{operation} {' '.join(names)}"):
         try:
             return _train_tasks(
-                store, specs, host, settings, data, device, connection, operation, notify, world
+                store,
+                specs,
+                host,
+                settings,
+                data,
+                device,
+                connection,
+                operation,
+                notify,
+                world,
+                init_from,
             )
         except BaseException:
             # A store this command created, still empty, goes again (under the lock, so no other
@@ -313,6 +327,7 @@ def _train_tasks(
     operation: str,
     notify: Notify,
     world: World,
+    init_from: str = INIT_NONE,
 ) -> RunResult:
     names = [spec.name for spec in specs]
     manifest = store.manifest()
@@ -329,6 +344,7 @@ def _train_tasks(
             f"store {str(store.path)!r} uses connection kind {kind!r}, not {connection!r}; "
             "a store has one kind: create another store for it"
         )
+    check_init_from(init_from, stored, str(store.path))
     input_spec = InputSpec.from_shape(manifest["input_spec"] or specs[0].input_shape)
     notify(Stage(f"loading {_describe_store(store, manifest)}"))
     model = load_model(store, manifest, host.registry) or empty_model(
@@ -348,13 +364,16 @@ def _train_tasks(
         slots[spec.name] = f"t{manifest['next_slot'] + index}"
         model.add_task(spec.name, slots[spec.name], sources, spec.head, spec.num_outputs)
     model.check_sources()
-    model.to(device)
+    model.to(device)  # the probe of --init-from auto reads the data on the device
+    init_record = warm_start(model, targets, stored, init_from, kind, notify)
     group = frozenset(names)
     model.configure_training(TrainingPlan(group, group, group))
     params = {"tasks": ",".join(names), **asdict(settings), "device": str(device)}
     params.update(connection_lr_mult_params(model, settings))
     params["processes"] = world.size
     params["joint_mode"] = joint_mode(targets, settings)[0]  # as run; checked before the run
+    params["init_from"] = ",".join(c or INIT_NONE for c in init_record["columns"].values())
+    params["init_from_requested"] = init_from
     run = _run_info(operation, names, store, manifest, params)
 
     def work() -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
@@ -371,11 +390,65 @@ def _train_tasks(
                 )
             )
         new["operation"] = _operation(operation, names, settings, result, result.metrics)
+        new["operation"]["init_from"] = init_record
         notify(Stage(_committing(store)))
         _commit_weights(store, model, new, set(names), write=world.is_main)
         return new, result.metrics
 
     return _tracked(host, run, store, work, notify, world)
+
+
+def check_init_from(init_from: str, stored: Sequence[str], where: str) -> None:
+    """Before anything is loaded: a named column must be a stored task's (unknown name
+    otherwise); `none` and `auto` always do (auto starts fresh in an empty store)."""
+    if init_from in (INIT_NONE, INIT_AUTO) or init_from in stored:
+        return
+    if not stored:
+        raise unknown_name(
+            "task",
+            init_from,
+            stored,
+            f"to start from: store {where!r} has no tasks yet (use --init-from none or auto)",
+        )
+    raise unknown_name("task", init_from, stored, f"to start from in store {where!r}")
+
+
+def warm_start(
+    model: MultiTaskModel,
+    targets: Sequence[Target],
+    stored: Sequence[str],
+    init_from: str,
+    kind: str,
+    notify: Notify,
+) -> dict[str, Any]:
+    """Start each new column from a stored task's trained column (weights and BatchNorm
+    statistics; connections and heads stay fresh), say which on stderr, and return the
+    record for the manifest: requested value, column per new task (None: fresh), and why.
+    `auto` warm-starts only under the connection kinds where that was measured to help."""
+    from dmtcore.warm_start import WARM_KINDS, choose_column
+
+    record: dict[str, Any] = {"requested": init_from, "columns": {}, "reasons": {}}
+    for target in targets:
+        name = target.spec.name
+        if init_from == INIT_NONE or not stored:
+            column, reason = None, "requested" if init_from == INIT_NONE else "no stored task"
+        elif init_from == INIT_AUTO and kind not in WARM_KINDS:
+            column = None
+            reason = f"auto: a warm start was measured to help ttc transfer, not {kind}'s"
+        elif init_from == INIT_AUTO:
+            choice = choose_column(model, stored, target)
+            column, reason = choice.column, f"auto: {choice.reason}"
+            if choice.scores:
+                record.setdefault("probe", {})[name] = choice.scores
+        else:
+            column, reason = init_from, "requested"
+        if column is not None:
+            model.copy_column(column, name)
+            notify(f"{name}'s column starts from the trained column of {column} ({reason})")
+        else:
+            notify(f"{name}'s column starts from fresh weights ({reason})")
+        record["columns"][name], record["reasons"][name] = column, reason
+    return record
 
 
 def _world_and_device(settings: TrainSettings) -> tuple[World, torch.device]:

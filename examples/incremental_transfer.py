@@ -47,7 +47,9 @@ def curve(
     spec: InputSpec,
     settings: TrainSettings,
     parent_settings: TrainSettings,
+    init_from: str = "none",
 ) -> list[tuple[int, float]]:
+    """Validation points of `task` added after `parents`; `init_from` as `dmt add-task`'s."""
     host = create_plugin_host()
     metric = host.registry.tasks[task].primary_metric
     with tempfile.TemporaryDirectory() as folder:
@@ -57,7 +59,7 @@ def curve(
             train_tasks(store, parents, host, parent_settings, notify=lambda m: None)
         recorder = Curve(task, metric)
         host.register(recorder, "curve")
-        add_task(store, task, host, settings, notify=lambda m: None)
+        add_task(store, task, host, settings, notify=lambda m: None, init_from=init_from)
     return recorder.points
 
 

@@ -74,10 +74,11 @@ def test_framework_overhead_quick(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_incremental_transfer_quick(tmp_path: Path) -> None:
     _, data = run_benchmark("incremental_transfer.py", tmp_path)
-    (row,) = data["rows"]
-    assert (row["task"], row["kind"]) == ("digits.even", "ttc") and row["alone_steps"] > 0
-    assert row["ratio"] is None or positive(row["ratio"])
-    assert data["curves"]["digits.even/ttc/0"]["added"]
+    assert [r["init_from"] for r in data["rows"]] == ["none", "auto"]  # fresh, warm start
+    for row in data["rows"]:
+        assert (row["task"], row["kind"]) == ("digits.even", "ttc") and row["alone_steps"] > 0
+        assert row["ratio"] is None or positive(row["ratio"])
+        assert data["curves"][f"digits.even/ttc/{row['init_from']}/0"]["added"]
 
 
 @pytest.mark.slow

@@ -77,6 +77,18 @@ FROM_FOLDER_HELP = (
     metavar="DIR",
     help=FROM_FOLDER_HELP,
 )
+@click.option(
+    "--init-from",
+    "init_from",
+    default="auto",
+    show_default=True,
+    metavar="auto|none|TASK",
+    help="Start the new column from a stored task's trained column (its weights and BatchNorm "
+    "statistics; the connections and head start fresh): TASK names it; auto, in a ttc store, "
+    "takes the column whose features a nearest-class-mean probe finds most predictive of NAME "
+    "(fresh weights under other kinds, where a warm start measured slower, and in an empty "
+    "store); none starts from fresh weights. The choice is recorded in the version.",
+)
 @train_options(default_epochs=5)
 @plugin_options
 @json_option
@@ -84,6 +96,7 @@ def add_task(
     name: str,
     store: Path,
     from_folder: Path | None,
+    init_from: str,
     plugins: tuple[str, ...],
     no_plugin_autoload: bool,
     as_json: bool,
@@ -107,7 +120,9 @@ def add_task(
     host.registry.task(name)  # fail on an unknown name before touching anything
     uri = attach_tracker(host, store, *tracking, notify=notify)
     _attach_epoch_printer(host, as_json, settings.epochs)
-    result = run_add_task(store, name, host, settings, DataOptions(**data), notify=notify)
+    result = run_add_task(
+        store, name, host, settings, DataOptions(**data), notify=notify, init_from=init_from
+    )
     seconds = time.perf_counter() - started
     payload = {
         "store": str(store),
@@ -115,6 +130,7 @@ def add_task(
         "task": name,
         "metrics": result.metrics[name],
         "best_epoch": result.summary["best_epoch"],
+        "init_from": result.summary["init_from"],
         "seconds": round(seconds, 2),
         "tracking_uri": uri,
     }
