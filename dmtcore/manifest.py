@@ -345,6 +345,26 @@ OPERATION = Record(
         "feature_cache": MapOf(Anything()),
         "bn_recalibrated": Boolean(),
         "report": MapOf(Anything(), key=TASK_NAME),
+        # the connection weights' learning-rate multiplier as used, and where it came from
+        "connection_lr_mult": Nullable(
+            Record(
+                {
+                    "value": Nullable(Number(finite=True)),
+                    "source": Text(("option", "store", "default", "none")),
+                }
+            )
+        ),
+        # how a group trained: one pass per batch, taking turns, or a single task
+        "joint_mode": Nullable(Text(("single", "one-pass", "turns"))),
+        # where each new column started: requested value, column per task, and why
+        "init_from": Record(
+            {
+                "requested": Text(),
+                "columns": MapOf(Nullable(TASK_NAME), key=TASK_NAME),
+                "reasons": MapOf(Text(), key=TASK_NAME),
+            },
+            {"probe": MapOf(Anything(), key=TASK_NAME)},
+        ),
     },
 )
 

@@ -453,7 +453,7 @@ def fit(
     if mode != "single":
         names = ", ".join(t.spec.name for t in targets)
         how = "in one pass per batch" if mode == "one-pass" else "taking turns, one batch each"
-        notify(Stage(f"training {names} {how} ({reason})"))
+        notify(f"training {names} {how} ({reason})")  # a note: how the group trained
     group = _Group.of(model, targets) if mode == "one-pass" else None
     splits = (
         group.cached_splits()

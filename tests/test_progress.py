@@ -58,7 +58,7 @@ def test_a_tracked_add_task_names_each_stage_in_order_and_nothing_else(
         [sys.executable, "-m", "dmtcore", *command],
         capture_output=True,
         text=True,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", "DMT_PROGRESS": "always"},
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
@@ -131,10 +131,26 @@ def test_predict_on_a_float32_array_warns_of_nothing(
     assert result.stderr == ""
 
 
-def test_eval_says_what_it_loads_and_nothing_under_json(digits_store: Path, run_cli) -> None:
+def test_eval_says_what_it_loads_and_nothing_under_json(
+    digits_store: Path, run_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With stages shown (a terminal, or DMT_PROGRESS=always) eval says what it loads; in a
+    script, and under --json, it says nothing."""
+    assert run_cli("eval", "--store", digits_store).stderr == ""
+    monkeypatch.setenv("DMT_PROGRESS", "always")
     said = run_cli("eval", "--store", digits_store).stderr.splitlines()
     assert said[0] == "loading torch and the task plugins"
     assert "loading the data of digits.class" in said
     assert said[-1].startswith("evaluating digits.class, digits.even on the val split")
     quiet = run_cli("eval", "--store", digits_store, "--json")
     assert quiet.stderr == "" and json.loads(quiet.stdout)["split"] == "val"
+
+
+def test_an_unknown_progress_mode_is_refused_naming_the_valid_ones(
+    digits_store: Path, run_cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DMT_PROGRESS", "sometimes")
+    result = run_cli("eval", "--store", digits_store, expect=11)
+    assert result.stderr.strip() == (
+        "Error: DMT_PROGRESS='sometimes' is not valid; valid: auto, always, never"
+    )

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from dmtcore.errors import DmtError, Interrupted, StoreError
+from dmtcore.errors import DmtError, Interrupted, InvalidValueError, StoreError
 from dmtcore.taskspec import higher_is_better
 
 STORE_ENV = "DMT_STORE"
@@ -320,15 +321,35 @@ def echo_progress(message: str) -> None:
         click.echo(message, err=True)
 
 
+PROGRESS_ENV = "DMT_PROGRESS"
+PROGRESS_MODES = ("auto", "always", "never")
+
+
+def stages_shown(as_json: bool) -> bool:
+    """Whether stage lines go to stderr: on a terminal (`DMT_PROGRESS=auto`, the default), or
+    always (e.g. for CI logs) or never as DMT_PROGRESS says; never under --json. A script's
+    stderr then holds warnings, notes and a failing command's one error line."""
+    mode = os.environ.get(PROGRESS_ENV, "auto")
+    if mode not in PROGRESS_MODES:
+        raise InvalidValueError(
+            f"{PROGRESS_ENV}={mode!r} is not valid; valid: {', '.join(PROGRESS_MODES)}"
+        )
+    if as_json or mode == "never":
+        return False
+    return mode == "always" or stderr_is_terminal()
+
+
 def progress(as_json: bool) -> Callable[[str], None]:
-    """How a long command reports while it works, on stderr: every stage (a `Stage`) and
-    warning, progress bars on a terminal. Under --json only warnings: no stages, no bars."""
+    """How a long command reports while it works, on stderr: stages (a `Stage`) when
+    `stages_shown`, warnings and notes always, progress bars on a terminal and not under
+    --json."""
     from dmtcore.progress import Stage, allow_bars
 
     allow_bars(not as_json)
+    shown = stages_shown(as_json)
 
     def notify(message: str) -> None:
-        if not (as_json and isinstance(message, Stage)):
+        if shown or not isinstance(message, Stage):
             echo_progress(message)
 
     return notify
@@ -341,6 +362,12 @@ def starting(as_json: bool) -> Callable[[str], None]:
     notify = progress(as_json)
     notify(Stage("loading torch and the task plugins"))
     return notify
+
+
+def stderr_is_terminal() -> bool:
+    """Whether a person is likely watching stderr (read-only commands say their stages only
+    then: in a script their stderr is a single error line or nothing)."""
+    return sys.stderr.isatty()
 
 
 def verbose() -> bool:
