@@ -33,7 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-EPOCH_LINE = re.compile(r"^epoch (\d+):.*\((\d+(?:\.\d+)?)s\)")
+EPOCH_LINE = re.compile(r"^epoch (\d+):.*\((\d+(?:\.\d+)?)s[;)]")
 ADDED_LINE = re.compile(r"^Added (\S+) as version \d+ in [\d.]+s: (.*) \(best epoch \d+\)$")
 
 

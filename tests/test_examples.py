@@ -102,7 +102,9 @@ def test_refresh_readme_rewrites_only_between_its_markers() -> None:
 
 def test_refresh_readme_shows_a_run_with_its_middle_epochs_elided() -> None:
     refresh = _refresh_readme()
-    stderr = "".join(f"epoch {i}: loss 0.1; val t accuracy 0.9 (0.{i}s)\n" for i in range(1, 6))
+    stderr = "".join(
+        f"epoch {i}: loss 0.1; val t accuracy 0.9 (0.{i}s; {5 - i} to go)\n" for i in range(1, 6)
+    )
     command = refresh.Command(["add-task", "t"], "train t", "Added t as version 2\n", stderr, 3.0)
     block = refresh.console_block([(command, None)])
     lines = block.splitlines()
