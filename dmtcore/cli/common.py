@@ -365,8 +365,8 @@ def starting(as_json: bool) -> Callable[[str], None]:
 
 
 def stderr_is_terminal() -> bool:
-    """Whether a person is likely watching stderr (read-only commands say their stages only
-    then: in a script their stderr is a single error line or nothing)."""
+    """Whether a person is likely watching stderr: by default commands say their stages only
+    then (see `stages_shown`), so that in a script a failing command prints one error line."""
     return sys.stderr.isatty()
 
 
