@@ -14,18 +14,24 @@ off:
     off     ours without the feature cache (feature_cache="off"): frozen columns run forward
             only, without autograd. Theory ≈ (k + 3) / 3 (a forward is about a third of a
             training step).
-    cache   ours (feature_cache="auto", the default): the first epoch computes the frozen
-            columns' stage outputs once and stores them (float16); later epochs read them.
-            Theory: ≈ (k + 3) / 3 in epoch 1, ≈ 1 after.
+    cold    ours with the feature cache but no features kept from earlier operations
+            (kept_features_mb=0): the first epoch computes all k frozen columns' stage outputs
+            once and stores them (float16); later epochs read them. Theory: ≈ (k + 3) / 3 in
+            epoch 1, ≈ 1 after.
+    cache   ours as it runs by default: as `cold`, but the features of the columns that were
+            already frozen when the store's previous task was added are read from the store
+            (dmtcore.kept_features: the store was grown through add-task, which kept them), so
+            epoch 1 runs only the newest column. Theory: ≈ 4/3 in epoch 1, ≈ 1 after.
 
-Per k, the four runs (single column, naive, off, cache) go in a row, in an order rotating every
+Per k, the five runs (single column, naive, off, cold, cache) go in a row, in an order rotating every
 round, and each ratio pairs a run with the single-column run of the same row. Reported: the
 whole add-task (wall time of the add_task call: loading the store and data, every epoch with
 its validation, committing), the median epoch after the first (EpochReport.seconds from the
 dmt_epoch_end hook, training plus validation), and epoch 1; medians over rounds. Each ratio is
 given by wall time and by the process's CPU time (`cpu`): with one torch thread the CPU time is
 what the run would take on an idle machine, so it is the steadier figure on a shared one. Targets at
-k = 8 (issue 5): whole ≤ 1.5×, each epoch after the first ≤ 1.15×, with the cache.
+k = 8 (issue 16): whole ≤ 1.15× (issue 5 asked for 1.5×), each epoch after the first ≤ 1.15×,
+with the cache.
 
 The frozen columns are trained for one epoch each (their accuracy does not matter for timing).
 By default every task trains on the first 512 images of its training split (validating on the
@@ -65,14 +71,15 @@ import _common as common
 
 from dmtcore.names import InputSpec
 
-PATHS = ("naive", "off", "cache")
+PATHS = ("naive", "off", "cold", "cache")
 THEORY = {
     "naive": lambda k: k + 1.0,
     "off": lambda k: (k + 3) / 3,
+    "cold": lambda k: 1.0,
     "cache": lambda k: 1.0,
 }
 TARGET_K = 8
-TARGET_WHOLE = 1.5
+TARGET_WHOLE = 1.15  # issue 16 (issue 5 asked for 1.5)
 TARGET_EPOCH = 1.15
 QUICK_INPUT = {"scenes": "3x16x16"}  # --quick: a few seconds per add-task, not a minute
 
@@ -214,6 +221,7 @@ def main() -> None:
         "single": base,
         "naive": replace(base, feature_cache="off"),
         "off": replace(base, feature_cache="off"),
+        "cold": replace(base, cache_budget_mb=args.cache_budget_mb, kept_features_mb=0),
         "cache": replace(base, cache_budget_mb=args.cache_budget_mb),
     }
     host = common.plugin_host(args.samples or None)
@@ -300,7 +308,7 @@ def main() -> None:
         [r["dataset"], r["k"], r["path"], r["whole"], r["whole_cpu"], r.get("whole_target"),
          verdict(r, "whole"), r["later_epochs"], r["later_epochs_cpu"],
          r.get("later_epochs_target"), verdict(r, "later_epochs"), r["epoch1"], r["theory"],
-         r["cache_mb"] if r["path"] == "cache" else None, r["single_seconds"]]
+         r["cache_mb"] if r["path"] in ("cold", "cache") else None, r["single_seconds"]]
         for r in rows
     ]  # fmt: skip
     title = (

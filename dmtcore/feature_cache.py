@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm import tqdm
@@ -39,10 +39,14 @@ from dmtcore import interrupts
 from dmtcore.errors import InvalidValueError, StoreError
 from dmtcore.model import evaluating
 
+if TYPE_CHECKING:
+    from dmtcore.kept_features import KeptFeatures
+
 CACHE_MODES = ("auto", "memory", "disk", "off")
 CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 DISK_HEADROOM = 1.2  # auto spills only when the disk has this much more free space than needed
 FILL_BATCH_BYTES = 2**20  # one stage output of one column per batch, while filling
+FILL_BATCH_MIN = 64  # images per batch while filling, at the least
 ZERO_CHUNK = 2**20  # bytes written at a time where the filesystem cannot preallocate
 ALIGNMENT = 4096  # each table's stage starts on its own page of the mapped file
 SPILL_PREFIX = "dmt-feature-cache-"
@@ -97,6 +101,8 @@ class FeatureCache:
         self.mapping = mapping
         self.hits = 0
         self.misses = 0
+        self.read_columns: set[str] = set()  # frozen columns whose features `fill` read
+        self.run_columns: set[str] = set()  # and those it ran
         self.columns = ""  # e.g. "2 frozen columns"
         self.contents = ""  # e.g. "3.1 MB of float16 features in memory"
 
@@ -180,21 +186,49 @@ class FeatureCache:
         }
 
     @torch.no_grad()
-    def fill(self, model: Any, task: str, split: str, batches: Any, progress: bool = True) -> None:
+    def fill(
+        self,
+        model: Any,
+        task: str,
+        split: str,
+        batches: Any,
+        progress: bool = True,
+        kept: KeptFeatures | None = None,
+    ) -> None:
         """Run the frozen columns once over the whole split, before training, and store their
-        stage outputs; every batch of every epoch then reads them. A batch holds at least
-        training's batch size, and more images while a stage's output stays within
-        FILL_BATCH_BYTES: on a CPU, per-call overhead dominates small maps (8 columns at 1×8×8:
-        0.9 s in batches of 64, 0.7 s in batches of 256 or more), while large activations
-        outgrow its caches (at 3×32×32: 9.6 s in batches of 64, 13.2 s of 256)."""
+        stage outputs; every batch of every epoch then reads them. Columns whose features an
+        earlier operation kept on these images (`kept`) are read, not run, and feed the columns
+        that are run; those computed here are handed to `kept` to be kept in their turn.
+
+        A batch holds at least FILL_BATCH_MIN images, and more while a stage's output stays
+        within FILL_BATCH_BYTES: on a CPU, per-call overhead dominates small maps (8 columns at
+        1×8×8: 0.9 s in batches of 64, 0.7 s in batches of 256 or more), while large
+        activations outgrow its caches (at 3×32×32: 9.6 s in batches of 64, 13.2 s of 256).
+        It does not depend on the training batch size, so a column's features are the same
+        numbers whichever operation computed them."""
         table = self.tables.get((task, split))
         if table is None or table.filled:
             return
-        samples = torch.arange(table.stages[0].shape[0])
+        count = table.stages[0].shape[0]
+        shapes = [(count, *stage.shape[2:]) for stage in table.stages]
+        fingerprint = kept.fingerprint(batches) if kept is not None else None
+        found = {}
+        if kept is not None and fingerprint is not None:
+            for source in table.sources:
+                entry = kept.open(source, fingerprint, shapes)
+                if entry is not None:
+                    found[source] = entry
+        run = [s for s in table.sources if s not in found]
+        nbytes = sum(math.prod(shape) for shape in shapes) * 4
+        computed = {
+            source: [torch.empty(shape) for shape in shapes]
+            for source in run
+            if kept is not None and kept.wants(source, fingerprint, nbytes)
+        }
         with (
             evaluating(model),
             tqdm(
-                total=len(samples),
+                total=count,
                 desc=f"feature cache {task} {split}",
                 unit="img",
                 leave=False,
@@ -202,20 +236,38 @@ class FeatureCache:
                 file=sys.stderr,
             ) as bar,
         ):
-            for index in samples.split(self._fill_batch_size(table, batches.batch_size)):
-                kept: dict[str, list[torch.Tensor]] = {source: [] for source in table.sources}
-                model(batches.fetch(index), table.sources, None, kept)  # not `task` itself
+            for start in range(0, count, self._fill_batch_size(table)):
+                end = min(start + self._fill_batch_size(table), count)
+                index = torch.arange(start, end)
+                given = {
+                    source: [
+                        entry.get_slice(f"stage{stage}")[start:end].to(self.device)
+                        for stage in range(len(shapes))
+                    ]
+                    for source, entry in found.items()
+                }
+                outputs: dict[str, list[torch.Tensor]] = {source: [] for source in run}
+                if run:  # not `task` itself, and no column whose features were read
+                    model(batches.fetch(index), run, given or None, outputs)
+                outputs.update(given)
                 for stage, target in enumerate(table.stages):
-                    features = torch.stack([kept[s][stage] for s in table.sources], dim=1)
+                    features = torch.stack([outputs[s][stage] for s in table.sources], dim=1)
                     target[index.to(target.device)] = features.to(target.device, target.dtype)
-                bar.update(len(index))
+                for source, stages in computed.items():
+                    for stage, tensor in enumerate(stages):
+                        tensor[start:end] = outputs[source][stage].cpu()
+                bar.update(end - start)
                 interrupts.check()
+        for source, stages in computed.items():
+            kept.keep(source, fingerprint, stages)  # type: ignore[union-attr, arg-type]
         table.filled = True
+        self.read_columns.update(found)
+        self.run_columns.update(run)
 
     @staticmethod
-    def _fill_batch_size(table: _Table, batch_size: int) -> int:
+    def _fill_batch_size(table: _Table) -> int:
         largest = max(math.prod(stage.shape[2:]) for stage in table.stages) * 4  # float32
-        return max(batch_size, FILL_BATCH_BYTES // largest)
+        return max(FILL_BATCH_MIN, FILL_BATCH_BYTES // largest)
 
     def summary(self) -> dict[str, Any]:
         """What the run's manifest and tracking record about the cache."""

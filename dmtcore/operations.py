@@ -34,6 +34,7 @@ from dmtcore.errors import (
 )
 from dmtcore.evaluation import evaluate, evaluate_tasks
 from dmtcore.faults import crash_point
+from dmtcore.kept_features import KeptFeatures, column_keys
 from dmtcore.manifest import new_manifest
 from dmtcore.model import MultiTaskModel, TrainingPlan
 from dmtcore.names import InputSpec, unknown_name
@@ -185,11 +186,13 @@ def _tracked(
     work: Callable[[], tuple[dict[str, Any], dict[str, dict[str, float]]]],
     notify: Notify = _stderr,
     world: World = World(),
+    kept: KeptFeatures | None = None,
 ) -> RunResult:
     """Run `work` (train, then return the manifest to commit and final metrics) between the
     lifecycle hooks. Before the commit any failure is reported to the hooks and re-raised,
     nothing committed; after it, the version stands and a failing hook is only a warning.
-    Under torchrun only rank 0 reports and commits; the other ranks wait for its commit."""
+    Under torchrun only rank 0 reports and commits; the other ranks wait for its commit.
+    Features computed to be `kept` are written after the commit, and only then."""
     if not world.is_main:
         manifest, metrics = work()
         world.barrier()
@@ -210,6 +213,11 @@ def _tracked(
         except Exception as hook_error:  # never hide the real failure behind a tracking one
             notify(f"warning: could not report the failed run: {hook_error}")
         raise
+    if kept is not None:
+        try:
+            kept.flush()
+        except (OSError, StoreError) as exc:
+            notify(f"warning: version {version} is committed, but keeping features failed: {exc}")
     world.barrier()
     result = RunResult(version, metrics, store.version_path(version), manifest["operation"])
     try:
@@ -375,9 +383,18 @@ def _train_tasks(
     params["init_from"] = ",".join(c or INIT_NONE for c in init_record["columns"].values())
     params["init_from_requested"] = init_from
     run = _run_info(operation, names, store, manifest, params)
+    stored_features = kept_features(store, manifest, model, settings, device, world)
 
     def work() -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
-        result = fit(model, targets, settings, _epoch_hook(host, run, world), notify, world)
+        result = fit(
+            model,
+            targets,
+            settings,
+            _epoch_hook(host, run, world),
+            notify,
+            world,
+            kept=stored_features,
+        )
         run.extra["previews"] = _dense_previews(model, targets, notify, world)
         new = copy.deepcopy(manifest)
         new["input_spec"] = list(input_spec.shape)
@@ -395,7 +412,29 @@ def _train_tasks(
         _commit_weights(store, model, new, set(names), write=world.is_main)
         return new, result.metrics
 
-    return _tracked(host, run, store, work, notify, world)
+    return _tracked(host, run, store, work, notify, world, stored_features)
+
+
+def kept_features(
+    store: Store,
+    manifest: dict[str, Any],
+    model: MultiTaskModel,
+    settings: TrainSettings,
+    device: torch.device,
+    world: World,
+) -> KeptFeatures | None:
+    """The store's features of frozen columns kept across operations, for this one; None when
+    turned off (--kept-features-mb 0), with the feature cache off, or under torchrun (rank 0
+    alone writes the store, and the others would read what it is writing)."""
+    if settings.kept_features_mb <= 0 or settings.feature_cache == "off" or world.size > 1:
+        return None
+    context = (
+        f"torch {torch.__version__}, {device.type}, channels_last {settings.channels_last}, "
+        f"head_fusion {model.head_fusion}"
+    )
+    sources = {name: list(model.tasks[name].sources) for name in model.tasks}
+    keys = column_keys(manifest, sources, context)
+    return KeptFeatures(store, keys, int(settings.kept_features_mb * 2**20))
 
 
 def check_init_from(init_from: str, stored: Sequence[str], where: str) -> None:
@@ -646,6 +685,8 @@ def remove_task(
             },
         )
 
+        stored_features = kept_features(store, manifest, model, settings, device, world)
+
         def work() -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
             result = None
             if model.param_groups():
@@ -657,6 +698,7 @@ def remove_task(
                     notify,
                     world,
                     start={t: cut[t] for t in affected},
+                    kept=stored_features,
                 )
             kept = _kept(result)
             run.extra["previews"] = _dense_previews(
@@ -694,7 +736,7 @@ def remove_task(
             _commit_weights(store, model, new, set(affected), write=world.is_main)
             return new, after
 
-        return _tracked(host, run, store, work, notify, world)
+        return _tracked(host, run, store, work, notify, world, stored_features)
 
 
 def _describe_store(store: Store, manifest: dict[str, Any]) -> str:

@@ -5,6 +5,8 @@
     <store>/blobs/<sha256>.safetensors  weights, named by content: a frozen column is written once
                                  and every later version refers to the same file
     <store>/tmp/                 partial writes; whatever a crash leaves here is removed next time
+    <store>/features/            frozen columns' features kept across operations (a cache within
+                                 a budget, see dmtcore.kept_features; deleting it loses nothing)
     <store>/writer.lock          flock'ed by the writer, holding its PID, command and start time
 
 A crash at any point before CURRENT is replaced leaves the previous version untouched; readers
@@ -52,6 +54,7 @@ LAYOUT = {
     CURRENT: stat.S_ISREG,
     "mlflow.db": stat.S_ISREG,
     "mlartifacts": stat.S_ISDIR,
+    "features": stat.S_ISDIR,  # frozen columns' features kept across operations
 }
 
 
@@ -350,7 +353,12 @@ class Store:
             ):
                 os.unlink(entry.path)
 
-    def _write_atomically(self, target: Path, data: bytes) -> None:
+    def write_file(self, target: Path, data: bytes, sync: bool = True) -> None:
+        """Write `data` to `target`, a file inside the store, through tmp/ and an atomic
+        rename; `sync=False` for what can be recomputed (kept features), which skips the fsyncs."""
+        self._write_atomically(target, data, sync)
+
+    def _write_atomically(self, target: Path, data: bytes, sync: bool = True) -> None:
         tmp = self.path / "tmp" / f"{target.name}.{os.getpid()}.part"
         replaced = False
         try:
@@ -359,11 +367,13 @@ class Store:
                 handle.write(data)
                 handle.flush()
                 crash_point("file-half-written")
-                os.fsync(handle.fileno())
+                if sync:
+                    os.fsync(handle.fileno())
             crash_point("file-before-rename")
             os.replace(tmp, target)
             replaced = True
-            _fsync_dir(target.parent)
+            if sync:
+                _fsync_dir(target.parent)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             if replaced and target.name == CURRENT:  # the version is committed: say so

@@ -39,6 +39,7 @@ from dmtcore.errors import InvalidValueError, TrainingError
 from dmtcore.evaluation import autocast, evaluate, metric_state, shared_images
 from dmtcore.faults import crash_point
 from dmtcore.feature_cache import FeatureCache, check_cache_settings
+from dmtcore.kept_features import DEFAULT_BUDGET_MB, KeptFeatures
 from dmtcore.metrics import loss_function
 from dmtcore.model import evaluating
 from dmtcore.progress import Stage, bar_disabled, duration
@@ -110,6 +111,9 @@ class TrainSettings:
     feature_cache: str = "auto"  # auto, memory, disk or off: see dmtcore.feature_cache
     cache_budget_mb: float = 2048
     cache_dtype: str = "float16"
+    # Frozen columns' features kept in the store between operations (dmtcore.kept_features),
+    # within this many megabytes; 0: none kept or read.
+    kept_features_mb: float = DEFAULT_BUDGET_MB
     # NHWC convolutions: no faster for add-task on a CPU (benchmarks/speed_options.py), so off
     # unless asked for; GPUs with tensor cores may gain.
     channels_last: bool = False
@@ -163,6 +167,11 @@ class TrainSettings:
                 f"unknown joint mode {self.joint_mode!r}; valid: {', '.join(JOINT_MODES)}"
             )
         check_cache_settings(self.feature_cache, self.cache_budget_mb, self.cache_dtype)
+        kept_mb = self.kept_features_mb
+        if not (isinstance(kept_mb, int | float) and math.isfinite(kept_mb) and kept_mb >= 0):
+            raise InvalidValueError(
+                f"kept features budget must be a number of megabytes ≥ 0, got {kept_mb!r}"
+            )
         if not isinstance(self.workers, int) or self.workers < 0:
             raise InvalidValueError(
                 f"workers must be a number of processes ≥ 0, got {self.workers!r}"
@@ -424,9 +433,11 @@ def fit(
     notify: Callable[[str], None] = lambda message: None,
     world: World = World(),
     start: dict[str, dict[str, float]] | None = None,
+    kept: KeptFeatures | None = None,
 ) -> FitResult:
     """Train the model's planned parts on `targets`, validating after every epoch (or every
-    `settings.eval_every` steps); the best validation point is restored at the end.
+    `settings.eval_every` steps); the best validation point is restored at the end. `kept`:
+    the store's features of frozen columns kept from earlier operations, for the cache's pass.
 
     `start` is the validation metrics of every target before training (remove-task's cut):
     the untrained state is then epoch 0 of the best-epoch rule, kept (`best_epoch` 0) unless a
@@ -485,6 +496,7 @@ def fit(
             notify=notify,
             bars=bars,
             group=group,
+            kept=kept,
         )
     finally:
         bars.close()
@@ -493,6 +505,8 @@ def fit(
         model.to(memory_format=torch.contiguous_format)
     if cache is not None:
         result.feature_cache = cache.summary()
+        if kept is not None:
+            result.feature_cache.update(kept.summary())
     result.joint_mode = mode
     return result
 
@@ -510,6 +524,7 @@ def _fit(
     notify: Callable[[str], None],
     bars: contextlib.ExitStack,
     group: _Group | None = None,
+    kept: KeptFeatures | None = None,
 ) -> FitResult:
     optimizer, lr_mult = make_optimizer(model, settings)
     names = [t.spec.name for t in targets]
@@ -531,7 +546,7 @@ def _fit(
     counts = dict.fromkeys(names, 0)
     started = time.perf_counter()
     if cache is not None:  # the frozen columns' one pass, counted in epoch 1's time
-        _fill_cache(cache, model, targets, notify, world)
+        _fill_cache(cache, model, targets, notify, world, kept)
     bar = bars.enter_context(_run_bar(targets, settings, world, group))
 
     def validate(epoch: int) -> None:
@@ -658,19 +673,41 @@ def _fill_cache(
     targets: list[Target],
     notify: Callable[[str], None],
     world: World,
+    kept: KeptFeatures | None = None,
 ) -> None:
     """The frozen columns' one pass over every split, said before and after (it can take a
-    while: a forward pass of every frozen column over all the training and validation data)."""
+    while: a forward pass of every frozen column over all the training and validation data),
+    with what was read from features kept by earlier operations instead."""
     notify(Stage(f"computing the features of {cache.columns} once ({cache.contents})"))
     started = time.perf_counter()
     for target in targets:
         for split in ("train", "val"):
             batches = getattr(target, split)
             cache.fill(
-                model, target.spec.name, split, batches, progress=not bar_disabled(world.is_main)
+                model,
+                target.spec.name,
+                split,
+                batches,
+                progress=not bar_disabled(world.is_main),
+                kept=kept,
             )
     seconds = time.perf_counter() - started
-    notify(f"feature cache: {cache.columns} computed once, {cache.contents} ({duration(seconds)})")
+    for note in kept.notes if kept is not None else ():
+        notify(note)
+    read = cache.read_columns - cache.run_columns
+    reused = ""
+    if read and kept is not None:
+        them = f"{len(read)} of them" if cache.run_columns else "all"
+        size = _mb(kept.summary()["kept_read_bytes"])
+        reused = f" ({them} read from the features kept by earlier operations, {size})"
+    notify(
+        f"feature cache: {cache.columns} computed once{reused}, {cache.contents} "
+        f"({duration(seconds)})"
+    )
+
+
+def _mb(nbytes: int) -> str:
+    return f"{nbytes / 2**20:.1f} MB"
 
 
 def epoch_score(

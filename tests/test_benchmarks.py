@@ -46,12 +46,14 @@ def positive(value: Any) -> bool:
 def test_growth_cost_quick(tmp_path: Path) -> None:
     stdout, data = run_benchmark("growth_cost.py", tmp_path)
     rows = data["rows"]
-    expected = [(k, path) for k in (1, 2) for path in ("naive", "off", "cache")]
+    expected = [(k, path) for k in (1, 2) for path in ("naive", "off", "cold", "cache")]
     assert [(r["k"], r["path"]) for r in rows] == expected and "theory" in stdout
     for row in rows:
         for key in ("whole", "whole_cpu", "later_epochs", "later_epochs_cpu", "epoch1"):
             assert positive(row[key]), (key, row)
-    assert all(r["cache_mb"] > 0 for r in rows if r["path"] == "cache")
+    assert all(r["cache_mb"] > 0 for r in rows if r["path"] in ("cold", "cache"))
+    # the store was grown through add-task: at k = 2 the first column's features are read
+    assert "(1 of them read from the features kept by earlier operations, " in stdout
 
 
 @pytest.mark.slow
@@ -127,15 +129,15 @@ def test_growth_cost_dense_quick(tmp_path: Path) -> None:
     100·2·2) values × 2 bytes."""
     stdout, data = run_benchmark("growth_cost.py", tmp_path, "--datasets", "scenes")
     rows = data["rows"]
-    assert [(r["dataset"], r["task"]) for r in rows] == [("scenes", "scenes.normals")] * 6
+    assert [(r["dataset"], r["task"]) for r in rows] == [("scenes", "scenes.normals")] * 8
     assert all(positive(r["whole"]) and positive(r["later_epochs"]) for r in rows)
     cached = {r["k"]: r for r in rows if r["path"] == "cache"}
     assert {k: r["cache_bytes"] for k, r in cached.items()} == {1: 1628160, 2: 3256320}
     assert all(r["cache_location"] == "memory" for r in cached.values())
     assert "scenes 3x16x16 (dmt-cnn spatial=true)" in stdout
     assert "scenes k=2 cache: 3256320 bytes (3.1 MiB) of float16 in memory," in stdout
-    said = "add-task said: feature cache: 2 frozen columns computed once, 3.1 MB of float16"
-    assert said in stdout
+    said = "add-task said: feature cache: 2 frozen columns computed once (1 of them read from"
+    assert said in stdout and "MB), 3.1 MB of float16" in stdout
 
 
 @pytest.mark.slow

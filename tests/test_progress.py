@@ -77,9 +77,9 @@ def test_the_feature_cache_line_comes_after_its_work(store_copy: Path, host, mon
     said: list[str] = []
     fill = FeatureCache.fill
 
-    def recorded_fill(self, model, task, split, batches, progress=True) -> None:
+    def recorded_fill(self, model, task, split, batches, **options) -> None:
         said.append(f"filled {task} {split}")
-        fill(self, model, task, split, batches, progress)
+        fill(self, model, task, split, batches, **options)
 
     monkeypatch.setattr(FeatureCache, "fill", recorded_fill)
     add_task(store_copy, "digits.prime", host, TrainSettings(epochs=1), notify=said.append)

@@ -189,6 +189,15 @@ def train_options(default_epochs: int) -> Callable[[Callable[..., Any]], Callabl
             help="Memory the feature cache may use.",
         ),
         click.option(
+            "--kept-features-mb",
+            type=float,
+            default=1024,
+            show_default=True,
+            help="Keep frozen columns' features in the store (STORE/features) for later "
+            "commands on the same images, within this many MB (least recently used go first); "
+            "0: keep and read none.",
+        ),
+        click.option(
             "--cache-dtype",
             type=click.Choice(["float16", "bfloat16", "float32"]),
             default="float16",

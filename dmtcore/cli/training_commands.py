@@ -297,6 +297,7 @@ def _split_options(options: dict[str, Any]) -> tuple[Any, dict[str, Any], tuple[
         feature_cache=options["feature_cache"],
         cache_budget_mb=options["cache_budget_mb"],
         cache_dtype=options["cache_dtype"],
+        kept_features_mb=options["kept_features_mb"],
         workers=options["workers"],
         channels_last=options["channels_last"],
         compile=options["compile_"],
