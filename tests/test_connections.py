@@ -33,6 +33,33 @@ def test_ttc_matches_the_paper_formula(host) -> None:
     assert weights[0] == pytest.approx(1 / (1 + math.exp(-0.5)))
 
 
+def test_ttc_trains_through_one_contraction_with_the_sum_s_values_and_gradients(host) -> None:
+    """While β trains, the sources are summed in one contraction (fewer operations per step);
+    evaluation keeps the per-source sum. Both give the formula's values, and β the same
+    gradient, up to float rounding."""
+    torch.manual_seed(0)
+    connection = build(host, "ttc", 2, 9, (4, 3, 3))
+    with torch.no_grad():
+        connection.beta.copy_(torch.randn(8))
+    own = torch.randn(5, 4, 3, 3, requires_grad=True)
+    h = [torch.randn(5, 4, 3, 3) for _ in range(9)]
+    h[2] = own
+    trained = connection(h)
+    (trained * torch.arange(trained.numel()).view_as(trained)).sum().backward()
+    fused_grads = connection.beta.grad.clone(), own.grad.clone()
+    connection.beta.grad, own.grad = None, None
+    alphas = torch.sigmoid(connection.beta)
+    summed = own + sum(a * x for a, x in zip(alphas, h[:2] + h[3:], strict=True))
+    expected = connection.norm(summed)
+    (expected * torch.arange(expected.numel()).view_as(expected)).sum().backward()
+    torch.testing.assert_close(trained, expected)
+    torch.testing.assert_close(fused_grads[0], connection.beta.grad)
+    torch.testing.assert_close(fused_grads[1], own.grad)
+    with torch.no_grad():
+        evaluated = connection(h)
+    torch.testing.assert_close(evaluated, expected.detach())
+
+
 def test_ttc_initial_alpha_and_learning_rate_group(host) -> None:
     connection = build(host, "ttc", 0, 4, (8,), init_alpha=0.2, lr_mult=7.0)
     assert connection.relation_weights() == pytest.approx([1.0, 0.2, 0.2, 0.2])

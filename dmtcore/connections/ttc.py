@@ -45,10 +45,17 @@ class TaskTransferConnection(TransferConnection):
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         out = features[self.own]
         others = [h for i, h in enumerate(features) if i != self.own]
-        if others:
-            alphas = torch.sigmoid(self.beta)
-            for alpha, h in zip(alphas, others, strict=True):
-                out = out + alpha * h
+        if not others:
+            return self.norm(out)
+        alphas = torch.sigmoid(self.beta)
+        if len(others) > 1 and self.beta.requires_grad and torch.is_grad_enabled():
+            # While this connection trains: one contraction over the stacked sources, forward
+            # and backward, instead of a multiply-add and a reduction for β's gradient per
+            # source; on small maps these per-source operations were 10-25% of a step (k = 8).
+            # Evaluation keeps the sum below, so stored tasks give the same numbers as ever.
+            return self.norm(out + torch.tensordot(alphas, torch.stack(others), dims=1))
+        for alpha, h in zip(alphas, others, strict=True):
+            out = out + alpha * h
         return self.norm(out)
 
     def drop_source(self, position: int) -> None:
