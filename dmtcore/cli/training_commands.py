@@ -67,7 +67,7 @@ FROM_FOLDER_HELP = (
 
 
 @cli.command("add-task")
-@click.argument("name")
+@click.argument("names", nargs=-1, required=True, metavar="NAME...")
 @store_option
 @click.option(
     "--from-folder",
@@ -93,7 +93,7 @@ FROM_FOLDER_HELP = (
 @plugin_options
 @json_option
 def add_task(
-    name: str,
+    names: tuple[str, ...],
     store: Path,
     from_folder: Path | None,
     init_from: str,
@@ -107,41 +107,58 @@ def add_task(
     Existing columns, connections, heads and BatchNorm statistics stay frozen: every old
     task's output is bit-identical afterwards. A missing store is created with defaults.
     With --from-folder DIR, NAME is a new task made from the images in DIR.
+
+    Several names are added one after another in one process (start-up is paid once), each
+    as its own version and MLflow run, as separate commands would; --json then prints a list.
+    If one fails, the tasks before it stay added.
     """
     started = time.perf_counter()
     notify = starting(as_json)
+    if len(set(names)) != len(names):
+        raise click.UsageError(f"each task can be added once, got {' '.join(names)}")
+    if from_folder is not None and len(names) > 1:
+        raise click.UsageError(f"--from-folder makes one task, got {len(names)}: {' '.join(names)}")
     from dmtcore.operations import DataOptions
     from dmtcore.operations import add_task as run_add_task
 
     settings, data, tracking = _split_options(options)
     host = plugin_host(plugins, no_plugin_autoload)
     if from_folder is not None:
-        _register_from_folder(host, name, from_folder)
-    host.registry.task(name)  # fail on an unknown name before touching anything
+        _register_from_folder(host, names[0], from_folder)
+    for name in names:
+        host.registry.task(name)  # fail on an unknown name before touching anything
     uri = attach_tracker(host, store, *tracking, notify=notify)
     _attach_epoch_printer(host, as_json, settings.epochs)
-    result = run_add_task(
-        store, name, host, settings, DataOptions(**data), notify=notify, init_from=init_from
-    )
-    seconds = time.perf_counter() - started
-    payload = {
-        "store": str(store),
-        "version": result.version,
-        "task": name,
-        "metrics": result.metrics[name],
-        "best_epoch": result.summary["best_epoch"],
-        "init_from": result.summary["init_from"],
-        "seconds": round(seconds, 2),
-        "tracking_uri": uri,
-    }
-
-    def human() -> None:
-        metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics[name].items())
-        click.echo(
-            f"Added {name} as version {result.version} in {seconds:.1f}s: {metrics} (best epoch {payload['best_epoch']})"
+    payloads = []
+    for name in names:
+        result = run_add_task(
+            store, name, host, settings, DataOptions(**data), notify=notify, init_from=init_from
         )
+        seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        payload = {
+            "store": str(store),
+            "version": result.version,
+            "task": name,
+            "metrics": result.metrics[name],
+            "best_epoch": result.summary["best_epoch"],
+            "init_from": result.summary["init_from"],
+            "seconds": round(seconds, 2),
+            "tracking_uri": uri,
+        }
+        payloads.append(payload)
+        if not as_json:  # as each task is added: they are committed one by one
+            emit(False, payload, lambda p=payload: click.echo(_added_line(p)))
+    if as_json:
+        emit(True, payloads[0] if len(payloads) == 1 else payloads, lambda: None)
 
-    emit(as_json, payload, human)
+
+def _added_line(payload: dict[str, Any]) -> str:
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in payload["metrics"].items())
+    return (
+        f"Added {payload['task']} as version {payload['version']} in {payload['seconds']:.1f}s: "
+        f"{metrics} (best epoch {payload['best_epoch']})"
+    )
 
 
 @cli.command()
