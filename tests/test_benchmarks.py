@@ -109,6 +109,16 @@ def test_speed_options_quick(tmp_path: Path) -> None:
     assert all(len(data["runs"][v]) == 1 for v in ["default", *variants])
 
 
+@pytest.mark.slow
+def test_peer_libmtl_dmt_side_quick(tmp_path: Path) -> None:
+    """The dmt side alone: --no-peer makes no LibMTL venv and downloads nothing."""
+    stdout, data = run_benchmark("peer_libmtl.py", tmp_path, "--no-peer")
+    (row,) = data["rows"]
+    assert row["side"] == "dmt" and positive(row["cpu_s"]) and 0 < row["mean_accuracy"] <= 1
+    assert data["peer_skipped"] == "--no-peer" and "LibMTL side skipped" in stdout
+    assert [r["joint_mode"] for r in data["raw"]["dmt"]] == ["one-pass"]
+
+
 def test_benchmark_cuda_without_gpu_fails_clearly(tmp_path: Path) -> None:
     import torch
 
