@@ -1,0 +1,55 @@
+"""The dmt half of the peer benchmarks, without any peer: the benchmark-local `mlp` column
+grows a ttc store through the real add-task, and the peer venvs stay out of dmt's own
+dependencies. (The peers themselves need their venvs, built on first use with network
+access, so no test runs them.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import tomllib
+from pathlib import Path
+
+ROOT = Path(__file__).parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def test_mlp_column_from_a_benchmark_plugin_grows_a_ttc_store(tmp_path: Path) -> None:
+    """The `mlp` backbone registers through `dmt_register_backbones`; its stages are PNN's
+    column (Linear + ReLU on the flattened image) and ttc connects them."""
+    from dmtcore.checkpoint import load_model
+    from dmtcore.names import InputSpec
+    from dmtcore.operations import add_task, init_store
+    from dmtcore.plugins import create_plugin_host
+    from dmtcore.store import Store
+    from dmtcore.training import TrainSettings
+
+    host = create_plugin_host([str(BENCHMARKS / "_mlp_backbone.py")])
+    column = host.registry.backbone("mlp").build(InputSpec(1, 8, 8), {"layers": 3, "width": 16})
+    assert column.feature_shapes == [(16,), (16,), (16,)]
+    store = tmp_path / "store"
+    init_store(store, host, InputSpec(1, 8, 8), backbone="mlp", connection="ttc")
+    settings = TrainSettings(epochs=1, device="cpu")
+    for task in ("digits.class", "digits.even"):
+        result = add_task(store, task, host, settings, notify=lambda message: None)
+        assert 0.0 <= result.metrics[task]["accuracy"] <= 1.0
+    opened = Store.open(store)
+    model = load_model(opened, opened.manifest(), host.registry)
+    assert list(model.tasks) == ["digits.class", "digits.even"]
+    assert model.part("digits.even", "column").feature_shapes == [(100,), (100,)]
+
+
+def test_peer_requirements_stay_out_of_dmt() -> None:
+    """Avalanche is installed only in its own venv, from its own requirements file, with
+    the torch dmt uses; dmt's package declares no peer."""
+    spec = importlib.util.spec_from_file_location("_peers", BENCHMARKS / "_peers.py")
+    peers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(peers)
+    text = (BENCHMARKS / "peers" / "requirements-avalanche.txt").read_text()
+    with_deps, no_deps = peers._requirements(text)
+    assert no_deps == ["avalanche-lib==0.6.0"]
+    assert {"torch==2.14.1", "torchvision==0.29.1"} <= set(with_deps)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    extras = project.get("optional-dependencies", {}).values()
+    declared = [*project["dependencies"], *(d for extra in extras for d in extra)]
+    assert not [d for d in declared if "avalanche" in d.lower()]
+    assert "benchmarks/.venvs/" in (ROOT / ".gitignore").read_text().splitlines()
