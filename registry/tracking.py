@@ -376,8 +376,9 @@ class MlflowTracker:
         self.client.set_terminated(self.run_id, "FINISHED")
 
     def _log_relations(self, result: RunResult) -> None:
-        """The final relation matrices of every stage, as JSON and as a heatmap PNG."""
-        from dmtcore.relations import boundary_label, plot, relation_matrices, select_stage
+        """The final relation matrices of every stage, as JSON and as a heatmap PNG (drawn with
+        Pillow: matplotlib cost each run about a CPU second, see `relations.heatmap_png`)."""
+        from dmtcore.relations import boundary_label, heatmap_png, relation_matrices, select_stage
 
         manifest = json.loads(Path(result.manifest_path).read_text())
         stages = select_stage(relation_matrices(manifest), None)
@@ -393,7 +394,7 @@ class MlflowTracker:
                 ],
             }
             (Path(folder) / "relations.json").write_text(json.dumps(data, indent=2))
-            plot(manifest, stages, Path(folder) / "relations.png")
+            heatmap_png(manifest, stages, Path(folder) / "relations.png")
             self.client.log_artifacts(self.run_id, folder, artifact_path="relations")
 
     @hookimpl
