@@ -233,6 +233,7 @@ class MlflowTracker:
                 tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
             )
             name, location = run.store_name, None
+            experiment = None
             if self.embedded:
                 # A plain path: MLflow does not decode a file: URI, so 'a?b' would become 'a%3Fb'
                 # beside the store. Experiments of earlier releases hold the URI form.
@@ -246,7 +247,9 @@ class MlflowTracker:
                     # The store was moved or copied: its artifacts belong inside it, where it is
                     # now, so its runs go on in an experiment of its own location.
                     name = f"{name} ({hashlib.sha256(location.encode()).hexdigest()[:8]})"
-            experiment = self.client.get_experiment_by_name(name)
+                    experiment = None
+            if experiment is None:  # not looked up yet, or the store moved: look up its own
+                experiment = self.client.get_experiment_by_name(name)
             if experiment is not None:
                 return experiment.experiment_id
             return self.client.create_experiment(name, artifact_location=location)
