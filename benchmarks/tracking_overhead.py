@@ -76,12 +76,15 @@ def prepare(folder: Path, epochs: int, first: str, spec: InputSpec | None) -> tu
     return base, template
 
 
-def timed(method: Callable[..., None], into: list[float]) -> Callable[..., None]:
+def timed(method: Callable[..., None], into: list[float], cpu: list[float]) -> Callable[..., None]:
+    """`method`, recording the wall and CPU seconds (every thread's) of each call."""
+
     @functools.wraps(method)
     def wrapper(*args: object, **kwargs: object) -> None:
-        started = time.perf_counter()
+        started, used = time.perf_counter(), cpu_seconds()
         method(*args, **kwargs)
         into.append(time.perf_counter() - started)
+        cpu.append(cpu_seconds() - used)
 
     return wrapper
 
@@ -101,7 +104,8 @@ def one_run(mode: str, base: Path, template: Path, folder: Path, settings: Train
         tracker = MlflowTracker(uri, embedded=True, register=mode == "registry")
         for hook in HOOKS:
             into = hooks.setdefault(f"{mode}.{hook}", [])
-            setattr(tracker, hook, timed(getattr(tracker, hook), into))
+            cpu = hooks.setdefault(f"{mode}.{hook}.cpu", [])
+            setattr(tracker, hook, timed(getattr(tracker, hook), into, cpu))
         host.register(tracker, "mlflow")
     threads = set(threading.enumerate())
     started, cpu = time.perf_counter(), cpu_seconds()
@@ -129,14 +133,16 @@ def in_process(args: Any, settings: TrainSettings, spec: InputSpec | None) -> di
     if LEFT_THREADS:
         print(f"threads left running after a run: {', '.join(sorted(LEFT_THREADS))}")
     result = summarise(wall, cpu, MODES)
-    epoch_s = statistics.median(hooks["registry.dmt_epoch_end"])
-    start_s = statistics.median(hooks["registry.dmt_run_started"])
-    end_s = statistics.median(hooks["registry.dmt_run_finished"])
-    share = 100 * epoch_s / (result["median"]["off"] / settings.epochs)
-    print(
-        f"inside the hooks (registry mode, wall): {1000 * epoch_s:.0f} ms per epoch ({share:.1f}% "
-        f"of an epoch), {start_s:.2f} s when the run starts, {end_s:.2f} s when it ends"
-    )
+    for kind, unit, off in (("", "wall", "median"), (".cpu", "CPU", "median_cpu")):
+        epoch_s = statistics.median(hooks[f"registry.dmt_epoch_end{kind}"])
+        start_s = statistics.median(hooks[f"registry.dmt_run_started{kind}"])
+        end_s = statistics.median(hooks[f"registry.dmt_run_finished{kind}"])
+        share = 100 * epoch_s / (result[off]["off"] / settings.epochs)
+        print(
+            f"inside the hooks (registry mode, {unit}): {1000 * epoch_s:.0f} ms per epoch "
+            f"({share:.1f}% of an epoch), {start_s:.2f} s when the run starts, {end_s:.2f} s "
+            "when it ends"
+        )
     return {**result, "hook_seconds": hooks}
 
 
