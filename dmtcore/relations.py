@@ -279,14 +279,21 @@ def heatmap_png(manifest: dict[str, Any], stages: list[tuple[int, Matrix]], path
                 text.rotate(90, expand=True),
                 (grid_x + j * CELL + CELL // 2 - FONT // 2 - 3, grid_y + side + 4),
             )
-    bar_y = top + rows * (panel_h + GAP)
-    bar_w = min(figure_w - 4 * GAP, 360)
-    bar_x = (figure_w - bar_w) // 2
-    ramp = viridis([k / (bar_w - 1) for k in range(bar_w)])
-    image.paste(Image.fromarray(ramp[None].repeat(FONT, 0)), (bar_x, bar_y))
-    draw.text((bar_x - 6, bar_y + FONT // 2), f"{low:.3f}", "black", small, "rm")
-    draw.text((bar_x + bar_w + 6, bar_y + FONT // 2), f"{high:.3f}", "black", small, "lm")
-    draw.text((figure_w // 2, bar_y + FONT + 4), bar, "black", small, "ma")
+    links = any(
+        i != j and v is not None
+        for _, m in stages
+        for i, r in enumerate(m)
+        for j, v in enumerate(r)
+    )
+    if links:  # the colour bar, under the panels
+        bar_y = top + rows * (panel_h + GAP)
+        bar_w = min(figure_w - 4 * GAP, 360)
+        bar_x = (figure_w - bar_w) // 2
+        ramp = viridis([k / (bar_w - 1) for k in range(bar_w)])
+        image.paste(Image.fromarray(ramp[None].repeat(FONT, 0)), (bar_x, bar_y))
+        draw.text((bar_x - 6, bar_y + FONT // 2), f"{low:.3f}", "black", small, "rm")
+        draw.text((bar_x + bar_w + 6, bar_y + FONT // 2), f"{high:.3f}", "black", small, "lm")
+        draw.text((figure_w // 2, bar_y + FONT + 4), bar, "black", small, "ma")
     path = Path(path)
     image.save(path, format="PNG")
     return path
