@@ -9,6 +9,7 @@ boundary is that connection: `stage L → head` (DMT Table 6's "layer 6 to layer
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +206,112 @@ def _heatmap(
     axis.set_xlabel("source")
     axis.set_ylabel("task")
     return image
+
+
+# The run artifact's heatmap (`heatmap_png`): cell side, margins and font sizes in pixels.
+CELL = 64
+GAP = 24
+FONT = 13
+
+
+def heatmap_png(manifest: dict[str, Any], stages: list[tuple[int, Matrix]], path: Path) -> Path:
+    """The heatmaps of `plot` drawn with Pillow alone, for the relations.png every tracked run
+    logs: the same panels (one per stage, up to three per row), the same shared viridis scale
+    over the links between tasks, own cells grey and marked 'own', every cell labelled, and a
+    colour bar. Why not `plot`: importing matplotlib and laying its figure out cost about 1 CPU
+    second per run, more than the rest of the run's tracking; this takes milliseconds.
+    `dmt connections --plot` still draws with matplotlib."""
+    from PIL import Image, ImageDraw
+
+    from dmtcore.visualize import viridis
+
+    names = [t["name"] for t in manifest["tasks"]]
+    font, small = _font(FONT), _font(FONT - 2)
+    low, high = colour_limits(stages)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def width(text: str, face: Any = font) -> int:
+        return int(measure.textlength(text, font=face))
+
+    label = max(width(n) for n in names) + 8  # row labels left of, column labels under a grid
+    side = CELL * len(names)
+    panel_w, panel_h = label + side, FONT + 8 + side + label
+    columns = min(PANELS_PER_ROW, len(stages))
+    rows = -(-len(stages) // columns)
+    kind = manifest["connection"]["name"]
+    title = [
+        f"{manifest['name']} v{manifest['version']}: {kind} relations",
+        "row: task, column: the source it reads",
+    ]
+    bar = f"{RELATION_LABELS.get(kind, 'weight')} (own column left out)"
+    top = 2 * (FONT + 6) + GAP
+    figure_w = max(GAP + columns * (panel_w + GAP), max(width(t) for t in title) + 2 * GAP)
+    figure_h = top + rows * (panel_h + GAP) + 3 * FONT + GAP
+    image = Image.new("RGB", (figure_w, figure_h), "white")
+    draw = ImageDraw.Draw(image)
+    for line, text in enumerate(title):
+        draw.text((figure_w // 2, GAP // 2 + line * (FONT + 6)), text, "black", font, "ma")
+    for index, (stage, matrix) in enumerate(stages):
+        x = GAP + (index % columns) * (panel_w + GAP)
+        y = top + (index // columns) * (panel_h + GAP)
+        draw.text((x + label + side // 2, y), boundary_label(manifest, stage), "black", font, "ma")
+        grid_x, grid_y = x + label, y + FONT + 8
+        for i, row in enumerate(matrix):
+            draw.text((grid_x - 6, grid_y + i * CELL + CELL // 2), names[i], "black", font, "rm")
+            for j, value in enumerate(row):
+                box = (grid_x + j * CELL, grid_y + i * CELL)
+                centre = (box[0] + CELL // 2, box[1] + CELL // 2)
+                end = (box[0] + CELL - 1, box[1] + CELL - 1)
+                if value is None:  # no link: reads no later task
+                    draw.rectangle((box, end), "white", "#eeeeee")
+                elif i == j:
+                    draw.rectangle((box, end), OWN_COLOUR, "white")
+                    draw.text(centre, f"own\n{value:.2f}", "#404040", small, "mm", align="center")
+                else:
+                    colour = tuple(int(c) for c in viridis((value - low) / (high - low)))
+                    dark = 0.299 * colour[0] + 0.587 * colour[1] + 0.114 * colour[2] < 128
+                    draw.rectangle((box, end), colour)
+                    draw.text(centre, f"{value:.3f}", "white" if dark else "black", font, "mm")
+        for j, name in enumerate(names):  # column labels, vertical, under the grid
+            text = Image.new("RGB", (width(name) + 4, FONT + 6), "white")
+            ImageDraw.Draw(text).text((2, 2), name, "black", font)
+            image.paste(
+                text.rotate(90, expand=True),
+                (grid_x + j * CELL + CELL // 2 - FONT // 2 - 3, grid_y + side + 4),
+            )
+    links = any(
+        i != j and v is not None
+        for _, m in stages
+        for i, r in enumerate(m)
+        for j, v in enumerate(r)
+    )
+    if links:  # the colour bar, under the panels
+        bar_y = top + rows * (panel_h + GAP)
+        bar_w = min(figure_w - 4 * GAP, 360)
+        bar_x = (figure_w - bar_w) // 2
+        ramp = viridis([k / (bar_w - 1) for k in range(bar_w)])
+        image.paste(Image.fromarray(ramp[None].repeat(FONT, 0)), (bar_x, bar_y))
+        draw.text((bar_x - 6, bar_y + FONT // 2), f"{low:.3f}", "black", small, "rm")
+        draw.text((bar_x + bar_w + 6, bar_y + FONT // 2), f"{high:.3f}", "black", small, "lm")
+        draw.text((figure_w // 2, bar_y + FONT + 4), bar, "black", small, "ma")
+    path = Path(path)
+    image.save(path, format="PNG")
+    return path
+
+
+def _font(size: int) -> Any:
+    """DejaVu Sans at `size`, the font matplotlib draws `plot` with (its file ships inside the
+    matplotlib package, found without importing it), which has the '→' and 'α' the labels use;
+    Pillow's own font where that file or FreeType is missing."""
+    import importlib.util
+
+    from PIL import ImageFont
+
+    spec = importlib.util.find_spec("matplotlib")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        with contextlib.suppress(OSError, ImportError):
+            return ImageFont.truetype(str(Path(folder, "mpl-data/fonts/ttf/DejaVuSans.ttf")), size)
+    try:
+        return ImageFont.load_default(size=size)
+    except (ImportError, OSError, TypeError):
+        return ImageFont.load_default()

@@ -233,6 +233,7 @@ class MlflowTracker:
                 tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri
             )
             name, location = run.store_name, None
+            experiment = None
             if self.embedded:
                 # A plain path: MLflow does not decode a file: URI, so 'a?b' would become 'a%3Fb'
                 # beside the store. Experiments of earlier releases hold the URI form.
@@ -246,7 +247,9 @@ class MlflowTracker:
                     # The store was moved or copied: its artifacts belong inside it, where it is
                     # now, so its runs go on in an experiment of its own location.
                     name = f"{name} ({hashlib.sha256(location.encode()).hexdigest()[:8]})"
-            experiment = self.client.get_experiment_by_name(name)
+                    experiment = None
+            if experiment is None:  # not looked up yet, or the store moved: look up its own
+                experiment = self.client.get_experiment_by_name(name)
             if experiment is not None:
                 return experiment.experiment_id
             return self.client.create_experiment(name, artifact_location=location)
@@ -376,8 +379,9 @@ class MlflowTracker:
         self.client.set_terminated(self.run_id, "FINISHED")
 
     def _log_relations(self, result: RunResult) -> None:
-        """The final relation matrices of every stage, as JSON and as a heatmap PNG."""
-        from dmtcore.relations import boundary_label, plot, relation_matrices, select_stage
+        """The final relation matrices of every stage, as JSON and as a heatmap PNG (drawn with
+        Pillow: matplotlib cost each run about a CPU second, see `relations.heatmap_png`)."""
+        from dmtcore.relations import boundary_label, heatmap_png, relation_matrices, select_stage
 
         manifest = json.loads(Path(result.manifest_path).read_text())
         stages = select_stage(relation_matrices(manifest), None)
@@ -393,7 +397,7 @@ class MlflowTracker:
                 ],
             }
             (Path(folder) / "relations.json").write_text(json.dumps(data, indent=2))
-            plot(manifest, stages, Path(folder) / "relations.png")
+            heatmap_png(manifest, stages, Path(folder) / "relations.png")
             self.client.log_artifacts(self.run_id, folder, artifact_path="relations")
 
     @hookimpl

@@ -30,6 +30,19 @@ def test_tracking_overhead_quick(tmp_path: Path) -> None:
     stdout, data = run_benchmark("tracking_overhead.py", tmp_path)
     assert "registry" in stdout and "ms per epoch" in stdout
     assert set(data["ratio"]) == {"off", "tracking", "registry"} and data["ratio"]["off"] == 1.0
+    assert set(data["ratio_cpu"]) == set(data["ratio"]) and all(
+        positive(c) for runs in data["cpu_seconds"].values() for c in runs
+    )
+
+
+@pytest.mark.slow
+def test_tracking_overhead_quick_whole_command(tmp_path: Path) -> None:
+    """The whole command in fresh processes: CPU seconds of the child processes, tracked vs
+    --no-tracking, and what importing mlflow costs."""
+    stdout, data = run_benchmark("tracking_overhead.py", tmp_path, "--command")
+    command = data["command"]
+    assert "whole command" in stdout and set(command["ratio_cpu"]) == {"no-tracking", "tracked"}
+    assert command["median_cpu"]["tracked"] > command["mlflow_import_cpu"] > 0
 
 
 @pytest.mark.slow
