@@ -39,16 +39,22 @@ def test_mlp_column_from_a_benchmark_plugin_grows_a_ttc_store(tmp_path: Path) ->
 
 
 def test_peer_requirements_stay_out_of_dmt() -> None:
-    """Avalanche is installed only in its own venv, from its own requirements file, with
-    the torch dmt uses; dmt's package declares no peer."""
+    """Avalanche and LibMTL are installed only in their own venvs, from their own requirements
+    files, after the very torch and torchvision dmt pins; dmt's package declares no peer."""
     spec = importlib.util.spec_from_file_location("_peers", BENCHMARKS / "_peers.py")
     peers = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(peers)
     text = (BENCHMARKS / "peers" / "requirements-avalanche.txt").read_text()
     with_deps, no_deps = peers._requirements(text)
     assert no_deps == ["avalanche-lib==0.6.0"]
-    assert {"torch==2.14.1", "torchvision==0.29.1"} <= set(with_deps)
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pinned = {d for d in project["dependencies"] if d.startswith(("torch==", "torchvision=="))}
+    assert set(peers.TORCH) == pinned and len(pinned) == 2
+    for name in ("avalanche", "libmtl"):
+        with_deps, _ = peers._requirements(
+            (BENCHMARKS / "peers" / f"requirements-{name}.txt").read_text()
+        )
+        assert not [r for r in with_deps if r.startswith(("torch==", "torchvision=="))]
     extras = project.get("optional-dependencies", {}).values()
     declared = [*project["dependencies"], *(d for extra in extras for d in extra)]
     assert not [d for d in declared if "avalanche" in d.lower()]
