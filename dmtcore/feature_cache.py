@@ -147,7 +147,7 @@ class FeatureCache:
         flat = [shape for key_shapes in layout.values() for shape in key_shapes]
         torch_dtype = CACHE_DTYPES[dtype]
         nbytes = sum(math.prod(shape) for shape in flat) * torch_dtype.itemsize
-        size = _size(nbytes)
+        size = size_text(nbytes)
         storage = _storage(flat, torch_dtype, device, nbytes, mode, budget_mb, notify)
         if storage is None:
             return None
@@ -236,8 +236,9 @@ class FeatureCache:
                 file=sys.stderr,
             ) as bar,
         ):
-            for start in range(0, count, self._fill_batch_size(table)):
-                end = min(start + self._fill_batch_size(table), count)
+            step = self._fill_batch_size(table)
+            for start in range(0, count, step):
+                end = min(start + step, count)
                 index = torch.arange(start, end)
                 given = {
                     source: [
@@ -302,7 +303,7 @@ def _storage(
         return [torch.empty(shape, dtype=dtype, device=device) for shape in shapes], None
     if mode == "memory":
         notify(
-            f"feature cache off: it needs {_size(nbytes)}, over the budget of {budget_mb:g} MB; "
+            f"feature cache off: it needs {size_text(nbytes)}, over the budget of {budget_mb:g} MB; "
             "raise --cache-budget-mb, or use --feature-cache auto to spill it to disk"
         )
         return None
@@ -313,7 +314,8 @@ def _storage(
     return _carve(mapping, shapes, offsets, dtype), mapping
 
 
-def _size(nbytes: float) -> str:
+def size_text(nbytes: float) -> str:
+    """A byte count as people read it: '3.1 MB', '1.2 GB'."""
     return f"{nbytes / 2**30:.1f} GB" if nbytes >= 2**30 else f"{nbytes / 2**20:.1f} MB"
 
 
@@ -345,11 +347,11 @@ def _spill(
     StoreError in `disk` mode (the user asked for the disk, and dmt cannot write there).
     `auto` also keeps DISK_HEADROOM spare, not to take a disk's last megabytes on its own."""
     temp = Path(tempfile.gettempdir())
-    needed = f"{_size(nbytes)} needed in {temp}"
+    needed = f"{size_text(nbytes)} needed in {temp}"
     try:
         free = shutil.disk_usage(temp).free
         if mode == "auto" and free < nbytes * DISK_HEADROOM:
-            reason = f"only {_size(free)} free"
+            reason = f"only {size_text(free)} free"
             mapping = None
         else:
             mapping = _reserved_mapping(temp, mapped)
@@ -369,7 +371,7 @@ def _spill(
         )
     elif mode == "auto":
         notify(
-            f"feature cache: {_size(nbytes)} is over the memory budget of {budget_mb:g} MB "
+            f"feature cache: {size_text(nbytes)} is over the memory budget of {budget_mb:g} MB "
             f"(--cache-budget-mb); spilling it to {temp}, space reserved, freed when dmt exits"
         )
     return mapping
@@ -378,7 +380,7 @@ def _spill(
 def _reason(exc: OSError, temp: Path) -> str:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         try:
-            return f"only {_size(shutil.disk_usage(temp).free)} free ({exc.strerror})"
+            return f"only {size_text(shutil.disk_usage(temp).free)} free ({exc.strerror})"
         except OSError:
             pass
     return f"{exc.strerror or exc}"

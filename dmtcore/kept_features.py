@@ -13,7 +13,7 @@ input spec (the adaptation). Entries hold float32, exactly what the column compu
 operation computes the same numbers whether an entry was there or not (a test checks it).
 
 Entries are safetensors files in `<store>/features/`, each with the sha256 of its data section
-in its header: a damaged entry is deleted and computed again. The directory stays within a
+in its header: a damaged entry is computed again and replaced. The directory stays within a
 budget (`--kept-features-mb`, 0 turns this off); the least recently used entries go first. Only
 a writer, under the store's lock, reads or writes here; files are written through the store's
 tmp/ and renamed into place, and only regular files named like entries are ever deleted.
@@ -95,6 +95,7 @@ class KeptFeatures:
     budget_bytes: int
     fingerprints: dict[Any, str] = field(default_factory=dict)
     read: dict[str, int] = field(default_factory=dict)  # task -> bytes read
+    opened: dict[Path, Any] = field(default_factory=dict)  # checked once per operation
     pending: dict[Path, tuple[str, list[torch.Tensor]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -116,6 +117,8 @@ class KeptFeatures:
         if task not in self.keys:
             return None
         path = self._path(task, fingerprint)
+        if path in self.opened:  # another table over the same images (tasks taking turns)
+            return self.opened[path]
         try:
             info = os.lstat(path)
         except FileNotFoundError:
@@ -128,7 +131,8 @@ class KeptFeatures:
             return None
         os.utime(path)  # most recently used: evicted last
         self.read[task] = self.read.get(task, 0) + info.st_size
-        return safe_open(path, framework="pt")
+        self.opened[path] = safe_open(path, framework="pt")
+        return self.opened[path]
 
     def wants(self, task: str, fingerprint: str | None, nbytes: int) -> bool:
         """Whether `task`'s features on these images, `nbytes` of float32, are to be kept."""
@@ -138,23 +142,14 @@ class KeptFeatures:
         """Hold `task`'s float32 stage outputs on these images, to be written by `flush`."""
         self.pending[self._path(task, fingerprint)] = (task, stages)
 
-    def flush(self) -> int:
+    def flush(self) -> None:
         """Write what `keep` held, then evict the least recently used entries past the
-        budget; returns the bytes written. Called once the operation's version is committed."""
-        written = 0
+        budget. Called once the operation's version is committed."""
         pending, self.pending = self.pending, {}
         for path, (task, stages) in pending.items():
-            tensors = {f"stage{i}": t.contiguous() for i, t in enumerate(stages)}
-            payload = save_safetensors(tensors)
-            header = int.from_bytes(payload[:8], "little")
-            digest = hashlib.sha256(memoryview(payload)[8 + header :]).hexdigest()
-            metadata = {"format": FORMAT, "data_sha256": digest, "task": task}
-            payload = save_safetensors(tensors, metadata)
             self.directory.mkdir(exist_ok=True)
-            self.store.write_file(path, payload, sync=False)
-            written += len(payload)
+            self.store.write_file(path, _checksummed(task, stages), sync=False)
             self._evict(keep=path)
-        return written
 
     def _evict(self, keep: Path) -> None:
         entries = []
@@ -178,6 +173,22 @@ class KeptFeatures:
             "kept_read_bytes": sum(self.read.values()),
             "kept_new": sorted({task for task, _ in self.pending.values()}),
         }
+
+
+def _checksummed(task: str, stages: list[torch.Tensor]) -> bytes:
+    """The entry's safetensors bytes, with the sha256 of its data section in the header. The
+    header is written with a placeholder of the digest's length, then the digest is put in its
+    place: the data section's offsets stay as they are, and the tensors are serialised once."""
+    placeholder = "0" * 64
+    metadata = {"format": FORMAT, "data_sha256": placeholder, "task": task}
+    tensors = {f"stage{i}": t.contiguous() for i, t in enumerate(stages)}
+    payload = bytearray(save_safetensors(tensors, metadata))
+    header = 8 + int.from_bytes(payload[:8], "little")
+    digest = hashlib.sha256(memoryview(payload)[header:]).hexdigest()
+    field_at = payload.index(f'"data_sha256":"{placeholder}"'.encode(), 8, header)
+    start = field_at + len('"data_sha256":"')
+    payload[start : start + 64] = digest.encode()
+    return bytes(payload)
 
 
 def _damage(path: Path, shapes: list[tuple[int, ...]]) -> str | None:

@@ -38,7 +38,7 @@ from dmtcore.distributed import World, sync_buffers, wrap
 from dmtcore.errors import InvalidValueError, TrainingError
 from dmtcore.evaluation import autocast, evaluate, metric_state, shared_images
 from dmtcore.faults import crash_point
-from dmtcore.feature_cache import FeatureCache, check_cache_settings
+from dmtcore.feature_cache import FeatureCache, check_cache_settings, size_text
 from dmtcore.kept_features import DEFAULT_BUDGET_MB, KeptFeatures
 from dmtcore.metrics import loss_function
 from dmtcore.model import evaluating
@@ -698,16 +698,12 @@ def _fill_cache(
     reused = ""
     if read and kept is not None:
         them = f"{len(read)} of them" if cache.run_columns else "all"
-        size = _mb(kept.summary()["kept_read_bytes"])
+        size = size_text(kept.summary()["kept_read_bytes"])
         reused = f" ({them} read from the features kept by earlier operations, {size})"
     notify(
         f"feature cache: {cache.columns} computed once{reused}, {cache.contents} "
         f"({duration(seconds)})"
     )
-
-
-def _mb(nbytes: int) -> str:
-    return f"{nbytes / 2**20:.1f} MB"
 
 
 def epoch_score(
