@@ -191,19 +191,20 @@ class EpochRecorder:
 @dataclass(frozen=True)
 class Growth:
     """A dataset for the growth benchmarks: the task added, and the tasks already in the store
-    (the first k of `frozen`), at the store's input size, with the stores' column options
-    (pixel-level tasks need a column with spatial features)."""
+    (the first k of `frozen`), at the store's input size, with the stores' column and its
+    options (pixel-level tasks need a column with spatial features)."""
 
     name: str
     new: str
     frozen: tuple[str, ...]
     input_spec: InputSpec
     backbone_options: tuple[tuple[str, Any], ...] = ()
+    backbone: str = "dmt-cnn"
 
     def describe(self) -> str:
         """The stores' input and column, as the tables print them."""
         options = "".join(f" {k}={str(v).lower()}" for k, v in self.backbone_options)
-        return f"{self.name} {self.input_spec} (dmt-cnn{options})"
+        return f"{self.name} {self.input_spec} ({self.backbone}{options})"
 
 
 GROWTH = {
@@ -305,6 +306,7 @@ def grow_stores(
             stores[0],
             host,
             growth.input_spec,
+            backbone=growth.backbone,
             connection="none",
             backbone_options=dict(growth.backbone_options),
         )
@@ -320,6 +322,7 @@ def grow_stores(
         work,
         host,
         growth.input_spec,
+        backbone=growth.backbone,
         connection=connection,
         backbone_options=dict(growth.backbone_options),
     )

@@ -120,26 +120,12 @@ def write_data(folder: Path, host: Any, tasks: list[str]) -> None:
 def grow_stores(folder: Path, host: Any, ks: list[int], args: Any) -> dict[int, Path]:
     """dmt stores (mlp column, ttc) holding the first k of FROZEN, one epoch each."""
     from dmtcore.names import InputSpec
-    from dmtcore.operations import add_task, init_store
     from dmtcore.training import TrainSettings
 
-    work = folder / "growing"
-    init_store(
-        work,
-        host,
-        InputSpec(1, 8, 8),
-        backbone="mlp",
-        connection="ttc",
-        backbone_options={"layers": args.layers, "width": args.width},
-    )
-    stores = {}
+    options = (("layers", args.layers), ("width", args.width))
+    growth = common.Growth("digits", NEW, FROZEN, InputSpec(1, 8, 8), options, backbone="mlp")
     settings = TrainSettings(epochs=1, batch_size=args.batch_size, lr=args.lr, device="cpu")
-    for k, task in enumerate(FROZEN[: max(ks)], start=1):
-        add_task(work, task, host, settings, notify=common.quiet)
-        if k in ks:
-            stores[k] = folder / f"dmt-k{k}"
-            shutil.copytree(work, stores[k])
-    return stores
+    return common.grow_stores(folder, growth, ks, host, settings)
 
 
 # `dmt add-task` as `python -m dmtcore` runs it, with the add_task call's CPU seconds and the
