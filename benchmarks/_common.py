@@ -30,8 +30,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dmtcore.hookspecs import hookimpl
-from dmtcore.names import InputSpec
+from dmtcore.hooks.specs import hookimpl
+from dmtcore.tasks.names import InputSpec
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -252,12 +252,12 @@ def plugin_host(samples: int | None = None) -> Any:
     """The built-in plugins plus the benchmarks' extra tasks; with `samples`, every task trains
     on the first `samples` images of its training split (the split is already shuffled) and
     validates on the first `samples // 2` of its validation split."""
-    from dmtcore.plugins import create_plugin_host
+    from dmtcore.hooks.host import create_plugin_host
 
     host = create_plugin_host([str(EXTRA_TASKS_PLUGIN)])
     if samples:
-        for name, spec in list(host.registry.tasks.items()):
-            host.registry.tasks[name] = replace(
+        for name, spec in list(host.kinds.tasks.items()):
+            host.kinds.tasks[name] = replace(
                 spec, datasets=_first(spec.datasets, samples, max(samples // 2, 1))
             )
     return host
@@ -265,7 +265,7 @@ def plugin_host(samples: int | None = None) -> Any:
 
 def _first(factory: Callable[[Any], Any], train: int, val: int) -> Callable[[Any], Any]:
     def datasets(request: Any) -> Any:
-        from dmtcore.taskspec import TaskData
+        from dmtcore.tasks.spec import TaskData
 
         data = factory(request)
         if isinstance(data, tuple):

@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from dmtcore.errors import InvalidValueError
-from dmtcore.hookspecs import hookimpl
-from dmtcore.registry import BackboneKind, Registry
+from dmtcore.hooks.kinds import BackboneKind, Kinds
+from dmtcore.hooks.specs import hookimpl
 
 LAYERS = 2
 WIDTH = 100  # avalanche.models.PNN's default hidden_features_per_column
@@ -28,7 +28,7 @@ def build(input_spec: Any, options: dict[str, Any]) -> Any:
     """`layers` stages of Linear + ReLU, the first one flattening the C×H×W image."""
     from torch import nn
 
-    from dmtcore.backbones import Column
+    from dmtcore.model.backbones import Column
 
     layers, width = int(options["layers"]), int(options["width"])
     if layers < 1 or width < 1:
@@ -44,8 +44,8 @@ def build(input_spec: Any, options: dict[str, Any]) -> Any:
 
 
 @hookimpl
-def dmt_register_backbones(registry: Registry) -> None:
-    registry.add_backbone(
+def dmt_register_backbones(kinds: Kinds) -> None:
+    kinds.add_backbone(
         BackboneKind(
             name="mlp",
             description="fully connected column: `layers` × (Linear `width` + ReLU)",

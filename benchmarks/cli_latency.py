@@ -15,8 +15,8 @@ must not (they are meant to be instant), `predict` must.
 With `--add-task`, the fixed cost of a small training command instead: the process CPU seconds
 of `dmt add-task digits.even --epochs 1 --no-tracking` on a store holding digits.class, split
 into phases by a wrapper that marks the process CPU time as the command passes known points
-(`dmtcore.operations.load_model`, `make_target`, `fit`, `dmtcore.training.make_optimizer`,
-`_commit_weights`): start-up is everything until the optimiser exists (the first epoch's
+(`load_model`, `make_target`, `fit` and `commit_weights` as `dmtcore.operations.adding` calls
+them, `dmtcore.train.loop.make_optimizer`): start-up is everything until the optimiser exists (the first epoch's
 start), training is the epochs, then the commit and exit. With `--baseline DIR` (a checkout of
 an older commit, e.g. `git worktree add /tmp/base <commit>`) the same command runs from that
 code too, interleaved with this checkout's, each with its own `dmt_plugins` and `dmt_registry`.
@@ -84,7 +84,12 @@ def mark(label):
 import torch
 mark("import torch")
 from dmtcore.cli import cli
-import dmtcore.operations as operations, dmtcore.training as training
+try:
+    import dmtcore.operations.adding as operations, dmtcore.train.loop as training
+    COMMIT = "commit_weights"
+except ImportError:  # a baseline checkout from before the sub-packages (issue 24)
+    import dmtcore.operations as operations, dmtcore.training as training
+    COMMIT = "_commit_weights"
 mark("import dmt (cli, library)")
 def wrap(module, name, before=None, after=None):
     function = getattr(module, name)
@@ -99,7 +104,7 @@ wrap(operations, "make_target", after="data")
 wrap(operations, "fit", before="model build")
 wrap(training, "make_optimizer", after="optimiser")
 wrap(operations, "fit", after="training (epochs)")
-wrap(operations, "_commit_weights", after="commit")
+wrap(operations, COMMIT, after="commit")
 cli(sys.argv[1:], standalone_mode=False)
 mark("exit")
 started = time.process_time()
@@ -170,7 +175,7 @@ def summary(run: dict[str, Any]) -> dict[str, float]:
 def startup_main(args: argparse.Namespace) -> None:
     """CPU seconds of a small add-task by phase, this checkout against `--baseline`."""
     from dmtcore.operations import add_task
-    from dmtcore.training import TrainSettings
+    from dmtcore.train.loop import TrainSettings
 
     roots = {"this checkout": Path(__file__).resolve().parents[1]}
     if args.baseline:
@@ -232,7 +237,7 @@ def main() -> None:
     from PIL import Image
 
     from dmtcore.operations import add_task
-    from dmtcore.training import TrainSettings
+    from dmtcore.train.loop import TrainSettings
 
     env = environment()
     dmt = dmt_command()

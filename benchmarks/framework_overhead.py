@@ -57,19 +57,19 @@ def hand_run(task: str, host: Any, input_spec: Any, settings: Any) -> dict[str, 
     import torch.nn.functional as F
     from torch import nn
 
-    from dmtcore.data import adapt_images
-    from dmtcore.taskspec import DataRequest
+    from dmtcore.tasks.data import adapt_images
+    from dmtcore.tasks.spec import DataRequest
 
     started = time.perf_counter()
     device = torch.device(settings.device)
-    spec = host.registry.task(task)
+    spec = host.kinds.task(task)
     data = spec.datasets(DataRequest(Path("data"), input_spec, settings.seed))
     (train_x, train_y), (val_x, val_y) = (
         (adapt_images(d.tensors[0], input_spec).to(device), d.tensors[1].long().to(device))
         for d in (data.train, data.val)
     )
     torch.manual_seed(settings.seed)
-    backbone = host.registry.backbone("dmt-cnn")
+    backbone = host.kinds.backbone("dmt-cnn")
     column = backbone.build(input_spec, backbone.resolve_options({}))
     model = nn.Sequential(*column.stages, nn.Linear(column.out_shape[0], spec.num_outputs))
     model.to(device)
@@ -116,9 +116,9 @@ def main() -> None:
     if args.quick:
         args.tasks, args.epochs, args.rounds, args.samples = ["digits.class"], 2, 1, 256
     device = common.setup(args)
-    from dmtcore.names import InputSpec
     from dmtcore.operations import init_store
-    from dmtcore.training import TrainSettings
+    from dmtcore.tasks.names import InputSpec
+    from dmtcore.train.loop import TrainSettings
 
     settings = TrainSettings(epochs=args.epochs, seed=0, **device)
     host = common.plugin_host(args.samples or None)

@@ -20,7 +20,7 @@ off:
             epoch 1, ≈ 1 after.
     cache   ours as it runs by default: as `cold`, but the features of the columns that were
             already frozen when the store's previous task was added are read from the store
-            (dmtcore.kept_features: the store was grown through add-task, which kept them), so
+            (dmtcore.store.kept_features: the store was grown through add-task, which kept them), so
             epoch 1 runs only the newest column. Theory: ≈ 4/3 in epoch 1, ≈ 1 after.
 
 Per k, the five runs (single column, naive, off, cold, cache) go in a row, in an order rotating every
@@ -69,7 +69,7 @@ from typing import Any
 
 import _common as common
 
-from dmtcore.names import InputSpec
+from dmtcore.tasks.names import InputSpec
 
 PATHS = ("naive", "off", "cold", "cache")
 THEORY = {
@@ -91,7 +91,7 @@ def naive_autograd() -> Iterator[None]:
     frozen columns' and connections' parameters require gradients. The optimiser still gets
     only the new task's parameters (its parameter groups come from the training plan), so the
     frozen weights never change and the commit's check that they did not still passes."""
-    from dmtcore.model import MultiTaskModel
+    from dmtcore.model.multitask import MultiTaskModel
 
     if not hasattr(MultiTaskModel, "_frozen_tasks"):
         raise SystemExit("the engine has no MultiTaskModel._frozen_tasks: update naive_autograd")
@@ -214,7 +214,7 @@ def main() -> None:
             args.input = QUICK_INPUT.get(args.datasets[0])
     args.datasets = args.datasets or ["digits", "shapes"]
     device = common.setup(args)
-    from dmtcore.training import TrainSettings
+    from dmtcore.train.loop import TrainSettings
 
     base = TrainSettings(epochs=args.epochs, seed=0, **device)
     settings = {

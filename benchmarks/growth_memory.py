@@ -51,7 +51,7 @@ def warm_up(host: Any, input_spec: Any, tensors: Any, device: str) -> None:
     measured run. The same for every variant; nothing of the engine's own paths runs."""
     import torch
 
-    backbone = host.registry.backbone("dmt-cnn")
+    backbone = host.kinds.backbone("dmt-cnn")
     column = backbone.build(input_spec, backbone.resolve_options({}))
     model = torch.nn.Sequential(*column.stages, torch.nn.Linear(column.out_shape[0], 2)).to(device)
     optimizer = torch.optim.Adam(model.parameters())
@@ -66,14 +66,14 @@ def child(config: dict[str, Any]) -> None:
     """One add-task; prints its memory figures as one JSON line."""
     import torch
 
-    from dmtcore.names import InputSpec
     from dmtcore.operations import add_task
-    from dmtcore.taskspec import DataRequest
-    from dmtcore.training import TrainSettings
+    from dmtcore.tasks.names import InputSpec
+    from dmtcore.tasks.spec import DataRequest
+    from dmtcore.train.loop import TrainSettings
 
     torch.set_num_threads(config["threads"])
     host = common.plugin_host(config["samples"] or None)
-    spec = host.registry.task(config["task"])
+    spec = host.kinds.task(config["task"])
     input_spec = InputSpec.parse(config["input"])
     data = spec.datasets(DataRequest(Path("data"), input_spec))  # the plugin keeps it loaded
     settings = TrainSettings(**config["settings"])
@@ -117,7 +117,7 @@ def main() -> None:
     if args.quick:
         args.datasets, args.epochs, args.rounds, args.samples, args.k = ["digits"], 1, 1, 128, 2
     device = common.setup(args)
-    from dmtcore.training import TrainSettings
+    from dmtcore.train.loop import TrainSettings
 
     settings = {
         "single": {"epochs": args.epochs, **device},

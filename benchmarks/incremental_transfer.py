@@ -74,7 +74,7 @@ def main() -> None:
         args.kinds, args.pairs, args.epochs, args.parent_epochs = ["ttc"], ["digits"], 1, 1
         args.inits = ["none", "auto"]
     device = common.setup(args)
-    from dmtcore.training import TrainSettings
+    from dmtcore.train.loop import TrainSettings
 
     ex = example()
     pairs = {task.split(".")[0]: (task, parents, spec) for task, parents, spec in ex.PAIRS}

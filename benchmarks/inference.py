@@ -75,10 +75,10 @@ def main() -> None:
     device = common.setup(args)
     import torch
 
-    from dmtcore.names import InputSpec
     from dmtcore.operations import add_task, init_store, load_current
-    from dmtcore.taskspec import DataRequest
-    from dmtcore.training import TrainSettings
+    from dmtcore.tasks.names import InputSpec
+    from dmtcore.tasks.spec import DataRequest
+    from dmtcore.train.loop import TrainSettings
 
     host = common.plugin_host(256 if args.quick else None)
     tasks = list(TASKS[: max(args.ks)])
@@ -90,7 +90,7 @@ def main() -> None:
             add_task(store, task, host, TrainSettings(epochs=1, **device), notify=common.quiet)
         model, _ = load_current(store, host)
     model.to(args.device).eval()
-    data = host.registry.task(tasks[0]).datasets(DataRequest(Path("data"), spec))
+    data = host.kinds.task(tasks[0]).datasets(DataRequest(Path("data"), spec))
     images = torch.cat([data.train.tensors[0], data.val.tensors[0]])
     images = images.repeat(-(-args.images // len(images)), 1, 1, 1)[: args.images]
     batches = [b.to(args.device) for b in images.split(BATCH)]

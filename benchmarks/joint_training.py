@@ -55,7 +55,7 @@ def train_run(
     ran = result.summary["joint_mode"]
     assert ran == mode, f"asked for {mode}, ran {ran}"
     shutil.rmtree(store)
-    primary = {t: host.registry.task(t).primary_metric for t in TASKS}
+    primary = {t: host.kinds.task(t).primary_metric for t in TASKS}
     return {
         "cpu_s": cpu,
         "wall_s": wall,
@@ -75,7 +75,7 @@ def main() -> None:
     if args.quick:
         args.connections, args.epochs, args.rounds, args.samples = ["cross-stitch"], 1, 1, 256
     device = common.setup(args)
-    from dmtcore.training import TrainSettings
+    from dmtcore.train.loop import TrainSettings
 
     settings = TrainSettings(epochs=args.epochs, seed=0, **device)
     host = common.plugin_host(args.samples or None)

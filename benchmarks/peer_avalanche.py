@@ -104,12 +104,12 @@ def write_data(folder: Path, host: Any, tasks: list[str]) -> None:
     labels per task, as .npy files that the peer loads without pickle."""
     import numpy as np
 
-    from dmtcore.names import InputSpec
-    from dmtcore.taskspec import DataRequest
+    from dmtcore.tasks.names import InputSpec
+    from dmtcore.tasks.spec import DataRequest
 
     request = DataRequest(data_dir=folder, input_spec=InputSpec(1, 8, 8), seed=0)
     for i, task in enumerate(tasks):
-        data = host.registry.tasks[task].datasets(request)
+        data = host.kinds.tasks[task].datasets(request)
         for split, dataset in (("train", data.train), ("val", data.val)):
             images, labels = dataset.tensors
             if i == 0:
@@ -119,8 +119,8 @@ def write_data(folder: Path, host: Any, tasks: list[str]) -> None:
 
 def grow_stores(folder: Path, host: Any, ks: list[int], args: Any) -> dict[int, Path]:
     """dmt stores (mlp column, ttc) holding the first k of FROZEN, one epoch each."""
-    from dmtcore.names import InputSpec
-    from dmtcore.training import TrainSettings
+    from dmtcore.tasks.names import InputSpec
+    from dmtcore.train.loop import TrainSettings
 
     options = (("layers", args.layers), ("width", args.width))
     growth = common.Growth("digits", NEW, FROZEN, InputSpec(1, 8, 8), options, backbone="mlp")
@@ -133,9 +133,9 @@ def grow_stores(folder: Path, host: Any, ks: list[int], args: Any) -> dict[int, 
 DMT_WRAPPER = """
 import json, sys, time
 import dmtcore.operations as operations
-from dmtcore import interrupts
+from dmtcore.runtime import interrupts
 from dmtcore.cli import cli
-from dmtcore.hookspecs import hookimpl
+from dmtcore.hooks.specs import hookimpl
 
 class Steps:
     step = evals = 0
@@ -204,7 +204,7 @@ def main() -> None:
     common.setup(args)
     python = peer_venv("avalanche", REQUIREMENTS)
 
-    from dmtcore.plugins import create_plugin_host
+    from dmtcore.hooks.host import create_plugin_host
 
     host = create_plugin_host([str(MLP_PLUGIN)])
     tasks = [*FROZEN[: max(args.ks)], NEW]

@@ -65,12 +65,12 @@ def save_data(path: Path, samples: int) -> dict[str, Any]:
     import _common as common
     import numpy as np
 
-    from dmtcore.names import InputSpec
-    from dmtcore.taskspec import DataRequest
+    from dmtcore.tasks.names import InputSpec
+    from dmtcore.tasks.spec import DataRequest
 
     host = common.plugin_host(samples or None)
     arrays: dict[str, Any] = {}
-    specs = [host.registry.task(t) for t in TASKS]
+    specs = [host.kinds.task(t) for t in TASKS]
     for spec in specs:
         data = spec.datasets(DataRequest(Path("data"), InputSpec.from_shape(spec.input_shape)))
         for split in ("train", "val"):
@@ -93,10 +93,10 @@ def dmt_side(config: dict[str, Any]) -> dict[str, Any]:
     import _common as common
     import torch
 
-    from dmtcore.checkpoint import load_model
     from dmtcore.operations import train_tasks
-    from dmtcore.store import Store
-    from dmtcore.training import TrainSettings
+    from dmtcore.store.checkpoint import load_model
+    from dmtcore.store.directory import Store
+    from dmtcore.train.loop import TrainSettings
 
     torch.set_num_threads(config["threads"])
     host = common.plugin_host(config["samples"] or None)
@@ -117,7 +117,7 @@ def dmt_side(config: dict[str, Any]) -> dict[str, Any]:
         )
         cpu = time.process_time() - cpu
         store = Store.open(path)
-        model = load_model(store, store.manifest(), host.registry)
+        model = load_model(store, store.manifest(), host.kinds)
     assert model is not None
     connections = sum(p.numel() for p in model.connections.parameters())
     return {

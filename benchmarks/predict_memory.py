@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from dmtcore.hooks.host import create_plugin_host
 from dmtcore.operations import add_task
-from dmtcore.plugins import create_plugin_host
-from dmtcore.training import TrainSettings
+from dmtcore.train.loop import TrainSettings
 
 
 def peak_rss_of(args: list[str]) -> tuple[float, float]:

@@ -41,7 +41,7 @@ TASKS = (
 CHECKPOINTS = (4, 8)
 VARIANTS = ("off", "copies", "links")
 PARTS = ("blobs", "mlflow.db", "mlartifacts")
-KEPT = "features"  # dmtcore.kept_features: not part of the total
+KEPT = "features"  # dmtcore.store.kept_features: not part of the total
 
 
 def disk_bytes(path: Path, seen: set[tuple[int, int]] | None = None) -> int:
@@ -99,7 +99,7 @@ def megabytes(value: int) -> float:
 def main() -> None:
     from mlflow.tracking import MlflowClient
 
-    from dmtcore.training import TrainSettings
+    from dmtcore.train.loop import TrainSettings
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     parser = common.parser(__doc__.splitlines()[0], "registry_storage")

@@ -42,7 +42,7 @@ def child(config: dict[str, Any]) -> None:
     """One add-task in this process; prints its timings as one JSON line."""
     device = common.setup(argparse.Namespace(**config))
     from dmtcore.operations import add_task
-    from dmtcore.training import TrainSettings
+    from dmtcore.train.loop import TrainSettings
 
     host = common.plugin_host()
     recorder = common.EpochRecorder()
@@ -111,7 +111,7 @@ def main() -> None:
     if args.quick:
         args.k, args.epochs, args.rounds = 1, 2, 1
     device = common.setup(args)
-    from dmtcore.training import TrainSettings
+    from dmtcore.train.loop import TrainSettings
 
     growth = common.GROWTH[args.dataset]
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}

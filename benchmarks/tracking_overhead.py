@@ -44,10 +44,10 @@ from typing import Any
 
 import _common as common
 
-from dmtcore.names import InputSpec
+from dmtcore.hooks.host import create_plugin_host
 from dmtcore.operations import add_task, init_store
-from dmtcore.plugins import create_plugin_host
-from dmtcore.training import TrainSettings
+from dmtcore.tasks.names import InputSpec
+from dmtcore.train.loop import TrainSettings
 
 MODES = ("off", "tracking", "registry")
 COMMAND_MODES = ("no-tracking", "tracked")

@@ -7,14 +7,15 @@ its data: README, "Writing a task plugin"):
     from dmtcore import DataRequest, HeadSpec, TaskData, TaskSpec, hookimpl
 
     @hookimpl
-    def dmt_register_tasks(registry):
-        registry.add_task(TaskSpec(name="my.task", ...))
+    def dmt_register_tasks(kinds):
+        kinds.add_task(TaskSpec(name="my.task", ...))
 """
 
+from dmtcore import old_paths
 from dmtcore.errors import DmtError
-from dmtcore.hookspecs import hookimpl
-from dmtcore.registry import BackboneKind, ConnectionKind, Registry
-from dmtcore.taskspec import DataRequest, HeadSpec, TaskData, TaskSpec
+from dmtcore.hooks.kinds import BackboneKind, ConnectionKind, Kinds, Registry
+from dmtcore.hooks.specs import hookimpl
+from dmtcore.tasks.spec import DataRequest, HeadSpec, TaskData, TaskSpec
 
 __all__ = [
     "BackboneKind",
@@ -22,9 +23,22 @@ __all__ = [
     "DataRequest",
     "DmtError",
     "HeadSpec",
+    "Kinds",
     "Registry",
     "TaskData",
     "TaskSpec",
     "hookimpl",
 ]
 __version__ = "0.1.0"
+
+old_paths.install()  # `import dmtcore.taskspec` and the other flat-layout paths still work
+
+
+def __getattr__(name: str) -> object:
+    """`dmtcore.open_store` and `dmtcore.ModelStore`, the Python API of the commands, load on
+    first use, so that a plugin importing `dmtcore` pays nothing for them."""
+    if name in ("open_store", "ModelStore"):
+        from dmtcore import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'dmtcore' has no attribute {name!r}")

@@ -36,11 +36,9 @@ from typing import Any
 
 import torch
 
-from dmtcore.baselines import HardSharingModel
-from dmtcore.data import Batches, dataset_labels, resolve_device
 from dmtcore.errors import DmtError
-from dmtcore.evaluation import evaluate
-from dmtcore.names import InputSpec
+from dmtcore.hooks.host import PluginHost, create_plugin_host
+from dmtcore.model.baselines import HardSharingModel
 from dmtcore.operations import (
     DataOptions,
     evaluate_store,
@@ -48,9 +46,11 @@ from dmtcore.operations import (
     make_target,
     train_tasks,
 )
-from dmtcore.plugins import PluginHost, create_plugin_host
-from dmtcore.taskspec import DataRequest
-from dmtcore.training import TrainSettings, fit
+from dmtcore.tasks.data import Batches, dataset_labels, resolve_device
+from dmtcore.tasks.names import InputSpec
+from dmtcore.tasks.spec import DataRequest
+from dmtcore.train.evaluation import evaluate
+from dmtcore.train.loop import TrainSettings, fit
 
 # Table 3 of the paper: column -> (attribute, minority proportion, {regime: (ST, MT, DMT)}).
 # The table's labels put the lower scores under "Trained On Original Unbalanced Dataset";
@@ -100,11 +100,11 @@ def run_hard_sharing(
     host: PluginHost, tasks: list[str], spec: InputSpec, settings: TrainSettings, data: DataOptions
 ) -> dict[str, float]:
     """MT: one trunk shared by the group, a head per task, the tasks in turn; test score."""
-    specs = [host.registry.task(t) for t in tasks]
+    specs = [host.kinds.task(t) for t in tasks]
     device = resolve_device(settings.device)
     targets = [make_target(s, spec, settings, data, device) for s in specs]
     torch.manual_seed(settings.seed)
-    model = HardSharingModel(spec, host.registry.backbone("dmt-cnn"), {}, specs).to(device)
+    model = HardSharingModel(spec, host.kinds.backbone("dmt-cnn"), {}, specs).to(device)
     fit(model, targets, settings)
     scores = {}
     for task_spec in specs:
@@ -118,7 +118,7 @@ def run_hard_sharing(
 
 def minority(host: PluginHost, task: str, spec: InputSpec, data: DataOptions) -> float:
     """The share of the rarer class in the task's training set (labels only, no images)."""
-    train = host.registry.task(task).datasets(DataRequest(data.data_dir, spec)).train
+    train = host.kinds.task(task).datasets(DataRequest(data.data_dir, spec)).train
     positive = dataset_labels(train).float().mean().item()
     return min(positive, 1 - positive)
 
@@ -176,7 +176,7 @@ def main() -> None:
     results: dict[str, dict[str, dict[str, float]]] = {}
     try:
         host = create_plugin_host()
-        spec = InputSpec.from_shape(host.registry.task(names["Bald"]).input_shape)
+        spec = InputSpec.from_shape(host.kinds.task(names["Bald"]).input_shape)
         data = DataOptions(args.data_dir, args.download)
         minorities = {names[c]: minority(host, names[c], spec, data) for c in PAPER}
         for regime in REGIMES:

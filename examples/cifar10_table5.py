@@ -8,7 +8,7 @@ with the same settings:
 
     ST    each task alone: one column, no connections (connection kind `none`)
     MT    hard sharing: one trunk, one head per task, the five trained together
-          (`dmtcore.baselines.HardSharingModel`)
+          (`dmtcore.model.baselines.HardSharingModel`)
     DMT   a column per task joined by TTC gates, the five trained jointly (`ttc`, DMT §4.1)
 
 The paper does not give its optimiser, schedule or epochs. We use Adam at 1e-3 (or
@@ -34,11 +34,9 @@ from typing import Any
 
 import torch
 
-from dmtcore.baselines import HardSharingModel
-from dmtcore.data import Batches, resolve_device
 from dmtcore.errors import DmtError
-from dmtcore.evaluation import evaluate
-from dmtcore.names import InputSpec
+from dmtcore.hooks.host import PluginHost, create_plugin_host
+from dmtcore.model.baselines import HardSharingModel
 from dmtcore.operations import (
     DataOptions,
     evaluate_store,
@@ -46,9 +44,11 @@ from dmtcore.operations import (
     make_target,
     train_tasks,
 )
-from dmtcore.plugins import PluginHost, create_plugin_host
-from dmtcore.taskspec import DataRequest
-from dmtcore.training import TrainSettings, fit
+from dmtcore.tasks.data import Batches, resolve_device
+from dmtcore.tasks.names import InputSpec
+from dmtcore.tasks.spec import DataRequest
+from dmtcore.train.evaluation import evaluate
+from dmtcore.train.loop import TrainSettings, fit
 
 INPUT = InputSpec(3, 32, 32)
 # Table 5 of the paper, in its row order: task -> (ST, MT, DMT) test accuracy in %.
@@ -65,7 +65,7 @@ TASKS = {row: "cifar10." + row.replace(".", "-") for row in PAPER}  # paper row 
 
 def check_data(host: PluginHost, data: DataOptions) -> None:
     """Read the data once up front, so a missing dataset fails before any training."""
-    spec = host.registry.task(next(iter(TASKS.values())))
+    spec = host.kinds.task(next(iter(TASKS.values())))
     spec.datasets(DataRequest(data.data_dir, INPUT, download=data.download))
 
 
@@ -85,11 +85,11 @@ def run_hard_sharing(
     host: PluginHost, tasks: list[str], settings: TrainSettings, data: DataOptions
 ) -> dict[str, float]:
     """MT: one shared trunk, a head per task, trained on the tasks in turn; test accuracy."""
-    specs = [host.registry.task(t) for t in tasks]
+    specs = [host.kinds.task(t) for t in tasks]
     device = resolve_device(settings.device)
     targets = [make_target(spec, INPUT, settings, data, device) for spec in specs]
     torch.manual_seed(settings.seed)
-    model = HardSharingModel(INPUT, host.registry.backbone("dmt-cnn"), {}, specs).to(device)
+    model = HardSharingModel(INPUT, host.kinds.backbone("dmt-cnn"), {}, specs).to(device)
     fit(model, targets, settings)
     scores = {}
     for spec in specs:

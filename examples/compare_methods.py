@@ -3,7 +3,7 @@
 Every method trains the same task group on the same data with the same settings:
 
     ST            one column per task, no connections (connection kind `none`)
-    MT            hard sharing: one trunk, one head per task (`dmtcore.baselines`)
+    MT            hard sharing: one trunk, one head per task (`dmtcore.model.baselines`)
     DMT           columns joined by TTC gates, trained jointly (`ttc`)
     NDDR          NDDR layers at every stage boundary (`nddr`)
     NDDR-short.   NDDR plus the shortcut into the last stage (`nddr-shortcut`)
@@ -30,12 +30,12 @@ from typing import Any
 import torch
 from torch.utils.data import Subset
 
-from dmtcore.baselines import HardSharingModel
-from dmtcore.names import InputSpec
+from dmtcore.hooks.host import PluginHost, create_plugin_host
+from dmtcore.model.baselines import HardSharingModel
 from dmtcore.operations import DataOptions, init_store, make_target, train_tasks
-from dmtcore.plugins import PluginHost, create_plugin_host
-from dmtcore.taskspec import TaskData, TaskSpec
-from dmtcore.training import TrainSettings, fit
+from dmtcore.tasks.names import InputSpec
+from dmtcore.tasks.spec import TaskData, TaskSpec
+from dmtcore.train.loop import TrainSettings, fit
 
 GROUPS = {
     "digits": (InputSpec(1, 8, 8), ["digits.class", "digits.even", "digits.prime"]),
@@ -53,14 +53,14 @@ METHODS = {
 
 def starve(host: PluginHost, task: str, samples: int, seed: int) -> PluginHost:
     """The same plugins, except that `task` keeps only `samples` training images."""
-    spec = host.registry.tasks[task]
+    spec = host.kinds.tasks[task]
 
     def datasets(request: Any) -> TaskData:
         data = spec.datasets(request)
         keep = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(seed))
         return replace(data, train=Subset(data.train, keep[:samples].tolist()))
 
-    registry = host.registry
+    registry = host.kinds
     starved = type(registry)()
     starved.__dict__.update(registry.__dict__)
     starved.tasks = {**registry.tasks, task: replace(spec, datasets=datasets)}
@@ -84,17 +84,17 @@ def run_dmt_store(
         for group in [[t] for t in tasks] if sequential else [tasks]:
             result = train_tasks(store, group, host, settings, notify=lambda message: None)
             scores.update({t: result.metrics[t] for t in group})
-    return {t: scores[t][host.registry.tasks[t].primary_metric] for t in tasks}
+    return {t: scores[t][host.kinds.tasks[t].primary_metric] for t in tasks}
 
 
 def run_hard_sharing(
     host: PluginHost, spec: InputSpec, tasks: list[str], settings: TrainSettings
 ) -> dict[str, float]:
-    specs: list[TaskSpec] = [host.registry.tasks[t] for t in tasks]
+    specs: list[TaskSpec] = [host.kinds.tasks[t] for t in tasks]
     device = torch.device("cpu")
     targets = [make_target(s, spec, settings, DataOptions(), device) for s in specs]
     torch.manual_seed(settings.seed)
-    model = HardSharingModel(spec, host.registry.backbone("dmt-cnn"), {}, specs)
+    model = HardSharingModel(spec, host.kinds.backbone("dmt-cnn"), {}, specs)
     result = fit(model, targets, settings)
     return {s.name: result.metrics[s.name][s.primary_metric] for s in specs}
 

@@ -8,7 +8,7 @@ column and the same dense head, so that only the connections differ. Here the da
 the column is the spatial `dmt-cnn` (output stride 8) instead of Deeplab-VGG-16:
 
     single-task      each task alone: one column, no connections (connection kind `none`)
-    hard sharing     one trunk, a head per task, trained jointly (`dmtcore.baselines`)
+    hard sharing     one trunk, a head per task, trained jointly (`dmtcore.model.baselines`)
     cross-stitch     two columns joined by cross-stitch units, trained jointly
     NDDR             two columns joined by NDDR layers, trained jointly (`nddr`)
     NDDR-shortcut    NDDR plus the shortcut into the last stage (`nddr-shortcut`)
@@ -56,11 +56,9 @@ from typing import Any
 import torch
 from torch.utils.data import TensorDataset
 
-from dmtcore.baselines import HardSharingModel
-from dmtcore.data import Batches, resolve_device
 from dmtcore.errors import DmtError
-from dmtcore.evaluation import evaluate
-from dmtcore.names import InputSpec, parse_option
+from dmtcore.hooks.host import PluginHost, create_plugin_host
+from dmtcore.model.baselines import HardSharingModel
 from dmtcore.operations import (
     DataOptions,
     evaluate_store,
@@ -69,9 +67,11 @@ from dmtcore.operations import (
     make_target,
     train_tasks,
 )
-from dmtcore.plugins import PluginHost, create_plugin_host
-from dmtcore.taskspec import DataRequest, TaskData, TaskSpec
-from dmtcore.training import TrainSettings, fit
+from dmtcore.tasks.data import Batches, resolve_device
+from dmtcore.tasks.names import InputSpec, parse_option
+from dmtcore.tasks.spec import DataRequest, TaskData, TaskSpec
+from dmtcore.train.evaluation import evaluate
+from dmtcore.train.loop import TrainSettings, fit
 
 SEGMENTATION, NORMALS = "scenes.segmentation", "scenes.normals"
 TASKS = (SEGMENTATION, NORMALS)
@@ -123,7 +123,7 @@ def with_test_split(host: PluginHost, quick: bool) -> PluginHost:
     """The same plugins, except that the two tasks also serve a test split (and, in quick
     mode, only a few samples of each split). Both tasks slice the same image tensors, so the
     engine still evaluates them in one forward pass."""
-    registry = host.registry
+    registry = host.kinds
     tasks = dict(registry.tasks)
     for name in TASKS:
         tasks[name] = replace(tasks[name], datasets=_datasets(tasks[name], name, quick))
@@ -209,11 +209,11 @@ def run_hard_sharing(
     """One trunk shared by both tasks, a head each, trained jointly; test metrics."""
     spec: InputSpec = setup["input"]
     data = DataOptions()
-    specs = [host.registry.task(t) for t in TASKS]
+    specs = [host.kinds.task(t) for t in TASKS]
     device = resolve_device(settings.device)
     targets = [make_target(s, spec, settings, data, device) for s in specs]
     torch.manual_seed(settings.seed)
-    backbone = host.registry.backbone(setup["backbone"])
+    backbone = host.kinds.backbone(setup["backbone"])
     options = backbone.resolve_options(setup["options"])
     model = HardSharingModel(spec, backbone, options, specs).to(device)
     fit(model, targets, settings)

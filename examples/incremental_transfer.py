@@ -16,11 +16,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from dmtcore.hookspecs import hookimpl
-from dmtcore.names import InputSpec
+from dmtcore.hooks.host import create_plugin_host
+from dmtcore.hooks.specs import hookimpl
 from dmtcore.operations import add_task, init_store, train_tasks
-from dmtcore.plugins import create_plugin_host
-from dmtcore.training import TrainSettings
+from dmtcore.tasks.names import InputSpec
+from dmtcore.train.loop import TrainSettings
 
 PAIRS = [
     ("digits.even", ["digits.class"], InputSpec(1, 8, 8)),
@@ -51,7 +51,7 @@ def curve(
 ) -> list[tuple[int, float]]:
     """Validation points of `task` added after `parents`; `init_from` as `dmt add-task`'s."""
     host = create_plugin_host()
-    metric = host.registry.tasks[task].primary_metric
+    metric = host.kinds.tasks[task].primary_metric
     with tempfile.TemporaryDirectory() as folder:
         store = Path(folder) / "store"
         init_store(store, host, spec, connection=kind)

@@ -302,10 +302,10 @@ def _factory(attribute: str, gray: bool, equalize: bool):
 
 
 @hookimpl
-def dmt_register_tasks(registry: Any) -> None:
+def dmt_register_tasks(kinds: Any) -> None:
     for family, (what, gray, equalize) in FAMILIES.items():
         for attribute in ATTRIBUTES:
-            registry.add_task(
+            kinds.add_task(
                 TaskSpec(
                     name=task_name(family, attribute),
                     description=f"CelebA {attribute} ({what})",

@@ -241,9 +241,9 @@ def task_name(pair: tuple[str, str]) -> str:
 
 
 @hookimpl
-def dmt_register_tasks(registry: Any) -> None:
+def dmt_register_tasks(kinds: Any) -> None:
     for pair in PAIRS:
-        registry.add_task(
+        kinds.add_task(
             TaskSpec(
                 name=task_name(pair),
                 description=f"CIFAR-10 {pair[0]} (0) or {pair[1]} (1), DMT Table 5",

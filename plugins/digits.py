@@ -127,8 +127,8 @@ def _factory(members: set[int] | None):
 
 
 @hookimpl
-def dmt_register_tasks(registry: Any) -> None:
-    registry.add_task(
+def dmt_register_tasks(kinds: Any) -> None:
+    kinds.add_task(
         TaskSpec(
             name="digits.class",
             description="which digit, 0 to 9",
@@ -141,7 +141,7 @@ def dmt_register_tasks(registry: Any) -> None:
         )
     )
     for attribute, (description, members) in ATTRIBUTES.items():
-        registry.add_task(
+        kinds.add_task(
             TaskSpec(
                 name=f"digits.{attribute}",
                 description=description,

@@ -354,6 +354,6 @@ def task_spec(target: Target) -> TaskSpec:
 
 
 @hookimpl
-def dmt_register_tasks(registry: Any) -> None:
+def dmt_register_tasks(kinds: Any) -> None:
     for target in TARGETS:
-        registry.add_task(task_spec(target))
+        kinds.add_task(task_spec(target))

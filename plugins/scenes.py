@@ -448,9 +448,9 @@ TASKS = (
 
 
 @hookimpl
-def dmt_register_tasks(registry: Any) -> None:
+def dmt_register_tasks(kinds: Any) -> None:
     for label, description, output, outputs, classes in TASKS:
-        registry.add_task(
+        kinds.add_task(
             TaskSpec(
                 name=f"scenes.{label}",
                 description=description,

@@ -91,9 +91,9 @@ TASKS = (
 
 
 @hookimpl
-def dmt_register_tasks(registry: Any) -> None:
+def dmt_register_tasks(kinds: Any) -> None:
     for name, description, attribute, classes in TASKS:
-        registry.add_task(
+        kinds.add_task(
             TaskSpec(
                 name=name,
                 description=description,

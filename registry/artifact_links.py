@@ -41,7 +41,7 @@ import stat
 from pathlib import Path
 
 from dmtcore.errors import StoreError
-from dmtcore.store import BLOB_FILE, Store, check_layout
+from dmtcore.store.directory import BLOB_FILE, Store, check_layout
 
 # Off: every logged model keeps MLflow's copies (the benchmark measures both side by side).
 LINKING = True

@@ -39,7 +39,7 @@ from dmtcore.errors import (
     UnknownNameError,
     first_line,
 )
-from dmtcore.store import CURRENT, Store
+from dmtcore.store.directory import CURRENT, Store
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 CURRENT_ALIAS = "current"
@@ -343,7 +343,7 @@ def publish_current(store_path: Path, uri: str, embedded: bool, operation: str) 
     """Publish the store's current version as `dmt register` and `dmt rollback` do: reuse the
     registry version of its state, or log it in a run of its own (named after `operation`)."""
     from dmt_registry.tracking import MlflowTracker, reported_call
-    from dmtcore.runinfo import RunInfo
+    from dmtcore.hooks.runinfo import RunInfo
 
     store = Store.open(store_path)
     manifest = store.manifest()
@@ -532,7 +532,7 @@ def pull(model_uri: str, tracking_uri: str, destination: Path, registry: Any) ->
 def _verify_artifact(model_uri: str, snapshot: Path, registry: Any) -> None:
     """Refuse a downloaded store that `dmt verify --all` would not call sound. Messages name the
     file inside the model's artifacts, not the temporary download that is gone by then."""
-    from dmtcore.verify import verify_store
+    from dmtcore.store.verify import verify_store
 
     def inside_model(text: str) -> str:
         return text.replace(str(snapshot), f"{model_uri} artifacts/store")

@@ -70,9 +70,9 @@ class DmtModel(PythonModel):
     _skip_type_hint_validation = True
 
     def load_context(self, context: Any) -> None:
+        from dmtcore.hooks.host import create_plugin_host
+        from dmtcore.inference.predict import task_outputs
         from dmtcore.operations import load_current
-        from dmtcore.plugins import create_plugin_host
-        from dmtcore.predict import task_outputs
 
         self.model, self.manifest = load_current(
             Path(context.artifacts["store"]), create_plugin_host(autoload=False)
@@ -94,8 +94,8 @@ class DmtModel(PythonModel):
         import pandas as pd
 
         from dmtcore.errors import DataError
+        from dmtcore.inference.predict import decode_array, decode_images, predict
         from dmtcore.operations import select_tasks
-        from dmtcore.predict import decode_array, decode_images, predict
 
         requested = [t for t in str((params or {}).get("tasks") or "").split(",") if t]
         tasks = select_tasks(self.manifest, requested)

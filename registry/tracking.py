@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from dmtcore.errors import DmtError, InvalidValueError, TrackingError, first_line
-from dmtcore.hookspecs import hookimpl
-from dmtcore.progress import Stage
-from dmtcore.runinfo import EpochReport, RunInfo, RunResult
+from dmtcore.hooks.runinfo import EpochReport, RunInfo, RunResult
+from dmtcore.hooks.specs import hookimpl
+from dmtcore.runtime.progress import Stage
 
 DATABASE = "mlflow.db"
 UNSAFE_IN_SQLITE_URI = "?%"
@@ -81,7 +81,7 @@ def ensure_embedded_database(store: Path, notify: Callable[[str], None]) -> None
     only when complete (never replacing one that another process put there first), so a command
     killed during MLflow's migrations leaves no half-made database behind. One that an older
     release left half-migrated is moved aside and replaced if it holds no runs or models."""
-    from dmtcore.store import check_layout
+    from dmtcore.store.directory import check_layout
 
     store = Path(store).resolve()
     check_layout(store)
@@ -268,7 +268,7 @@ class MlflowTracker:
         experiment_id = self._connect(run)
         if self.register:  # refuse a conflicting model name before any training
             from dmt_registry.publish import check_model_name
-            from dmtcore.store import Store
+            from dmtcore.store.directory import Store
 
             check_model_name(self.client, Store.open(run.store_path).manifest())
         tags = {
@@ -371,7 +371,7 @@ class MlflowTracker:
             self.client.log_image(self.run_id, image, artifact_file=f"previews/{task}.png")
         if self.register:
             from dmt_registry.publish import register
-            from dmtcore.store import Store
+            from dmtcore.store.directory import Store
 
             self.notify(Stage(f"registering version {result.version} in the MLflow Model Registry"))
             version = register(self.client, Store.open(run.store_path), result.version, self.run_id)
@@ -381,7 +381,12 @@ class MlflowTracker:
     def _log_relations(self, result: RunResult) -> None:
         """The final relation matrices of every stage, as JSON and as a heatmap PNG (drawn with
         Pillow: matplotlib cost each run about a CPU second, see `relations.heatmap_png`)."""
-        from dmtcore.relations import boundary_label, heatmap_png, relation_matrices, select_stage
+        from dmtcore.model.connection_weights import (
+            boundary_label,
+            heatmap_png,
+            relation_matrices,
+            select_stage,
+        )
 
         manifest = json.loads(Path(result.manifest_path).read_text())
         stages = select_stage(relation_matrices(manifest), None)

@@ -51,7 +51,7 @@ def new_store_dir(tmp_path: Path, mlflow_template: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def host():
-    from dmtcore.plugins import create_plugin_host
+    from dmtcore.hooks.host import create_plugin_host
 
     return create_plugin_host()
 
@@ -60,7 +60,7 @@ def host():
 def digits_store(tmp_path_factory: pytest.TempPathFactory, host) -> Path:
     """A store with digits.class then digits.even (2 epochs each), built once; copy to mutate."""
     from dmtcore.operations import add_task
-    from dmtcore.training import TrainSettings
+    from dmtcore.train.loop import TrainSettings
 
     path = tmp_path_factory.mktemp("digits") / "store"
     for task in ("digits.class", "digits.even"):

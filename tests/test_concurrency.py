@@ -13,8 +13,8 @@ import pytest
 
 from dmtcore.errors import StoreLockedError
 from dmtcore.operations import add_task
-from dmtcore.store import Store
-from dmtcore.training import TrainSettings
+from dmtcore.store.directory import Store
+from dmtcore.train.loop import TrainSettings
 
 
 @pytest.mark.slow

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dmtcore.checkpoint import load_model
-from dmtcore.model import MultiTaskModel, TrainingPlan
-from dmtcore.names import InputSpec
-from dmtcore.store import Store
-from dmtcore.taskspec import HeadSpec
-from dmtcore.training import TrainSettings, make_optimizer, stored_lr_mult_note
+from dmtcore.model.multitask import MultiTaskModel, TrainingPlan
+from dmtcore.store.checkpoint import load_model
+from dmtcore.store.directory import Store
+from dmtcore.tasks.names import InputSpec
+from dmtcore.tasks.spec import HeadSpec
+from dmtcore.train.loop import TrainSettings, make_optimizer, stored_lr_mult_note
 
 from conftest import fingerprint, toy_plugin
 
@@ -36,10 +36,10 @@ DEFAULTS = {
 
 def two_task_model(host, kind: str, **options) -> MultiTaskModel:
     """t1 reads t0 and trains its column, connections and head."""
-    connection = host.registry.connection(kind)
+    connection = host.kinds.connection(kind)
     model = MultiTaskModel(
         InputSpec(1, 8, 8),
-        host.registry.backbone("dmt-cnn"),
+        host.kinds.backbone("dmt-cnn"),
         {"fc_width": 8},
         connection,
         connection.resolve_options(options),
@@ -139,7 +139,7 @@ def test_an_old_store_keeps_its_stored_multiplier(host, tmp_path: Path) -> None:
     store = Store.open(store_path)
     manifest = store.manifest()
     assert manifest["connection"]["options"]["lr_mult"] == 100.0
-    model = load_model(store, manifest, host.registry)
+    model = load_model(store, manifest, host.kinds)
     model.configure_training(TrainingPlan(connections=frozenset({"digits.even"})))
     adam = TrainSettings(lr=1e-3, optimizer="adam")
     rates, _, record = learning_rates(model, adam, "digits.even")

@@ -11,7 +11,7 @@ EPS_SCALE = 1 / math.sqrt(1 + 1e-5)  # BatchNorm in eval mode with fresh statist
 
 
 def build(host, kind: str, own: int, sources: int, shape: tuple[int, ...], **options):
-    connection_kind = host.registry.connection(kind)
+    connection_kind = host.kinds.connection(kind)
     module = connection_kind.build(own, sources, shape, connection_kind.resolve_options(options))
     module.eval()  # fresh BatchNorm statistics: an identity up to EPS_SCALE
     return module
@@ -158,7 +158,7 @@ def test_nddr_drop_source_equals_a_layer_built_without_it(host) -> None:
 
 
 def test_nddr_shortcut_resizes_concatenates_and_starts_as_identity(host) -> None:
-    kind = host.registry.connection("nddr-shortcut")
+    kind = host.kinds.connection("nddr-shortcut")
     shortcut = kind.build_shortcut([(2, 8, 8), (3, 4, 4), (5, 2, 2)], kind.resolve_options({}))
     outputs = [torch.rand(1, 2, 8, 8), torch.rand(1, 3, 4, 4), torch.rand(1, 5, 2, 2)]
     assert torch.allclose(shortcut(outputs), outputs[-1])  # identity on the last NDDR output

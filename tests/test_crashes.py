@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dmtcore.checkpoint import load_model
 from dmtcore.operations import add_task, remove_task, train_tasks
-from dmtcore.store import Store
-from dmtcore.training import TrainSettings
-from dmtcore.verify import verify_store
+from dmtcore.store.checkpoint import load_model
+from dmtcore.store.directory import Store
+from dmtcore.store.verify import verify_store
+from dmtcore.train.loop import TrainSettings
 
 QUICK = ["--epochs", "1", "--batch-size", "256", "--no-tracking"]
 COMMANDS = {
@@ -40,7 +40,7 @@ KILL_POINTS = [
 
 def outputs(path: Path, host) -> dict[str, torch.Tensor]:
     store = Store.open(path)
-    model = load_model(store, store.manifest(), host.registry)
+    model = load_model(store, store.manifest(), host.kinds)
     with torch.inference_mode():
         return model(torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(0)))
 
@@ -83,7 +83,7 @@ def test_sigkill_loses_nothing(command: str, point: str, store_copy: Path, host)
     store = Store.open(store_copy)
     committed = point == "committed"
     assert store.current_version() == before_version + (1 if committed else 0)
-    versions, problems = verify_store(store_copy, host.registry, every_version=True)
+    versions, problems = verify_store(store_copy, host.kinds, every_version=True)
     assert problems == []
     if not committed:
         after = outputs(store_copy, host)

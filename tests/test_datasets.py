@@ -127,10 +127,10 @@ def fresh_caches() -> Iterator[None]:
 
 
 def test_cifar10_pair_trains_on_its_two_classes(tmp_path: Path, run_cli, host) -> None:
-    from dmtcore.taskspec import DataRequest
+    from dmtcore.tasks.spec import DataRequest
 
     data = write_cifar(tmp_path / "data", per_class=10)
-    splits = host.registry.task("cifar10.cat-dog").datasets(DataRequest(data, None))
+    splits = host.kinds.task("cifar10.cat-dog").datasets(DataRequest(data, None))
     # 5 batches × 10 images of each class: 100 of the pair, 10% held out; 20 test images
     assert (len(splits.train), len(splits.val), len(splits.test)) == (90, 10, 20)
     images, labels = splits.train.tensors
@@ -155,11 +155,11 @@ def test_cifar10_pair_trains_on_its_two_classes(tmp_path: Path, run_cli, host) -
 
 
 def test_cifar10_held_out_split_ignores_the_training_seed(tmp_path: Path, host) -> None:
-    from dmtcore.names import InputSpec
-    from dmtcore.taskspec import DataRequest
+    from dmtcore.tasks.names import InputSpec
+    from dmtcore.tasks.spec import DataRequest
 
     data = write_cifar(tmp_path / "data", per_class=4)
-    spec = host.registry.task("cifar10.airplane-ship")
+    spec = host.kinds.task("cifar10.airplane-ship")
     first = spec.datasets(DataRequest(data, None, seed=0))
     second = spec.datasets(DataRequest(data, InputSpec(3, 16, 16), seed=7))
     assert first.val.tensors[1].tolist() == second.val.tensors[1].tolist()
@@ -224,7 +224,7 @@ def test_cifar10_batch_that_would_run_code_is_refused(tmp_path: Path, run_cli) -
 
 def test_cifar10_python2_style_batches_read_the_same(tmp_path: Path, host) -> None:
     """The official files were written by Python 2: read through latin1, their keys are str."""
-    from dmtcore.taskspec import DataRequest
+    from dmtcore.tasks.spec import DataRequest
 
     data = write_cifar(tmp_path / "data", per_class=3)
     folder = data / "cifar-10-batches-py"
@@ -233,7 +233,7 @@ def test_cifar10_python2_style_batches_read_the_same(tmp_path: Path, host) -> No
             batch = pickle.load(stream)
         with open(path, "wb") as stream:
             pickle.dump({k.decode(): v for k, v in batch.items()}, stream, protocol=2)
-    splits = host.registry.task("cifar10.automobile-truck").datasets(DataRequest(data, None))
+    splits = host.kinds.task("cifar10.automobile-truck").datasets(DataRequest(data, None))
     assert len(splits.train) + len(splits.val) == 30 and len(splits.test) == 6
 
 
@@ -270,12 +270,12 @@ def write_celeba(root: Path, n: int = 120, seed: int = 0) -> tuple[Path, np.ndar
 
 
 def test_celeba_attribute_trains_with_the_official_partition(tmp_path: Path, run_cli, host) -> None:
-    from dmtcore.data import dataset_labels
-    from dmtcore.taskspec import DataRequest
+    from dmtcore.tasks.data import dataset_labels
+    from dmtcore.tasks.spec import DataRequest
 
     data, values = write_celeba(tmp_path / "data")
     assert not (data / "celeba" / "identity_CelebA.txt").exists()
-    splits = host.registry.task("celeba.smiling").datasets(DataRequest(data, None))
+    splits = host.kinds.task("celeba.smiling").datasets(DataRequest(data, None))
     assert (len(splits.train), len(splits.val), len(splits.test)) == (80, 20, 20)
     image, label = splits.val[0]
     assert image.shape == (3, 64, 64) and image.dtype.is_floating_point
@@ -296,19 +296,19 @@ def test_celeba_attribute_trains_with_the_official_partition(tmp_path: Path, run
 
 
 def test_celeba_preprocessing_families(tmp_path: Path, host) -> None:
-    from dmtcore.names import InputSpec
-    from dmtcore.taskspec import DataRequest
+    from dmtcore.tasks.names import InputSpec
+    from dmtcore.tasks.spec import DataRequest
 
     data, _ = write_celeba(tmp_path / "data", n=12)
     request = DataRequest(data, InputSpec(1, 32, 32))
-    gray, _ = host.registry.task("celeba-gray.no-beard").datasets(request).train[0]
-    equalised, _ = host.registry.task("celeba-histeq.no-beard").datasets(request).train[0]
+    gray, _ = host.kinds.task("celeba-gray.no-beard").datasets(request).train[0]
+    equalised, _ = host.kinds.task("celeba-histeq.no-beard").datasets(request).train[0]
     assert gray.shape == equalised.shape == (1, 32, 32)
     # equalisation spreads the narrow range of a flat noisy face over the whole scale
     assert float(gray.max() - gray.min()) < 0.6 < float(equalised.max() - equalised.min())
-    assert host.registry.task("celeba.5-o-clock-shadow").input_shape == (3, 64, 64)
-    assert host.registry.task("celeba-histeq.smiling").input_shape == (1, 64, 64)
-    assert len([t for t in host.registry.tasks if t.startswith("celeba.")]) == 40
+    assert host.kinds.task("celeba.5-o-clock-shadow").input_shape == (3, 64, 64)
+    assert host.kinds.task("celeba-histeq.smiling").input_shape == (1, 64, 64)
+    assert len([t for t in host.kinds.tasks if t.startswith("celeba.")]) == 40
 
 
 def test_celeba_missing_names_the_files_and_downloads_nothing(
@@ -328,12 +328,12 @@ def test_celeba_missing_names_the_files_and_downloads_nothing(
 
 def test_celeba_partly_unzipped_images_are_named(tmp_path: Path, host) -> None:
     from dmtcore.errors import DataError
-    from dmtcore.taskspec import DataRequest
+    from dmtcore.tasks.spec import DataRequest
 
     data, _ = write_celeba(tmp_path / "data", n=12)
     (data / "celeba" / "img_align_celeba" / "000003.jpg").unlink()
     with pytest.raises(DataError, match=r"1 of the 8 train images .* e\.g\. 000003\.jpg"):
-        host.registry.task("celeba.young").datasets(DataRequest(data, None))
+        host.kinds.task("celeba.young").datasets(DataRequest(data, None))
 
 
 # -- image folders -------------------------------------------------------------------------------
@@ -355,7 +355,7 @@ def write_folder(root: Path, classes: dict[str, int], splits: dict[str, int] | N
 
 
 def stored_task(store: Path, index: int = 0) -> dict:
-    from dmtcore.store import Store
+    from dmtcore.store.directory import Store
 
     return Store.open(store).manifest()["tasks"][index]
 
@@ -509,9 +509,9 @@ def test_bad_folder_inputs_leave_the_store_alone(
 def test_listing_tasks_reads_no_data_and_imports_no_torchvision() -> None:
     code = (
         "import sys\n"
-        "from dmtcore.plugins import create_plugin_host\n"
+        "from dmtcore.hooks.host import create_plugin_host\n"
         "host = create_plugin_host()\n"
-        "assert 'cifar10.cat-dog' in host.registry.tasks and 'celeba.smiling' in host.registry.tasks\n"
+        "assert 'cifar10.cat-dog' in host.kinds.tasks and 'celeba.smiling' in host.kinds.tasks\n"
         "assert 'torchvision' not in sys.modules, 'torchvision imported'\n"
     )
     result = subprocess.run(

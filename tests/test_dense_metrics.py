@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from dmtcore.dense_labels import dense_targets
-from dmtcore.metrics import LOSSES, MetricState, berhu, cosine, depth_l1, pixel_cross_entropy
-from dmtcore.taskspec import (
+from dmtcore.tasks.dense_labels import dense_targets
+from dmtcore.tasks.metrics import LOSSES, MetricState, berhu, cosine, depth_l1, pixel_cross_entropy
+from dmtcore.tasks.spec import (
     DEFAULT_METRICS,
     DENSE_KINDS,
     IGNORE_LABEL,
@@ -20,7 +20,7 @@ from dmtcore.taskspec import (
     TaskSpec,
     higher_is_better,
 )
-from dmtcore.training import Target, epoch_score
+from dmtcore.train.loop import Target, epoch_score
 
 K = 4
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from dmtcore.store import Store
+from dmtcore.store.directory import Store
 
 
 def free_port() -> int:

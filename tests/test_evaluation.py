@@ -7,16 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from dmtcore.data import Batches
-from dmtcore.evaluation import evaluate, evaluate_tasks, shared_images
 from dmtcore.operations import evaluate_store, load_current
-from dmtcore.taskspec import DataRequest
+from dmtcore.tasks.data import Batches
+from dmtcore.tasks.spec import DataRequest
+from dmtcore.train.evaluation import evaluate, evaluate_tasks, shared_images
 
 
 def test_shared_evaluation_equals_one_pass_per_task(digits_store: Path, host) -> None:
     model, manifest = load_current(digits_store, host)
     names = [t["name"] for t in manifest["tasks"]]
-    specs = [host.registry.task(n) for n in names]
+    specs = [host.kinds.task(n) for n in names]
     splits = [
         Batches(
             s,

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dmtcore.checkpoint import load_model
-from dmtcore.model import TrainingPlan
+from dmtcore.model.multitask import TrainingPlan
 from dmtcore.operations import add_task
-from dmtcore.store import Store
-from dmtcore.training import TrainSettings
+from dmtcore.store.checkpoint import load_model
+from dmtcore.store.directory import Store
+from dmtcore.train.loop import TrainSettings
 
 from conftest import toy_plugin
 
@@ -27,7 +27,7 @@ def images(n: int = 64) -> torch.Tensor:
 
 def grown_model(store: Path, host):
     """The digits store's model with a new task reading both frozen tasks, as in add-task."""
-    model = load_model(Store.open(store), Store.open(store).manifest(), host.registry)
+    model = load_model(Store.open(store), Store.open(store).manifest(), host.kinds)
     torch.manual_seed(0)
     model.add_task(
         "digits.prime", "t9", ["digits.class", "digits.even", "digits.prime"], *head(host)
@@ -37,7 +37,7 @@ def grown_model(store: Path, host):
 
 
 def head(host):
-    spec = host.registry.task("digits.prime")
+    spec = host.kinds.task("digits.prime")
     return spec.head, spec.num_outputs
 
 
@@ -65,7 +65,7 @@ def _train(store: Path, host, tmp_path: Path, name: str, **options) -> tuple:
         copy, "digits.prime", host, TrainSettings(**SETTINGS, **options), notify=messages.append
     )
     store_ = Store.open(copy)
-    model = load_model(store_, store_.manifest(), host.registry)
+    model = load_model(store_, store_.manifest(), host.kinds)
     weights = {k: v.clone() for k, v in model.state_dict().items()}
     return result, weights, messages
 

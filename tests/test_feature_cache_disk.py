@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from dmtcore.operations import add_task
-from dmtcore.store import Store
-from dmtcore.training import TrainSettings
+from dmtcore.store.directory import Store
+from dmtcore.train.loop import TrainSettings
 
 from conftest import fingerprint
 

@@ -94,8 +94,8 @@ def test_recalibrated_statistics_are_the_training_data_statistics_and_old_tasks_
     """Added to the digits store (frozen columns read through the feature cache): the new
     column's first BatchNorm holds the mean and variance of its input over the training split
     (one batch of all 140 images), and every old task's weights are the very same blobs."""
-    from dmtcore.checkpoint import load_model
-    from dmtcore.store import Store
+    from dmtcore.store.checkpoint import load_model
+    from dmtcore.store.directory import Store
 
     plugin = write_plugin("three_rows_on_digits", THREE_ROWS)
     store = Store.open(store_copy)
@@ -109,7 +109,7 @@ def test_recalibrated_statistics_are_the_training_data_statistics_and_old_tasks_
     old = {t["name"]: t["weights"] for t in before["tasks"]}
     assert {t["name"]: t["weights"] for t in after["tasks"] if t["name"] in old} == old
 
-    model = load_model(store, after, host.registry)
+    model = load_model(store, after, host.kinds)
     first_stage = model.part(TASK, "column").stages[0]
     [position] = [
         i for i, m in enumerate(first_stage) if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)

@@ -14,12 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load as load_safetensors
 
-from dmtcore.checkpoint import load_model
-from dmtcore.model import MultiTaskModel, TrainingPlan
-from dmtcore.names import InputSpec
-from dmtcore.store import Store
-from dmtcore.taskspec import HeadSpec
-from dmtcore.training import flat_relation_weights
+from dmtcore.model.multitask import MultiTaskModel, TrainingPlan
+from dmtcore.store.checkpoint import load_model
+from dmtcore.store.directory import Store
+from dmtcore.tasks.names import InputSpec
+from dmtcore.tasks.spec import HeadSpec
+from dmtcore.train.loop import flat_relation_weights
 
 from conftest import fingerprint
 
@@ -34,7 +34,7 @@ def images(n: int = 16) -> torch.Tensor:
 
 def outputs(path: Path, host) -> dict[str, torch.Tensor]:
     store = Store.open(path)
-    model = load_model(store, store.manifest(), host.registry)
+    model = load_model(store, store.manifest(), host.kinds)
     with torch.inference_mode():
         return model(images(64))
 
@@ -87,7 +87,7 @@ def test_add_task_keeps_old_outputs_bit_identical_with_head_fusion(
     assert connections["head.beta"] == (2,)  # one gate per other task, into the head
     assert len(manifest["tasks"][-1]["relations"]) == 6
     assert manifest["operation"]["feature_cache"]["hits"] > 0  # FC features came from the cache
-    model = load_model(Store.open(store_copy), manifest, host.registry)
+    model = load_model(Store.open(store_copy), manifest, host.kinds)
     series = flat_relation_weights(model, ["digits.prime"])
     assert {"alpha.digits.prime.head.digits.class", "alpha.digits.prime.stage5.digits.class"} < set(
         series
@@ -116,7 +116,7 @@ def test_remove_task_drops_the_source_from_the_head_connection(
 def test_the_head_connection_retrains_on_remove_task(store_copy: Path, host) -> None:
     """Reconnection (DMT §4.3) trains every connection of the tasks that read the removed one,
     the one into the head included."""
-    model = load_model(Store.open(store_copy), Store.open(store_copy).manifest(), host.registry)
+    model = load_model(Store.open(store_copy), Store.open(store_copy).manifest(), host.kinds)
     model.remove_task("digits.class")
     model.configure_training(TrainingPlan(connections=frozenset({"digits.even"})))
     trained = {id(p) for g in model.param_groups() for p in g.params}
@@ -155,7 +155,7 @@ def test_an_old_store_does_not_fuse_and_predicts_as_recorded(tmp_path: Path, run
     before = fingerprint(path)
     manifest = Store.open(path).manifest()
     assert "head_fusion" not in manifest["connection"]["options"]
-    model = load_model(Store.open(path), manifest, host.registry)
+    model = load_model(Store.open(path), manifest, host.kinds)
     assert model.head_fusion is False
     assert all(c.head is None for c in model.connections.values())
     data = json.loads(run_cli("connections", "--store", path, "--json").stdout)
@@ -210,8 +210,8 @@ def test_head_fusion_is_asked_for_with_a_connection_option(tmp_path: Path, run_c
 
 
 def _two_task_model(host, kind: str, spatial: bool) -> MultiTaskModel:
-    backbone = host.registry.backbone("dmt-cnn")
-    connection = host.registry.connection(kind)
+    backbone = host.kinds.backbone("dmt-cnn")
+    connection = host.kinds.connection(kind)
     column = backbone.resolve_options({"spatial": True} if spatial else {"fc_width": 12})
     options = connection.resolve_options({"head_fusion": True}, "dmt-cnn", column)
     model = MultiTaskModel(InputSpec(1, 8, 8), backbone, column, connection, options)

@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-import dmtcore.operations as operations
-from dmtcore.operations import add_task, train_tasks
-from dmtcore.store import Store
-from dmtcore.training import TrainSettings
+import dmtcore.operations.adding as adding
+from dmtcore.operations import add_task, remove_task, train_tasks
+from dmtcore.store.directory import Store
+from dmtcore.train.loop import TrainSettings
 
 from conftest import fingerprint, toy_plugin
 
@@ -28,7 +28,7 @@ def _count_first_stage_calls(monkeypatch: pytest.MonkeyPatch, names: list[str]) 
     """Training-mode forward calls of each new column's first stage, and its batches per epoch."""
     counts: dict[str, int] = dict.fromkeys(names, 0)
     batches: dict[str, int] = {}
-    real_fit = operations.fit
+    real_fit = adding.fit
 
     def counting_fit(model, targets, *args, **kwargs):
         for target in targets:
@@ -43,7 +43,7 @@ def _count_first_stage_calls(monkeypatch: pytest.MonkeyPatch, names: list[str]) 
             stage.register_forward_hook(hook)
         return real_fit(model, targets, *args, **kwargs)
 
-    monkeypatch.setattr(operations, "fit", counting_fit)
+    monkeypatch.setattr(adding, "fit", counting_fit)
     return {"calls": counts, "batches": batches}
 
 
@@ -138,9 +138,7 @@ def test_a_single_add_task_trains_the_same_whatever_the_joint_mode(tmp_path: Pat
 def test_remove_task_reconnects_shared_image_tasks_in_one_pass(store_copy: Path, host) -> None:
     add_task(store_copy, "digits.large", host, TrainSettings(epochs=1), notify=print)
     messages: list[str] = []
-    operations.remove_task(
-        store_copy, "digits.class", host, TrainSettings(epochs=1), notify=messages.append
-    )
+    remove_task(store_copy, "digits.class", host, TrainSettings(epochs=1), notify=messages.append)
     assert _operation(store_copy)["joint_mode"] == "one-pass"  # digits.even, digits.large
     assert any("digits.even, digits.large in one pass per batch" in str(m) for m in messages)
 

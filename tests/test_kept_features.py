@@ -14,10 +14,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from dmtcore.kept_features import DIRECTORY
 from dmtcore.operations import add_task
-from dmtcore.store import Store
-from dmtcore.training import TrainSettings
+from dmtcore.store.directory import Store
+from dmtcore.store.kept_features import DIRECTORY
+from dmtcore.train.loop import TrainSettings
 
 from conftest import fingerprint
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from dmtcore.checkpoint import load_model
-from dmtcore.names import InputSpec
 from dmtcore.operations import add_task, init_store, remove_task, train_tasks
-from dmtcore.store import Store
-from dmtcore.training import TrainSettings
+from dmtcore.store.checkpoint import load_model
+from dmtcore.store.directory import Store
+from dmtcore.tasks.names import InputSpec
+from dmtcore.train.loop import TrainSettings
 
 KINDS = ["ttc", "nddr", "nddr-shortcut", "cross-stitch", "none"]
 ONE_EPOCH = TrainSettings(epochs=1, batch_size=64)
@@ -26,7 +26,7 @@ def quiet(message: str) -> None:
 
 def outputs(path: Path, host) -> dict[str, torch.Tensor]:
     store = Store.open(path)
-    model = load_model(store, store.manifest(), host.registry)
+    model = load_model(store, store.manifest(), host.kinds)
     images = torch.rand(64, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         return model(images)

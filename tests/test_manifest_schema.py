@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dmtcore.manifest import manifest_problems
+from dmtcore.store.manifest import manifest_problems
 
 from conftest import fingerprint
 

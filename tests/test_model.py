@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dmtcore.model import MultiTaskModel, TrainingPlan, evaluating
-from dmtcore.names import InputSpec
-from dmtcore.taskspec import HeadSpec
+from dmtcore.model.multitask import MultiTaskModel, TrainingPlan, evaluating
+from dmtcore.tasks.names import InputSpec
+from dmtcore.tasks.spec import HeadSpec
 
 
 @pytest.mark.parametrize(
@@ -18,7 +18,7 @@ from dmtcore.taskspec import HeadSpec
     ],
 )
 def test_dmt_cnn_column_adapts_to_the_input(host, spec, shapes) -> None:
-    column = host.registry.backbone("dmt-cnn").build(InputSpec(*spec), {"fc_width": 360})
+    column = host.kinds.backbone("dmt-cnn").build(InputSpec(*spec), {"fc_width": 360})
     assert column.feature_shapes == shapes
     convs = [m for m in column.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [(c.out_channels, c.kernel_size[0]) for c in convs] == [
@@ -31,7 +31,7 @@ def test_dmt_cnn_column_adapts_to_the_input(host, spec, shapes) -> None:
 
 
 def test_resnet18_column_has_four_stages(host) -> None:
-    column = host.registry.backbone("resnet18").build(InputSpec(1, 32, 32), {"weights_file": None})
+    column = host.kinds.backbone("resnet18").build(InputSpec(1, 32, 32), {"weights_file": None})
     assert [s[0] for s in column.feature_shapes] == [64, 128, 256, 512]
     assert column.out_shape == (512,) and not column.spatial
 
@@ -39,10 +39,10 @@ def test_resnet18_column_has_four_stages(host) -> None:
 def model_with(host, connection: str, tasks: int) -> MultiTaskModel:
     model = MultiTaskModel(
         InputSpec(1, 8, 8),
-        host.registry.backbone("dmt-cnn"),
+        host.kinds.backbone("dmt-cnn"),
         {"fc_width": 32},
-        host.registry.connection(connection),
-        host.registry.connection(connection).resolve_options({}),
+        host.kinds.connection(connection),
+        host.kinds.connection(connection).resolve_options({}),
     )
     names = [f"t{i}" for i in range(tasks)]
     for i, name in enumerate(names):

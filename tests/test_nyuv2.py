@@ -50,8 +50,8 @@ def write_nyuv2(folder: Path, train: int = 3, val: int = 2) -> dict[str, list[di
 
 def datasets(task: str, data: Path, size: tuple[int, int] | None = None, download: bool = False):
     from dmt_plugins import nyuv2
-    from dmtcore.names import InputSpec
-    from dmtcore.taskspec import DataRequest
+    from dmtcore.tasks.names import InputSpec
+    from dmtcore.tasks.spec import DataRequest
 
     target = next(t for t in nyuv2.TARGETS if t.task == task)
     spec = InputSpec(3, *size) if size else None
@@ -247,9 +247,9 @@ def test_malformed_file_is_refused_in_one_line_naming_it(
 
 def test_registers_three_dense_tasks() -> None:
     from dmt_plugins import nyuv2
-    from dmtcore.plugins import create_plugin_host
+    from dmtcore.hooks.host import create_plugin_host
 
-    registry = create_plugin_host(["dmt_plugins.nyuv2"]).registry
+    registry = create_plugin_host(["dmt_plugins.nyuv2"]).kinds
     seg = registry.task("nyuv2.segmentation")
     assert seg.output == "segmentation" and seg.num_outputs == 13
     assert seg.class_names == nyuv2.CLASS_NAMES and seg.class_names[0] == "bed"

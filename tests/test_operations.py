@@ -9,10 +9,10 @@ from pathlib import Path
 
 import torch
 
-from dmtcore.checkpoint import load_model
 from dmtcore.operations import add_task, remove_task
-from dmtcore.store import Store
-from dmtcore.training import TrainSettings
+from dmtcore.store.checkpoint import load_model
+from dmtcore.store.directory import Store
+from dmtcore.train.loop import TrainSettings
 
 FAST = TrainSettings(epochs=2, batch_size=64)
 
@@ -22,17 +22,17 @@ def quiet(message: str) -> None:
 
 
 def val_images(host, n: int = 200) -> torch.Tensor:
-    from dmtcore.data import adapt_images
-    from dmtcore.names import InputSpec
-    from dmtcore.taskspec import DataRequest
+    from dmtcore.tasks.data import adapt_images
+    from dmtcore.tasks.names import InputSpec
+    from dmtcore.tasks.spec import DataRequest
 
-    data = host.registry.task("digits.class").datasets(DataRequest(Path("."), None))
+    data = host.kinds.task("digits.class").datasets(DataRequest(Path("."), None))
     return adapt_images(data.val.tensors[0][:n], InputSpec(1, 8, 8))
 
 
 def outputs(path: Path, host, version: int | None = None) -> dict[str, torch.Tensor]:
     store = Store.open(path)
-    model = load_model(store, store.manifest(version), host.registry)
+    model = load_model(store, store.manifest(version), host.kinds)
     with torch.inference_mode():
         return model(val_images(host))
 
@@ -96,12 +96,12 @@ def test_store_round_trips_exactly(store_copy: Path, host, tmp_path: Path) -> No
 
 
 def test_loading_needs_no_task_plugin(digits_store: Path) -> None:
-    from dmtcore.plugins import create_plugin_host
+    from dmtcore.hooks.host import create_plugin_host
 
     bare = create_plugin_host(["no:digits", "no:shapes"], autoload=False)
-    assert "digits.class" not in bare.registry.tasks
+    assert "digits.class" not in bare.kinds.tasks
     store = Store.open(digits_store)
-    model = load_model(store, store.manifest(), bare.registry)
+    model = load_model(store, store.manifest(), bare.kinds)
     assert list(model.tasks) == ["digits.class", "digits.even"]
 
 

@@ -16,15 +16,15 @@ BENCHMARKS = ROOT / "benchmarks"
 def test_mlp_column_from_a_benchmark_plugin_grows_a_ttc_store(tmp_path: Path) -> None:
     """The `mlp` backbone registers through `dmt_register_backbones`; its stages are PNN's
     column (Linear + ReLU on the flattened image) and ttc connects them."""
-    from dmtcore.checkpoint import load_model
-    from dmtcore.names import InputSpec
+    from dmtcore.hooks.host import create_plugin_host
     from dmtcore.operations import add_task, init_store
-    from dmtcore.plugins import create_plugin_host
-    from dmtcore.store import Store
-    from dmtcore.training import TrainSettings
+    from dmtcore.store.checkpoint import load_model
+    from dmtcore.store.directory import Store
+    from dmtcore.tasks.names import InputSpec
+    from dmtcore.train.loop import TrainSettings
 
     host = create_plugin_host([str(BENCHMARKS / "_mlp_backbone.py")])
-    column = host.registry.backbone("mlp").build(InputSpec(1, 8, 8), {"layers": 3, "width": 16})
+    column = host.kinds.backbone("mlp").build(InputSpec(1, 8, 8), {"layers": 3, "width": 16})
     assert column.feature_shapes == [(16,), (16,), (16,)]
     store = tmp_path / "store"
     init_store(store, host, InputSpec(1, 8, 8), backbone="mlp", connection="ttc")
@@ -33,7 +33,7 @@ def test_mlp_column_from_a_benchmark_plugin_grows_a_ttc_store(tmp_path: Path) ->
         result = add_task(store, task, host, settings, notify=lambda message: None)
         assert 0.0 <= result.metrics[task]["accuracy"] <= 1.0
     opened = Store.open(store)
-    model = load_model(opened, opened.manifest(), host.registry)
+    model = load_model(opened, opened.manifest(), host.kinds)
     assert list(model.tasks) == ["digits.class", "digits.even"]
     assert model.part("digits.even", "column").feature_shapes == [(100,), (100,)]
 

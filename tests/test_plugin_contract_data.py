@@ -125,10 +125,10 @@ def test_data_within_the_contract_trains(store_copy: Path, run_cli, write_plugin
 def test_images_may_have_the_tasks_or_the_stores_channels() -> None:
     """A factory is told the store's input spec and may deliver its channels (the built-in
     imagefolder does in a 1-channel store); any other count is refused."""
-    from dmtcore.data import check_images, valid_channels
     from dmtcore.errors import DataError
-    from dmtcore.names import InputSpec
-    from dmtcore.taskspec import TaskSpec
+    from dmtcore.tasks.data import check_images, valid_channels
+    from dmtcore.tasks.names import InputSpec
+    from dmtcore.tasks.spec import TaskSpec
 
     spec = TaskSpec("toy.rgb", "rgb", (3, 8, 8), "binary", lambda r: None)
     channels = valid_channels(spec, InputSpec(1, 16, 16))
@@ -141,7 +141,7 @@ def test_images_may_have_the_tasks_or_the_stores_channels() -> None:
 
 def test_pixels_at_the_bounds_pass() -> None:
     """0 and 1 exactly (digits divides by 16 and reaches 1.0), and rounding just past them."""
-    from dmtcore.data import check_images
+    from dmtcore.tasks.data import check_images
 
     images = torch.tensor([0.0, 1.0, 1.0 + 1e-6, -1e-6]).view(1, 1, 2, 2)
     assert check_images("here", images, "the first batch") == (1, 2, 2)

@@ -152,7 +152,7 @@ def _remove(run_cli, store: Path, *extra: str) -> dict:
 
 def test_reconnection_that_never_beats_the_cut_keeps_the_cut(store_copy, run_cli, monkeypatch):
     """Every epoch of retraining validates worse than the cut: the cut weights are committed."""
-    from dmtcore import training
+    from dmtcore.train import loop as training
 
     real = training.evaluate
 

@@ -150,10 +150,10 @@ def test_every_batch_is_checked(output: str, problem: str, message: str) -> None
     """What training, validation and evaluation read: checked batch by batch."""
     import torch
 
-    from dmtcore.data import Batches
     from dmtcore.errors import DataError
-    from dmtcore.names import InputSpec
-    from dmtcore.taskspec import TaskSpec
+    from dmtcore.tasks.data import Batches
+    from dmtcore.tasks.names import InputSpec
+    from dmtcore.tasks.spec import TaskSpec
 
     outputs = {"binary": None, "multilabel": 3, "regression": 1}[output]
     spec = TaskSpec("toy.unit", "unit", (1, 8, 8), output, lambda r: None, num_outputs=outputs)
@@ -172,10 +172,10 @@ def test_feature_cache_reads_are_checked() -> None:
     """The feature cache's fill pass reads samples by index (`Batches.fetch`)."""
     import torch
 
-    from dmtcore.data import Batches
     from dmtcore.errors import DataError
-    from dmtcore.names import InputSpec
-    from dmtcore.taskspec import TaskSpec
+    from dmtcore.tasks.data import Batches
+    from dmtcore.tasks.names import InputSpec
+    from dmtcore.tasks.spec import TaskSpec
 
     spec = TaskSpec("toy.unit", "unit", (1, 8, 8), "binary", lambda r: None)
     batches = Batches(

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from dmtcore.errors import ConflictError, PluginError
-from dmtcore.plugins import create_plugin_host
+from dmtcore.hooks.host import create_plugin_host
 
 from conftest import toy_plugin
 
@@ -82,18 +82,18 @@ def test_installed_entry_point_plugin(tmp_path: Path, run_cli, installed_plugin)
 
 def test_builtin_task_plugins_are_entry_points_and_can_be_loaded_by_name() -> None:
     bare = create_plugin_host(autoload=False)
-    assert not bare.registry.tasks and "ttc" in bare.registry.connections
+    assert not bare.kinds.tasks and "ttc" in bare.kinds.connections
     explicit = create_plugin_host(["dmt_plugins.digits"], autoload=False)
-    assert "digits.class" in explicit.registry.tasks
+    assert "digits.class" in explicit.kinds.tasks
     blocked = create_plugin_host(["no:shapes"])
-    assert "digits.class" in blocked.registry.tasks and "shapes.kind" not in blocked.registry.tasks
+    assert "digits.class" in blocked.kinds.tasks and "shapes.kind" not in blocked.kinds.tasks
 
 
 def test_env_disables_autoload(monkeypatch) -> None:
     monkeypatch.setenv("DMT_DISABLE_PLUGIN_AUTOLOAD", "1")
-    assert "digits.class" not in create_plugin_host().registry.tasks
+    assert "digits.class" not in create_plugin_host().kinds.tasks
     monkeypatch.setenv("DMT_PLUGINS", "dmt_plugins.digits")
-    assert "digits.class" in create_plugin_host().registry.tasks
+    assert "digits.class" in create_plugin_host().kinds.tasks
 
 
 def test_plugin_that_fails_to_import_is_named(write_plugin, run_cli) -> None:
@@ -140,7 +140,7 @@ def test_missing_plugin_file(run_cli, tmp_path: Path) -> None:
 def test_every_hook_is_documented_and_used() -> None:
     import inspect
 
-    from dmtcore import hookspecs
+    from dmtcore.hooks import specs as hookspecs
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     specs = [

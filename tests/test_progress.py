@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dmtcore.feature_cache import FeatureCache
 from dmtcore.operations import add_task
-from dmtcore.training import TrainSettings
+from dmtcore.train.feature_cache import FeatureCache
+from dmtcore.train.loop import TrainSettings
 
 ANSI_ESCAPE = "\x1b["
 # The stages of a tracked add-task onto the digits store, in the order they happen.

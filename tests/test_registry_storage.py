@@ -105,7 +105,7 @@ def test_a_damaged_store_blob_is_never_linked_and_logging_again_never_writes_int
     from mlflow.tracking import MlflowClient
 
     from dmt_registry import artifact_links
-    from dmtcore.store import Store
+    from dmtcore.store.directory import Store
 
     data = b"the store's weights"
     name = f"{hashlib.sha256(data).hexdigest()}.safetensors"

@@ -112,7 +112,7 @@ def test_column_of_an_absent_store_is_refused(run_cli, tmp_path: Path) -> None:
 def test_distance_ignores_which_label_is_positive() -> None:
     """'large' and 'small' are one question: a map and its negation are at distance 0, maps
     on disjoint features at 1 (they share nothing), the same map at 0."""
-    from dmtcore.relatedness import map_distance, normalised, phi
+    from dmtcore.analysis.task_grouping import map_distance, normalised, phi
 
     a = normalised(np.array([1.0, -1.0, 0.0, 0.0]))
     b = normalised(np.array([0.0, 0.0, 2.0, 1.0]))
@@ -127,7 +127,7 @@ def test_distance_ignores_which_label_is_positive() -> None:
 def test_a_contrast_matched_with_its_sign_flipped_is_marked_not() -> None:
     import numpy as np
 
-    from dmtcore.relatedness import ContrastMaps, distance_matrix, normalised
+    from dmtcore.analysis.task_grouping import ContrastMaps, distance_matrix, normalised
 
     up = normalised(np.array([1.0, 2.0, 0.0, -1.0]))
     other = normalised(np.array([0.0, 1.0, 1.0, 1.0]))

@@ -13,7 +13,7 @@ import pytest
 
 import dmt_plugins.scenes as scenes
 from dmtcore import DataRequest
-from dmtcore.names import InputSpec
+from dmtcore.tasks.names import InputSpec
 
 
 @pytest.fixture(scope="module")
@@ -208,9 +208,9 @@ def test_native_size_splits_take_seconds(tmp_path: Path) -> None:
 
 
 def test_the_plugin_registers_its_tasks() -> None:
-    from dmtcore.plugins import create_plugin_host
+    from dmtcore.hooks.host import create_plugin_host
 
-    tasks = create_plugin_host(["dmt_plugins.scenes"], autoload=False).registry.tasks
+    tasks = create_plugin_host(["dmt_plugins.scenes"], autoload=False).kinds.tasks
     expected = {
         "scenes.segmentation": ("segmentation", 5),
         "scenes.depth": ("depth", 1),

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dmtcore.errors import StoreError
-from dmtcore.manifest import validate_manifest
+from dmtcore.store.manifest import validate_manifest
 
 
 @pytest.fixture
@@ -104,7 +104,7 @@ def test_any_mutated_manifest_is_accepted_or_refused_cleanly(
 @settings(max_examples=200, deadline=None)
 @given(st.binary(max_size=200))
 def test_garbage_manifest_files_are_refused_naming_the_file(tmp_path_factory, blob: bytes) -> None:
-    from dmtcore.store import Store
+    from dmtcore.store.directory import Store
 
     root = tmp_path_factory.mktemp("garbage")
     for sub in ("versions", "blobs", "tmp"):

@@ -48,9 +48,9 @@ def test_weights_are_byte_identical_to_torchs_own_optimisers(
 
     import torch
 
-    from dmtcore import training
     from dmtcore.operations import add_task
-    from dmtcore.training import TrainSettings
+    from dmtcore.train import loop as training
+    from dmtcore.train.loop import TrainSettings
 
     settings = TrainSettings(epochs=1, batch_size=64, optimizer=optimizer)
     reference = tmp_path / "reference"

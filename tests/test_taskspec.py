@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from dmtcore import TaskSpec
 from dmtcore.errors import InvalidValueError
-from dmtcore.names import InputSpec, validate_task_name
+from dmtcore.tasks.names import InputSpec, validate_task_name
 
 
 def spec(**overrides) -> TaskSpec:

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from dmtcore.visualize import VIRIDIS_HIGH, VIRIDIS_LOW
+from dmtcore.tasks.visualize import VIRIDIS_HIGH, VIRIDIS_LOW
 
 DRAW = """
 import sys
 from pathlib import Path
-from dmtcore.relations import heatmap_png, relation_matrices, select_stage
-from dmtcore.store import Store
+from dmtcore.model.connection_weights import heatmap_png, relation_matrices, select_stage
+from dmtcore.store.directory import Store
 
 manifest = Store.open(Path(sys.argv[1])).manifest()
 heatmap_png(manifest, select_stage(relation_matrices(manifest), None), Path(sys.argv[2]))
@@ -31,8 +31,8 @@ def test_the_runs_relation_heatmap_is_drawn_without_matplotlib(
     strongest yellow), own cells grey, and matplotlib never imported."""
     from PIL import Image
 
-    from dmtcore.relations import colour_limits, relation_matrices, select_stage
-    from dmtcore.store import Store
+    from dmtcore.model.connection_weights import colour_limits, relation_matrices, select_stage
+    from dmtcore.store.directory import Store
 
     path = tmp_path / "relations.png"
     result = subprocess.run(

@@ -9,9 +9,9 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from dmtcore.data import EpochSampler
 from dmtcore.errors import InvalidValueError
-from dmtcore.store import Store
+from dmtcore.store.directory import Store
+from dmtcore.tasks.data import EpochSampler
 
 from conftest import fingerprint, toy_plugin
 
@@ -56,8 +56,8 @@ def test_balance_is_recorded_and_helps_the_minority(tmp_path: Path, run_cli, wri
 
 
 def test_balance_refuses_a_regression_task(host) -> None:
-    from dmtcore.data import balancing_weights
-    from dmtcore.taskspec import TaskSpec
+    from dmtcore.tasks.data import balancing_weights
+    from dmtcore.tasks.spec import TaskSpec
 
     spec = TaskSpec("toy.size", "size", (1, 8, 8), "regression", lambda r: None, num_outputs=1)
     with pytest.raises(InvalidValueError, match="the task is regression"):
@@ -71,7 +71,7 @@ def test_bf16_autocast_trains_on_cpu(tmp_path: Path, run_cli) -> None:
     result = run_cli("add-task", "digits.even", *args)
     manifest = Store.open(store).manifest()
     assert manifest["operation"]["settings"]["precision"] == "bf16"
-    from dmtcore.training import cpu_has_bf16
+    from dmtcore.train.loop import cpu_has_bf16
 
     warned = "warning: --precision bf16 on a CPU without bfloat16 instructions" in result.stderr
     assert warned is not cpu_has_bf16()
@@ -128,9 +128,9 @@ def test_compile_trains_the_same_task_and_stores_plain_weights(
 def test_compile_without_a_compiler_says_so_and_leaves_the_store(
     store_copy: Path, run_cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dmtcore.training
+    import dmtcore.train.loop
 
-    monkeypatch.setattr(dmtcore.training.shutil, "which", lambda name: None)
+    monkeypatch.setattr(dmtcore.train.loop.shutil, "which", lambda name: None)
     before = fingerprint(store_copy)
     result = run_cli(
         "add-task", "digits.prime", "--store", store_copy, "--no-tracking", "--compile", expect=11

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from dmtcore.errors import InvalidValueError
-from dmtcore.visualize import (
+from dmtcore.tasks.visualize import (
     MIN_CELL_HEIGHT,
     SEPARATOR,
     VIRIDIS_HIGH,
@@ -190,6 +190,6 @@ def test_grid_refuses_what_is_not_a_grid_of_images(rows, scale, message):
 
 
 def test_drawing_imports_no_torch():
-    code = "import sys, dmtcore.visualize; print('torch' in sys.modules)"
+    code = "import sys, dmtcore.tasks.visualize; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

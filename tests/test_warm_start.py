@@ -25,10 +25,10 @@ def _manifest(store: Path) -> dict[str, Any]:
 @pytest.fixture
 def starts(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, torch.Tensor]]:
     """Every column's state (weights and BatchNorm statistics) when training starts."""
-    import dmtcore.operations as operations
+    import dmtcore.operations.adding as adding
 
     seen: dict[str, dict[str, torch.Tensor]] = {}
-    real_fit = operations.fit
+    real_fit = adding.fit
 
     def fit(model: Any, *args: Any, **kwargs: Any) -> Any:
         for name, slot in model.tasks.items():
@@ -37,7 +37,7 @@ def starts(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, torch.Tensor]
             }
         return real_fit(model, *args, **kwargs)
 
-    monkeypatch.setattr(operations, "fit", fit)
+    monkeypatch.setattr(adding, "fit", fit)
     return seen
 
 
@@ -81,10 +81,10 @@ def test_auto_starts_from_the_column_the_probe_scores_best(
 
 
 def test_none_starts_fresh_and_the_run_params_say_so(store_copy: Path, starts) -> None:
-    from dmtcore.hookspecs import hookimpl
+    from dmtcore.hooks.host import create_plugin_host
+    from dmtcore.hooks.specs import hookimpl
     from dmtcore.operations import add_task
-    from dmtcore.plugins import create_plugin_host
-    from dmtcore.training import TrainSettings
+    from dmtcore.train.loop import TrainSettings
 
     class Params:
         seen: ClassVar[dict[str, Any]] = {}

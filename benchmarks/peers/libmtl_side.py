@@ -65,10 +65,10 @@ from LibMTL.loss import CELoss  # noqa: E402
 from LibMTL.metrics import AccMetric  # noqa: E402
 from LibMTL.weighting import EW  # noqa: E402
 
-from dmtcore.backbones import dmt_cnn  # noqa: E402
-from dmtcore.heads import build_head  # noqa: E402
-from dmtcore.names import InputSpec  # noqa: E402
-from dmtcore.taskspec import HeadSpec  # noqa: E402
+from dmtcore.model.backbones import dmt_cnn  # noqa: E402
+from dmtcore.model.heads import build_head  # noqa: E402
+from dmtcore.tasks.names import InputSpec  # noqa: E402
+from dmtcore.tasks.spec import HeadSpec  # noqa: E402
 
 # LibMTL.architecture's `Cross_stitch` is the class, which hides its module of the same name.
 cross_stitch_module = sys.modules["LibMTL.architecture.Cross_stitch"]

@@ -25,7 +25,7 @@ __all__ = ["cli", "main"]
 
 def main() -> None:
     """Entry point of the `dmt` console script."""
-    from dmtcore import interrupts
+    from dmtcore.runtime import interrupts
 
     interrupts.install()
     cli(prog_name="dmt")

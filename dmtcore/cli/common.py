@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from dmtcore.errors import DmtError, Interrupted, InvalidValueError, StoreError
-from dmtcore.taskspec import higher_is_better
+from dmtcore.tasks.spec import higher_is_better
 
 STORE_ENV = "DMT_STORE"
 
@@ -248,45 +248,15 @@ def train_options(default_epochs: int) -> Callable[[Callable[..., Any]], Callabl
 
 
 def plugin_host(plugins: Sequence[str], no_plugin_autoload: bool) -> Any:
-    from dmtcore.plugins import create_plugin_host
+    from dmtcore.hooks.host import create_plugin_host
 
     return create_plugin_host(plugins, autoload=False if no_plugin_autoload else None)
 
 
 def train_settings(**kwargs: Any) -> Any:
-    from dmtcore.training import TrainSettings
+    from dmtcore.train.loop import TrainSettings
 
     return TrainSettings(**kwargs)
-
-
-def resolve_tracking_uri(store: Path, tracking_uri: str | None) -> tuple[str, bool]:
-    """The URI to use and whether it is the store's embedded database."""
-    from dmt_registry.tracking import default_tracking_uri
-
-    embedded_uri = default_tracking_uri(store)
-    uri = tracking_uri or embedded_uri
-    return uri, uri == embedded_uri
-
-
-def attach_tracker(
-    host: Any,
-    store: Path,
-    tracking_uri: str | None,
-    no_tracking: bool,
-    no_register: bool,
-    notify: Callable[[str], None] = lambda message: None,
-) -> str | None:
-    """Log the operation to MLflow (unless --no-tracking); `notify` hears the tracker's stages."""
-    if no_tracking or not is_main_rank():
-        return None
-    from dmt_registry.tracking import MlflowTracker
-
-    uri, embedded = resolve_tracking_uri(store, tracking_uri)
-    tracker = MlflowTracker(
-        uri, embedded, register=not no_register, notify=notify, verbose=verbose()
-    )
-    host.register(tracker, "mlflow-tracker")
-    return uri
 
 
 def is_main_rank() -> bool:
@@ -352,7 +322,7 @@ def progress(as_json: bool) -> Callable[[str], None]:
     """How a long command reports while it works, on stderr: stages (a `Stage`) when
     `stages_shown`, warnings and notes always, progress bars on a terminal and not under
     --json."""
-    from dmtcore.progress import Stage, allow_bars
+    from dmtcore.runtime.progress import Stage, allow_bars
 
     allow_bars(not as_json)
     shown = stages_shown(as_json)
@@ -366,7 +336,7 @@ def progress(as_json: bool) -> Callable[[str], None]:
 
 def starting(as_json: bool) -> Callable[[str], None]:
     """The command's `notify`, after saying what the first silent seconds are spent on."""
-    from dmtcore.progress import Stage
+    from dmtcore.runtime.progress import Stage
 
     notify = progress(as_json)
     notify(Stage("loading torch and the task plugins"))

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import click
 
+from dmtcore.api import tracking_uri_for
 from dmtcore.cli.common import (
     cli,
     data_options,
@@ -17,13 +17,12 @@ from dmtcore.cli.common import (
     plugin_host,
     plugin_options,
     print_table,
-    resolve_tracking_uri,
     starting,
     store_option,
     train_settings,
 )
-from dmtcore.errors import DmtError, InvalidValueError
-from dmtcore.store import Store
+from dmtcore.errors import InvalidValueError
+from dmtcore.store.directory import Store
 
 
 @cli.command()
@@ -50,38 +49,16 @@ def connections(store: Path, stage: int | None, plot_path: Path | None, as_json:
     Where the store fuses the last features into the head, the last boundary is 'stage L →
     head' (for dmt-cnn, DMT Table 6's "layer 6 to layer 7").
     """
-    from dmtcore.relations import boundary_label, plot, relation_matrices, select_stage
+    from dmtcore.api import open_store
 
-    manifest = Store.open(store).manifest()
-    names = [t["name"] for t in manifest["tasks"]]
-    if not names:
-        raise DmtError(f"store {str(store)!r} has no tasks yet: no connections to show")
-    stages = select_stage(relation_matrices(manifest), stage)
-    if plot_path is not None:
-        try:
-            plot(manifest, stages, plot_path)
-        except OSError as exc:
-            raise InvalidValueError(
-                f"cannot write the plot to {str(plot_path)!r}: {exc.strerror}"
-            ) from exc
-    payload = {
-        "store": str(store),
-        "version": manifest["version"],
-        "connection": manifest["connection"]["name"],
-        "tasks": names,
-        "stages": [
-            {"stage": number, "label": boundary_label(manifest, number), "matrix": matrix}
-            for number, matrix in stages
-        ],
-        "plot": str(plot_path) if plot_path else None,
-    }
+    payload = open_store(store).connections(stage, plot_path)
+    names = payload["tasks"]
 
     def human() -> None:
-        click.echo(
-            f"{manifest['connection']['name']} relations, store {store} v{manifest['version']}"
-        )
-        for number, matrix in stages:
-            click.echo(f"\n{boundary_label(manifest, number)} (row: task, column: source)")
+        click.echo(f"{payload['connection']} relations, store {store} v{payload['version']}")
+        for entry in payload["stages"]:
+            matrix = entry["matrix"]
+            click.echo(f"\n{entry['label']} (row: task, column: source)")
             print_table(
                 [
                     (n, *("-" if v is None else v for v in row))
@@ -119,19 +96,17 @@ def eval_command(
     `val` is the split that picked its best epoch; --seed seeds only random augmentation.
     """
     notify = starting(as_json)
-    from dmtcore.operations import DataOptions, evaluate_store
+    from dmtcore.api import open_store
 
-    settings = train_settings(
-        batch_size=options["batch_size"], seed=options["seed"], device=options["device"]
+    api = open_store(
+        store, plugins=plugins, autoload=False if no_plugin_autoload else None, notify=notify
     )
-    data = DataOptions(options["data_dir"], options["download"])
-    results = evaluate_store(
-        store, plugin_host(plugins, no_plugin_autoload), task_names, split, settings, data, notify
-    )
+    payload = api.evaluate(task_names, split=split, **options)
+    results = payload["metrics"]
     metric_names = sorted({m for values in results.values() for m in values})
     emit(
         as_json,
-        {"store": str(store), "split": split, "metrics": results},
+        payload,
         lambda: print_table(
             [(t, *(values.get(m, "") for m in metric_names)) for t, values in results.items()],
             ("task", *metric_names),
@@ -193,40 +168,36 @@ def predict(
     Pixel-level tasks predict a map per image at the store's input size: --json gives the
     arrays (class ids H×W with per-pixel probabilities, depth H×W, normals 3×H×W); --out DIR
     writes them as PNG and .npy files, batch by batch."""
-    if batch_size < 1:
-        raise InvalidValueError(f"batch size must be a positive integer, got {batch_size}")
-    from dmtcore.data import resolve_device
-    from dmtcore.operations import load_current, select_tasks
-    from dmtcore.plugins import create_plugin_host
-    from dmtcore.predict import iter_batches, task_outputs
+    from dmtcore.api import open_store
 
-    # Loading a store needs no task plugin: only a third-party backbone or connection kind.
-    host = create_plugin_host(plugins, autoload=False)
-    model, manifest = load_current(store, host)
-    names = select_tasks(manifest, list(dict.fromkeys(task_names)))
-    model.to(resolve_device(device))
-    outputs = task_outputs(manifest)
-    summary = {"store": str(store), "version": manifest["version"]}
+    api = open_store(store, plugins=plugins)
+    payload = api.predict(
+        inputs, tasks=task_names, device=device, batch_size=batch_size, out=out_dir
+    )
     if out_dir is not None:
-        _predict_to_folder(model, inputs, batch_size, names, outputs, out_dir, summary, as_json)
+        rows = payload["rows"]  # {"input": ..., task: prediction or file, ...} per input
+        names = list(rows[0])[1:] if rows else list(dict.fromkeys(task_names))
+        emit(
+            as_json,
+            payload,
+            lambda: (
+                print_table([tuple(r.values()) for r in rows], ("input", *names)),
+                click.echo(
+                    f"wrote {len(rows)} input(s) into {out_dir} "
+                    f"(see {Path(payload['predictions']).name})"
+                ),
+            ),
+        )
         return
-    from dmtcore.predict import predict as run_predict
-
-    labels: list[str] = []
-
-    def batches() -> Iterator[Any]:
-        for images, batch_labels in iter_batches(inputs, model.input_spec, batch_size):
-            labels.extend(batch_labels)
-            yield images
-
-    result = run_predict(model, batches(), names, outputs)
+    result = payload["tasks"]
+    names = list(result)
     rows = [
         {"input": label, **{t: _shown_prediction(result[t]["prediction"][i]) for t in names}}
-        for i, label in enumerate(labels)
+        for i, label in enumerate(payload["inputs"])
     ]
     emit(
         as_json,
-        {**summary, "inputs": labels, "tasks": result},
+        payload,
         lambda: print_table([tuple(r.values()) for r in rows], ("input", *names)),
     )
 
@@ -238,32 +209,6 @@ def _shown_prediction(value: Any) -> Any:
 
         return "map " + "×".join(map(str, np.shape(value))) + " (--out DIR saves it)"
     return value
-
-
-def _predict_to_folder(
-    model: Any,
-    inputs: tuple[Path, ...],
-    batch_size: int,
-    names: list[str],
-    outputs: dict[str, dict[str, Any]],
-    out_dir: Path,
-    summary: dict[str, Any],
-    as_json: bool,
-) -> None:
-    from dmtcore.predict import iter_batches, predict_to_folder
-
-    labelled = iter_batches(inputs, model.input_spec, batch_size)
-    writer = predict_to_folder(model, labelled, names, outputs, out_dir)
-    path = writer.finish(summary)
-    rows = writer.rows
-    emit(
-        as_json,
-        {**summary, "out": str(out_dir), "predictions": str(path), "rows": rows},
-        lambda: (
-            print_table([tuple(r.values()) for r in rows], ("input", *names)),
-            click.echo(f"wrote {len(rows)} input(s) into {out_dir} (see {path.name})"),
-        ),
-    )
 
 
 @cli.command()
@@ -335,10 +280,10 @@ def relate(
 
     Features come from a stored column (--column, --stage) or, when the store is absent or
     has no tasks, from a fresh column trained briefly on the tasks (nothing is stored).
-    Distances run from 0 (the same contrast) to 1; see dmtcore/relatedness.py for the
+    Distances run from 0 (the same contrast) to 1; see dmtcore/analysis/task_grouping.py for the
     choices."""
+    from dmtcore.analysis.task_grouping import RelateOptions, measure, plan_relate
     from dmtcore.operations import DataOptions
-    from dmtcore.relatedness import RelateOptions, measure, plan_relate
 
     settings = train_settings(
         epochs=options["epochs"],
@@ -377,7 +322,7 @@ def relate(
 
 
 def _relate_plot(result: Any, path: Path) -> None:
-    from dmtcore.relatedness import plot
+    from dmtcore.analysis.task_grouping import plot
 
     try:
         plot(result, path)
@@ -402,9 +347,9 @@ def _start_relate_run(
         echo_progress(summary["tracking"])
         return None, None, summary
     from dmt_registry.tracking import MlflowTracker
-    from dmtcore.runinfo import RunInfo
+    from dmtcore.hooks.runinfo import RunInfo
 
-    uri, embedded = resolve_tracking_uri(store, tracking_uri)
+    uri, embedded = tracking_uri_for(store, tracking_uri)
     manifest = Store.open(store).manifest() if Store.exists(store) else None
     options = plan.options
     params = {
@@ -436,7 +381,7 @@ def _finish_relate_run(tracker: Any, result: Any) -> str:
     from mlflow.entities import Param
 
     from dmt_registry.tracking import reported_call
-    from dmtcore.relatedness import plot
+    from dmtcore.analysis.task_grouping import plot
 
     client, run_id = tracker.client, tracker.run_id
 
@@ -455,7 +400,7 @@ def _finish_relate_run(tracker: Any, result: Any) -> str:
 
 
 def _print_relatedness(result: Any, plot_path: Path | None, summary: dict[str, Any]) -> None:
-    from dmtcore.relatedness import describe_features
+    from dmtcore.analysis.task_grouping import describe_features
 
     names = result.tasks
     click.echo(f"Response contrast maps from {describe_features(result.features)}")

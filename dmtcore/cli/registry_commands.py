@@ -8,16 +8,16 @@ from typing import Any
 
 import click
 
+from dmtcore.api import tracking_uri_for
 from dmtcore.cli.common import (
     cli,
     emit,
     json_option,
     plugin_host,
-    resolve_tracking_uri,
     store_option,
 )
 from dmtcore.errors import InvalidValueError
-from dmtcore.store import Store
+from dmtcore.store.directory import Store
 
 
 def _registry_client(store: Path | None, tracking_uri: str | None) -> tuple[Any, str]:
@@ -28,7 +28,7 @@ def _registry_client(store: Path | None, tracking_uri: str | None) -> tuple[Any,
             "say where the registry is: --tracking-uri URI (or MLFLOW_TRACKING_URI), e.g. "
             "sqlite:///path/to/store/mlflow.db or http://host:5000"
         )
-    uri, embedded = resolve_tracking_uri(store, tracking_uri) if store else (tracking_uri, False)
+    uri, embedded = tracking_uri_for(store, tracking_uri) if store else (tracking_uri, False)
     if embedded:
         from dmt_registry.tracking import ensure_embedded_database
 
@@ -89,7 +89,7 @@ def register(store: Path, tracking_uri: str | None, as_json: bool) -> None:
     """
     from dmt_registry.publish import publish_current
 
-    uri, embedded = resolve_tracking_uri(store, tracking_uri)
+    uri, embedded = tracking_uri_for(store, tracking_uri)
     published = publish_current(store, uri, embedded, "register")
     emit(
         as_json,
@@ -173,7 +173,7 @@ def pull(model_uri: str, store: Path, tracking_uri: str | None, as_json: bool) -
             "say which registry to pull from: --tracking-uri URI (or MLFLOW_TRACKING_URI), e.g. "
             "sqlite:///path/to/store/mlflow.db or http://host:5000"
         )
-    pulled = pull_store(model_uri, tracking_uri, store, plugin_host((), False).registry)
+    pulled = pull_store(model_uri, tracking_uri, store, plugin_host((), False).kinds)
     manifest = pulled.manifest()
     emit(
         as_json,

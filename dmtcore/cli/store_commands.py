@@ -19,8 +19,8 @@ from dmtcore.cli.common import (
     print_table,
     store_option,
 )
-from dmtcore.store import Store
-from dmtcore.taskspec import higher_is_better
+from dmtcore.store.directory import Store
+from dmtcore.tasks.spec import higher_is_better
 
 
 @cli.command()
@@ -68,8 +68,8 @@ def init(
     as_json: bool,
 ) -> None:
     """Create an empty store."""
-    from dmtcore.names import InputSpec, parse_option
     from dmtcore.operations import init_store
+    from dmtcore.tasks.names import InputSpec, parse_option
 
     spec = InputSpec.parse(input_spec) if input_spec else None
     options = dict(parse_option(o) for o in connection_option)
@@ -94,13 +94,11 @@ def init(
 def plugins(plugins: tuple[str, ...], no_plugin_autoload: bool, as_json: bool) -> None:
     """List loaded plugins, their hooks and what they registered."""
     host = plugin_host(plugins, no_plugin_autoload)
-    registry = host.registry
+    kinds = host.kinds
     rows = []
     for info in host.plugins:
         registered = [
-            f"{what}:{name}"
-            for (what, name), owner in registry.owners.items()
-            if owner == info.name
+            f"{what}:{name}" for (what, name), owner in kinds.owners.items() if owner == info.name
         ]
         rows.append({**vars(info), "registered": registered})
     emit(
@@ -144,15 +142,15 @@ def tasks(
     generated), on disk (found under --data-dir), needs --download, missing (to fetch by
     hand, see the plugin's documentation), or '-' when the plugin does not say.
     """
-    from dmtcore.catalog import list_tasks, no_match_message
+    from dmtcore.hooks.catalog import list_tasks, no_match_message
 
     host = plugin_host(plugins, no_plugin_autoload)
     in_store = (
         {t["name"] for t in Store.open(store).manifest()["tasks"]} if Store.exists(store) else set()
     )
-    rows = list_tasks(host.registry, data_dir, in_store, words)
+    rows = list_tasks(host.kinds, data_dir, in_store, words)
     if not rows and words:
-        click.echo(no_match_message(host.registry, words), err=True)
+        click.echo(no_match_message(host.kinds, words), err=True)
 
     def human() -> None:
         if rows:
@@ -281,11 +279,11 @@ def verify(store: Path, every_version: bool, plugins: tuple[str, ...], as_json: 
     """Check the whole store and report every problem: manifests, weight files and their
     checksums, and that the model rebuilds. Exits 5 when anything is wrong."""
     from dmtcore.errors import StoreError
-    from dmtcore.plugins import create_plugin_host
-    from dmtcore.verify import verify_store
+    from dmtcore.hooks.host import create_plugin_host
+    from dmtcore.store.verify import verify_store
 
     host = create_plugin_host(plugins, autoload=False)
-    versions, problems = verify_store(store, host.registry, every_version)
+    versions, problems = verify_store(store, host.kinds, every_version)
     payload = {
         "store": str(store),
         "ok": not problems,
@@ -329,11 +327,11 @@ def rollback(
     The new current version is published: the alias 'current' of the registered model moves to
     the registry version of VERSION's state (registered anew only if it never was).
     """
-    from dmtcore.cli.common import resolve_tracking_uri
+    from dmtcore.api import tracking_uri_for
 
     opened = Store.open(store)
     manifest = _rollback_target(opened, version)
-    tracking = None if no_tracking else resolve_tracking_uri(store, tracking_uri)
+    tracking = None if no_tracking else tracking_uri_for(store, tracking_uri)
     with opened.writer(f"rollback {version}"):
         manifest["operation"] = {"name": "rollback", "tasks": [], "to_version": version}
         new_version = opened.commit(manifest)

@@ -2,63 +2,26 @@
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 from typing import Any
 
 import click
 
 from dmtcore.cli.common import (
-    attach_tracker,
     cli,
     emit,
     json_option,
     metric_label,
-    plugin_host,
     plugin_options,
     print_table,
     starting,
     store_option,
     train_options,
-    train_settings,
+    verbose,
 )
 from dmtcore.errors import InvalidValueError
-from dmtcore.progress import duration
-from dmtcore.store import Store
-
-
-def _register_from_folder(host: Any, name: str, folder: Path) -> None:
-    """Make task NAME out of an image folder: the folder becomes a recipe, a plugin's
-    `dmt_task_from_recipe` builds the task (the built-in `imagefolder` does), and the task is
-    registered as that plugin's. The manifest keeps the recipe, so later commands find the
-    task's data without --from-folder. Everything is checked before the store is touched."""
-    from dmtcore.errors import ConflictError, PluginError
-    from dmtcore.names import validate_task_name
-    from dmtcore.operations import task_from_recipe
-
-    validate_task_name(name)
-    registry = host.registry
-    if name in registry.tasks:
-        raise ConflictError(
-            f"task {name!r} is already registered by plugin {registry.owner('task', name)!r}; "
-            "--from-folder needs a name no plugin uses (see 'dmt tasks')"
-        )
-    recipe = {"kind": "imagefolder", "folder": os.path.abspath(os.path.expanduser(folder))}
-    built = task_from_recipe(host, name, recipe)
-    if built is None:
-        raise PluginError(
-            "no loaded plugin builds tasks from an image folder; the built-in plugin "
-            "'imagefolder' is not loaded (blocked with '-p no:imagefolder' or "
-            "--no-plugin-autoload? then add '-p dmt_plugins.imagefolder')"
-        )
-    spec, plugin = built
-    previous, registry.current_plugin = registry.current_plugin, plugin
-    try:
-        registry.add_task(spec)
-    finally:
-        registry.current_plugin = previous
-
+from dmtcore.runtime.progress import duration
+from dmtcore.store.directory import Store
 
 FROM_FOLDER_HELP = (
     "Make the task from an image folder: DIR/<class>/*.png|jpg (20% of each class held out "
@@ -112,45 +75,26 @@ def add_task(
     as its own version and MLflow run, as separate commands would; --json then prints a list.
     If one fails, the tasks before it stay added.
     """
-    started = time.perf_counter()
     notify = starting(as_json)
     if len(set(names)) != len(names):
         raise click.UsageError(f"each task can be added once, got {' '.join(names)}")
     if from_folder is not None and len(names) > 1:
         raise click.UsageError(f"--from-folder makes one task, got {len(names)}: {' '.join(names)}")
-    from dmtcore.operations import DataOptions
-    from dmtcore.operations import add_task as run_add_task
-
-    settings, data, tracking = _split_options(options)
-    host = plugin_host(plugins, no_plugin_autoload)
-    if from_folder is not None:
-        _register_from_folder(host, names[0], from_folder)
-    for name in names:
-        host.registry.task(name)  # fail on an unknown name before touching anything
-    uri = attach_tracker(host, store, *tracking, notify=notify)
-    _attach_epoch_printer(host, as_json, settings.epochs)
-    payloads = []
-    for name in names:
-        result = run_add_task(
-            store, name, host, settings, DataOptions(**data), notify=notify, init_from=init_from
-        )
-        seconds = time.perf_counter() - started
-        started = time.perf_counter()
-        payload = {
-            "store": str(store),
-            "version": result.version,
-            "task": name,
-            "metrics": result.metrics[name],
-            "best_epoch": result.summary["best_epoch"],
-            "init_from": result.summary["init_from"],
-            "seconds": round(seconds, 2),
-            "tracking_uri": uri,
-        }
-        payloads.append(payload)
-        if not as_json:  # as each task is added: they are committed one by one
-            emit(False, payload, lambda p=payload: click.echo(_added_line(p)))
+    api = _open_store(store, plugins, no_plugin_autoload, options, notify, as_json)
+    printed = (
+        None
+        if as_json
+        else lambda record: emit(False, record, lambda: click.echo(_added_line(record)))
+    )
+    records = api.add_task(
+        list(names),
+        from_folder=from_folder,
+        init_from=init_from,
+        each=printed,
+        **_settings(options),
+    )
     if as_json:
-        emit(True, payloads[0] if len(payloads) == 1 else payloads, lambda: None)
+        emit(True, records[0] if len(records) == 1 else records, lambda: None)
 
 
 def _added_line(payload: dict[str, Any]) -> str:
@@ -195,12 +139,8 @@ def train(
     take turns, each on its own data and loss (--joint-mode). Existing tasks stay frozen;
     later add-task calls connect to the whole group.
     """
-    started = time.perf_counter()
     notify = starting(as_json)
-    from dmtcore.operations import DataOptions, train_tasks
-
-    settings, data, tracking = _split_options(options)
-    host = plugin_host(plugins, no_plugin_autoload)
+    folders = {}
     for item in from_folder:
         task, sep, folder = item.partition("=")
         if not sep or not folder or task not in names:
@@ -208,32 +148,19 @@ def train(
                 f"invalid --from-folder {item!r}: expected TASK=DIR with TASK one of the tasks "
                 f"to train ({', '.join(names)})"
             )
-        _register_from_folder(host, task, Path(folder))
-    for name in names:
-        host.registry.task(name)
-    if connection is not None:
-        host.registry.connection(connection)
-    uri = attach_tracker(host, store, *tracking, notify=notify)
-    _attach_epoch_printer(host, as_json, settings.epochs)
-    result = train_tasks(
-        store, names, host, settings, DataOptions(**data), connection, notify=notify
-    )
-    seconds = time.perf_counter() - started
-    payload = {
-        "store": str(store),
-        "version": result.version,
-        "tasks": list(names),
-        "metrics": result.metrics,
-        "best_epoch": result.summary["best_epoch"],
-        "seconds": round(seconds, 2),
-        "tracking_uri": uri,
-    }
+        folders[task] = Path(folder)
+    api = _open_store(store, plugins, no_plugin_autoload, options, notify, as_json)
+    payload = api.train(names, connection=connection, from_folders=folders, **_settings(options))
+    result_metrics = payload["metrics"]
 
     def human() -> None:
-        click.echo(f"Trained {', '.join(names)} as version {result.version} in {seconds:.1f}s")
-        metric_names = sorted({m for values in result.metrics.values() for m in values})
+        click.echo(
+            f"Trained {', '.join(names)} as version {payload['version']} in "
+            f"{payload['seconds']:.1f}s"
+        )
+        metric_names = sorted({m for values in result_metrics.values() for m in values})
         print_table(
-            [(t, *(v.get(m, "") for m in metric_names)) for t, v in result.metrics.items()],
+            [(t, *(v.get(m, "") for m in metric_names)) for t, v in result_metrics.items()],
             ("task", *metric_names),
         )
 
@@ -260,27 +187,17 @@ def remove_task(
     and after reconnection, and which state was kept: reconnection keeps its best epoch only
     if it beats the cut ('kept: epoch N'), else the cut itself ('kept: cut').
     """
-    settings, data, tracking = _split_options(options)
+    from dmtcore.api import split_options
+
+    split_options(_settings(options))  # bad settings, then a missing store, fail before start-up
     Store.open(store)
     notify = starting(as_json)
-    from dmtcore.operations import DataOptions
-    from dmtcore.operations import remove_task as run_remove_task
-
-    host = plugin_host(plugins, no_plugin_autoload)
-    uri = attach_tracker(host, store, *tracking, notify=notify)
-    _attach_epoch_printer(host, as_json, settings.epochs)
-    result = run_remove_task(store, name, host, settings, DataOptions(**data), notify=notify)
-    report = result.summary["report"]
-    payload = {
-        "store": str(store),
-        "version": result.version,
-        "removed": name,
-        "report": report,
-        "tracking_uri": uri,
-    }
+    api = _open_store(store, plugins, no_plugin_autoload, options, notify, as_json)
+    payload = api.remove_task(name, **_settings(options))
+    report = payload["report"]
 
     def human() -> None:
-        click.echo(f"Removed {name}; store is now at version {result.version}")
+        click.echo(f"Removed {name}; store is now at version {payload['version']}")
         print_table(
             [
                 (
@@ -300,37 +217,45 @@ def remove_task(
     emit(as_json, payload, human)
 
 
-def _split_options(options: dict[str, Any]) -> tuple[Any, dict[str, Any], tuple[str | None, bool]]:
-    settings = train_settings(
-        epochs=options["epochs"],
-        batch_size=options["batch_size"],
-        lr=options["lr"],
-        optimizer=options["optimizer"],
-        connection_lr_mult=options["connection_lr_mult"],
-        seed=options["seed"],
-        device=options["device"],
-        balance=options["balance"],
-        precision=options["precision"],
-        feature_cache=options["feature_cache"],
-        cache_budget_mb=options["cache_budget_mb"],
-        cache_dtype=options["cache_dtype"],
-        kept_features_mb=options["kept_features_mb"],
-        workers=options["workers"],
-        channels_last=options["channels_last"],
-        compile=options["compile_"],
-        bn_recalibration=options["bn_recalibration"],
-        joint_mode=options["joint_mode"],
+TRACKING_OPTIONS = ("tracking_uri", "no_tracking", "no_register")
+
+
+def _settings(options: dict[str, Any]) -> dict[str, Any]:
+    """The command's training and data options by the API's names (--compile is `compile`)."""
+    named = {("compile" if k == "compile_" else k): v for k, v in options.items()}
+    return {k: v for k, v in named.items() if k not in TRACKING_OPTIONS}
+
+
+def _open_store(
+    store: Path,
+    plugins: tuple[str, ...],
+    no_plugin_autoload: bool,
+    options: dict[str, Any],
+    notify: Any,
+    as_json: bool,
+) -> Any:
+    """The store for the API's call, tracked as the options say, with one line per epoch on
+    stderr (none under --json)."""
+    from dmtcore.api import open_store
+
+    observers = [] if as_json else [_epoch_printer(options["epochs"])]
+    return open_store(
+        store,
+        plugins=plugins,
+        autoload=False if no_plugin_autoload else None,
+        tracking_uri=options["tracking_uri"],
+        tracking=not options["no_tracking"],
+        register=not options["no_register"],
+        notify=notify or (lambda message: None),
+        observers=observers,
+        verbose=verbose(),
     )
-    data = {"data_dir": options["data_dir"], "download": options["download"]}
-    return settings, data, (options["tracking_uri"], options["no_tracking"], options["no_register"])
 
 
-def _attach_epoch_printer(host: Any, as_json: bool, epochs: int) -> None:
+def _epoch_printer(epochs: int) -> object:
     """One line per epoch on stderr, with the time the run still needs (on a terminal the
-    progress bar shows the steps); none under --json."""
-    if as_json:
-        return
-    from dmtcore.hookspecs import hookimpl
+    progress bar shows the steps)."""
+    from dmtcore.hooks.specs import hookimpl
 
     class EpochPrinter:
         def __init__(self) -> None:
@@ -360,4 +285,4 @@ def _attach_epoch_printer(host: Any, as_json: bool, epochs: int) -> None:
             later = self.seconds[1:] or self.seconds
             return f"; {epochs_left} to go, about {duration(epochs_left * sum(later) / len(later))} left"
 
-    host.register(EpochPrinter(), "epoch-printer")
+    return EpochPrinter()

@@ -1,0 +1,1 @@
+"""Analysis before training: which tasks to train together (`task_grouping`, DMT §2)."""

@@ -1,0 +1,383 @@
+"""The Python API of dmt's commands: what `dmt add-task`, `train`, `remove-task`, `eval`,
+`predict` and `connections` do, as calls a notebook or a script can make.
+
+    import dmtcore
+
+    store = dmtcore.open_store("dmt-store")
+    record = store.add_task("digits.even", epochs=3)   # the dict `dmt add-task --json` prints
+    store.predict(["some.png"])
+
+Every method returns the very record the command prints with `--json`, and raises the
+`DmtError` whose message and exit code the command shows; the command line is argument
+parsing and printing over these calls. Options are the commands' own, by their Python names
+(`batch_size=12`, `kept_features_mb=0`, `data_dir=...`); an unknown one is refused naming the
+valid ones. Like the commands, mutations are tracked in MLflow (the store's embedded database
+unless `tracking_uri` says otherwise) and publish each new version to the Model Registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from dmtcore.errors import ConflictError, DmtError, InvalidValueError, PluginError
+from dmtcore.store.directory import Store
+
+Notify = Callable[[str], None]
+
+
+def _quiet(message: str) -> None:
+    """The default `notify` of the API: a script that wants the stage notices passes `print`."""
+
+
+def open_store(
+    path: str | os.PathLike[str] = "dmt-store",
+    *,
+    plugins: Sequence[str] = (),
+    autoload: bool | None = None,
+    tracking_uri: str | None = None,
+    tracking: bool = True,
+    register: bool = True,
+    notify: Notify = _quiet,
+    observers: Iterable[object] = (),
+    verbose: bool = False,
+) -> ModelStore:
+    """A store for the API's calls. It need not exist yet: `add_task` and `train` create it
+    with the defaults, as the commands do. `plugins` and `autoload` are `-p` and
+    `--no-plugin-autoload`; `observers` are extra plugins of the lifecycle hooks (e.g. one
+    printing every epoch), registered beside the MLflow tracker. `verbose` lets MLflow print
+    its own log lines and progress bars (`dmt -v`)."""
+    return ModelStore(
+        Path(path),
+        tuple(plugins),
+        autoload,
+        tracking_uri,
+        tracking,
+        register,
+        notify,
+        observers,
+        verbose,
+    )
+
+
+class ModelStore:
+    """One store and the plugins to use with it; created by `open_store`."""
+
+    def __init__(
+        self,
+        path: Path,
+        plugins: tuple[str, ...],
+        autoload: bool | None,
+        tracking_uri: str | None,
+        tracking: bool,
+        register: bool,
+        notify: Notify,
+        observers: Iterable[object],
+        verbose: bool = False,
+    ) -> None:
+        self.path = path
+        self.plugins = plugins
+        self.autoload = autoload
+        self.tracking_uri = tracking_uri
+        self.tracking = tracking
+        self.register = register
+        self.notify = notify
+        self.observers = list(observers)
+        self.verbose = verbose
+        self._host: Any = None
+        self._tracked_uri: str | None = None
+        self._tracker_attached = False
+
+    @property
+    def host(self) -> Any:
+        """The plugin host (built-ins, entry points, `plugins`), loaded at first use."""
+        if self._host is None:
+            from dmtcore.hooks.host import create_plugin_host
+
+            self._host = create_plugin_host(self.plugins, autoload=self.autoload)
+            for number, observer in enumerate(self.observers):
+                self._host.register(observer, f"observer-{number}")
+        return self._host
+
+    # -- operations that commit a version -------------------------------------------------
+
+    def add_task(
+        self,
+        names: str | Sequence[str],
+        *,
+        from_folder: str | os.PathLike[str] | None = None,
+        init_from: str = "auto",
+        each: Callable[[dict[str, Any]], None] | None = None,
+        **options: Any,
+    ) -> dict[str, Any] | list[dict[str, Any]]:
+        """Train each task as a new column connected to every existing one (old tasks stay
+        frozen); several names are added one after another, each its own version, and
+        `each` hears every record as soon as its version is committed. Returns `dmt add-task
+        --json`'s record, a list of them for several names."""
+        from dmtcore.operations import add_task
+
+        started = time.perf_counter()
+        many = not isinstance(names, str)
+        names = list(names) if many else [names]
+        if not names or len(set(names)) != len(names):
+            raise InvalidValueError(f"give one or more distinct tasks to add, got {names}")
+        if from_folder is not None and len(names) != 1:
+            raise InvalidValueError(f"from_folder makes one task, got {len(names)}: {names}")
+        settings, data = split_options(options)
+        if from_folder is not None:
+            self.task_from_folder(names[0], from_folder)
+        for name in names:
+            self.host.kinds.task(name)  # an unknown name fails before anything is touched
+        uri = self._attach_tracker()
+        records = []
+        for name in names:
+            result = add_task(
+                self.path, name, self.host, settings, data, self.notify, init_from=init_from
+            )
+            records.append(
+                {
+                    "store": str(self.path),
+                    "version": result.version,
+                    "task": name,
+                    "metrics": result.metrics[name],
+                    "best_epoch": result.summary["best_epoch"],
+                    "init_from": result.summary["init_from"],
+                    "seconds": round(time.perf_counter() - started, 2),
+                    "tracking_uri": uri,
+                }
+            )
+            if each is not None:
+                each(records[-1])
+            started = time.perf_counter()
+        return records if many else records[0]
+
+    def train(
+        self,
+        names: Sequence[str],
+        *,
+        connection: str | None = None,
+        from_folders: dict[str, str | os.PathLike[str]] | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Train a group of new tasks jointly, all mutually connected (DMT §4.1). Returns
+        `dmt train --json`'s record."""
+        from dmtcore.operations import train_tasks
+
+        started = time.perf_counter()
+        names = list(names)
+        settings, data = split_options(options)
+        for task, folder in (from_folders or {}).items():
+            if task not in names:
+                raise InvalidValueError(
+                    f"invalid from_folders entry {task!r}: it must be one of the tasks to train "
+                    f"({', '.join(names)})"
+                )
+            self.task_from_folder(task, folder)
+        for name in names:
+            self.host.kinds.task(name)
+        if connection is not None:
+            self.host.kinds.connection(connection)
+        uri = self._attach_tracker()
+        result = train_tasks(self.path, names, self.host, settings, data, connection, self.notify)
+        return {
+            "store": str(self.path),
+            "version": result.version,
+            "tasks": names,
+            "metrics": result.metrics,
+            "best_epoch": result.summary["best_epoch"],
+            "seconds": round(time.perf_counter() - started, 2),
+            "tracking_uri": uri,
+        }
+
+    def remove_task(self, name: str, **options: Any) -> dict[str, Any]:
+        """Cut task `name` out and retrain the connections of the tasks that read it (DMT
+        §4.3). Returns `dmt remove-task --json`'s record, with every remaining task's primary
+        metric before, right after the cut, and after reconnection."""
+        from dmtcore.operations import remove_task
+
+        settings, data = split_options({"epochs": 3, **options})
+        Store.open(self.path)  # a missing store fails before the plugins load
+        uri = self._attach_tracker()
+        result = remove_task(self.path, name, self.host, settings, data, self.notify)
+        return {
+            "store": str(self.path),
+            "version": result.version,
+            "removed": name,
+            "report": result.summary["report"],
+            "tracking_uri": uri,
+        }
+
+    # -- reading the model ----------------------------------------------------------------
+
+    def evaluate(
+        self, tasks: Sequence[str] = (), *, split: str = "val", **options: Any
+    ) -> dict[str, Any]:
+        """Metrics of stored tasks (all by default) on a split of their data, each split with
+        the seed it was trained with. Returns `dmt eval --json`'s record."""
+        from dmtcore.operations import evaluate_store
+
+        settings, data = split_options(options)
+        metrics = evaluate_store(
+            self.path, self.host, tuple(tasks), split, settings, data, self.notify
+        )
+        return {"store": str(self.path), "split": split, "metrics": metrics}
+
+    def predict(
+        self,
+        inputs: Sequence[str | os.PathLike[str]],
+        *,
+        tasks: Sequence[str] = (),
+        device: str = "auto",
+        batch_size: int = 256,
+        out: str | os.PathLike[str] | None = None,
+    ) -> dict[str, Any]:
+        """Every requested task's prediction for image files or .npy arrays, in batches.
+        With `out`, dense maps are written there as PNG and .npy files (and predictions.json)
+        instead of returned. Returns `dmt predict --json`'s record. Loading a store needs no
+        task plugin: only `plugins` naming a third-party backbone or connection kind."""
+        if batch_size < 1:
+            raise InvalidValueError(f"batch size must be a positive integer, got {batch_size}")
+        from dmtcore.hooks.host import create_plugin_host
+        from dmtcore.inference.predict import iter_batches, predict, predict_to_folder, task_outputs
+        from dmtcore.operations import load_current, select_tasks
+        from dmtcore.tasks.data import resolve_device
+
+        paths = [Path(p) for p in inputs]
+        host = create_plugin_host(self.plugins, autoload=False)
+        model, manifest = load_current(self.path, host)
+        names = select_tasks(manifest, list(dict.fromkeys(tasks)))
+        model.to(resolve_device(device))
+        outputs = task_outputs(manifest)
+        summary = {"store": str(self.path), "version": manifest["version"]}
+        labelled = iter_batches(paths, model.input_spec, batch_size)
+        if out is not None:
+            writer = predict_to_folder(model, labelled, names, outputs, Path(out))
+            written = writer.finish(summary)
+            return {**summary, "out": str(out), "predictions": str(written), "rows": writer.rows}
+        labels: list[str] = []
+
+        def batches() -> Iterator[Any]:
+            for images, batch_labels in labelled:
+                labels.extend(batch_labels)
+                yield images
+
+        result = predict(model, batches(), names, outputs)
+        return {**summary, "inputs": labels, "tasks": result}
+
+    def connections(
+        self, stage: int | None = None, plot: str | os.PathLike[str] | None = None
+    ) -> dict[str, Any]:
+        """What the connections learned, per stage boundary: how much each task draws from
+        each other (TTC gates, NDDR block norms, cross-stitch weights), read from the
+        manifest without torch; `plot` also draws them into a PNG. Returns `dmt connections
+        --json`'s record."""
+        from dmtcore.model.connection_weights import (
+            boundary_label,
+            relation_matrices,
+            select_stage,
+        )
+        from dmtcore.model.connection_weights import plot as draw
+
+        manifest = Store.open(self.path).manifest()
+        names = [t["name"] for t in manifest["tasks"]]
+        if not names:
+            raise DmtError(f"store {str(self.path)!r} has no tasks yet: no connections to show")
+        stages = select_stage(relation_matrices(manifest), stage)
+        if plot is not None:
+            try:
+                draw(manifest, stages, Path(plot))
+            except OSError as exc:
+                raise InvalidValueError(
+                    f"cannot write the plot to {str(plot)!r}: {exc.strerror}"
+                ) from exc
+        return {
+            "store": str(self.path),
+            "version": manifest["version"],
+            "connection": manifest["connection"]["name"],
+            "tasks": names,
+            "stages": [
+                {"stage": number, "label": boundary_label(manifest, number), "matrix": matrix}
+                for number, matrix in stages
+            ],
+            "plot": str(plot) if plot is not None else None,
+        }
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def task_from_folder(self, name: str, folder: str | os.PathLike[str]) -> None:
+        """Make task NAME out of an image folder: the folder becomes a recipe, a plugin's
+        `dmt_task_from_recipe` builds the task (the built-in `imagefolder` does), and the task
+        is registered as that plugin's. The manifest keeps the recipe, so later commands find
+        the task's data without it. Everything is checked before the store is touched."""
+        from dmtcore.operations import task_from_recipe
+        from dmtcore.tasks.names import validate_task_name
+
+        validate_task_name(name)
+        kinds = self.host.kinds
+        if name in kinds.tasks:
+            raise ConflictError(
+                f"task {name!r} is already registered by plugin {kinds.owner('task', name)!r}; "
+                "--from-folder needs a name no plugin uses (see 'dmt tasks')"
+            )
+        recipe = {"kind": "imagefolder", "folder": os.path.abspath(os.path.expanduser(folder))}
+        built = task_from_recipe(self.host, name, recipe)
+        if built is None:
+            raise PluginError(
+                "no loaded plugin builds tasks from an image folder; the built-in plugin "
+                "'imagefolder' is not loaded (blocked with '-p no:imagefolder' or "
+                "--no-plugin-autoload? then add '-p dmt_plugins.imagefolder')"
+            )
+        spec, plugin = built
+        previous, kinds.current_plugin = kinds.current_plugin, plugin
+        try:
+            kinds.add_task(spec)
+        finally:
+            kinds.current_plugin = previous
+
+    def _attach_tracker(self) -> str | None:
+        """Log operations to MLflow from now on (unless tracking is off); the URI, or None.
+        Under torchrun only rank 0 reports."""
+        if not self.tracking or os.environ.get("RANK", "0") != "0":
+            return None
+        if not self._tracker_attached:
+            from dmt_registry.tracking import MlflowTracker
+
+            uri, embedded = tracking_uri_for(self.path, self.tracking_uri)
+            tracker = MlflowTracker(
+                uri, embedded, register=self.register, notify=self.notify, verbose=self.verbose
+            )
+            self.host.register(tracker, "mlflow-tracker")
+            self._tracked_uri, self._tracker_attached = uri, True
+        return self._tracked_uri
+
+
+def tracking_uri_for(store: Path, tracking_uri: str | None) -> tuple[str, bool]:
+    """The tracking URI to use for `store` and whether it is the store's embedded database."""
+    from dmt_registry.tracking import default_tracking_uri
+
+    embedded_uri = default_tracking_uri(store)
+    uri = tracking_uri or embedded_uri
+    return uri, uri == embedded_uri
+
+
+def split_options(options: dict[str, Any]) -> tuple[Any, Any]:
+    """The training settings and data options named in `options`, each checked by name."""
+    from dmtcore.operations import DataOptions
+    from dmtcore.train.loop import TrainSettings
+
+    setting_names = {f.name for f in dataclasses.fields(TrainSettings)}
+    data_names = {f.name for f in dataclasses.fields(DataOptions)}
+    unknown = sorted(set(options) - setting_names - data_names)
+    if unknown:
+        raise InvalidValueError(
+            f"unknown option {unknown[0]!r}; valid: {', '.join(sorted(setting_names | data_names))}"
+        )
+    settings = TrainSettings(**{k: v for k, v in options.items() if k in setting_names})
+    data = {k: v for k, v in options.items() if k in data_names}
+    if "data_dir" in data:
+        data["data_dir"] = Path(data["data_dir"])
+    return settings, DataOptions(**data)

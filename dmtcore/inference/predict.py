@@ -1,0 +1,395 @@
+"""Reading inputs for `dmt predict` and computing every requested task in one pass per batch.
+
+Every input goes through one decoding function per format (`open_npy` + `decode_array` for
+arrays, `decode_image` for encoded images) that validates it and brings it to float32 in the
+model's scale, raising `DataError` naming the input. `dmt predict` and the registered pyfunc
+model share them, so both read the same input the same way.
+
+Scale: 8-bit images and uint8 arrays are divided by 255, 16-bit images and uint16 arrays by
+65535; float images and float, bool or other integer arrays are taken as they are, and an
+array must then be in [0, 1]: raw 0–16 or 0–255 floats would give confident wrong answers.
+
+Layouts (`array_layout`): an array is read the one way that fits the store's input, and
+refused, naming its shape, when no way or more than one way fits.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import re
+import struct
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dmtcore.errors import DataError
+from dmtcore.inference.dense_outputs import PredictionWriter, readable_outputs
+from dmtcore.model.multitask import MultiTaskModel
+from dmtcore.runtime import interrupts
+from dmtcore.tasks.data import adapt_images
+from dmtcore.tasks.names import InputSpec
+
+MAX_IMAGE_PIXELS = 50_000_000  # far above any sane input, far below a decompression bomb
+NPY_MAGIC = b"\x93NUMPY"
+ZIP_MAGIC = b"PK\x03\x04"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+VALID_ARRAYS = "expected a .npy file written by numpy.save holding images as numbers"
+# Floats may stray this far outside [0, 1] (rounding in the user's own conversion).
+VALUE_SLACK = 1e-3
+
+
+def iter_batches(
+    paths: Sequence[Path], input_spec: InputSpec, batch_size: int = 256
+) -> Iterator[tuple[torch.Tensor, list[str]]]:
+    """Images (PNG, JPEG, ...) and .npy arrays (see `array_layout`), decoded and adapted to
+    the store's input spec, in batches of at most `batch_size`, with one label per image.
+    Arrays are memory-mapped and read a batch at a time, so memory stays flat however many
+    images there are."""
+    pending: list[torch.Tensor] = []
+    labels: list[str] = []
+
+    def full() -> bool:
+        return sum(len(b) for b in pending) >= batch_size
+
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise DataError(f"input {str(path)!r} does not exist")
+        if path.suffix.lower() in (".npy", ".npz"):
+            array = array_layout(open_npy(path), input_spec, f"input {str(path)!r}")
+            single = len(array) == 1
+            for start in range(0, len(array), batch_size):
+                chunk = array[start : start + batch_size]
+                pending.append(decode_array(chunk, input_spec, f"input {str(path)!r}"))
+                labels += (
+                    [str(path)] if single else [f"{path}[{start + i}]" for i in range(len(chunk))]
+                )
+                if full():
+                    yield torch.cat(pending), labels
+                    pending, labels = [], []
+        else:
+            image = decode_image(path, input_spec.channels, str(path))
+            pending.append(adapt_images(image, input_spec))
+            labels.append(str(path))
+            if full():
+                yield torch.cat(pending), labels
+                pending, labels = [], []
+    if pending:
+        yield torch.cat(pending), labels
+
+
+def open_npy(path: Path) -> np.ndarray:
+    """A .npy file as it is stored, memory-mapped rather than read, after checking what it
+    is: numpy's own errors for an empty file, an .npz archive or a pickle are not about the
+    user's file, and an empty dimension would only fail later, inside torch."""
+    what = f"input {str(path)!r}"
+    with path.open("rb") as file:
+        magic = file.read(len(NPY_MAGIC))
+    if not magic:
+        raise DataError(f"{what} is empty; {VALID_ARRAYS}")
+    if magic.startswith(ZIP_MAGIC):
+        raise DataError(
+            f"{what} is an .npz archive (numpy.savez), not a .npy array; "
+            "save each array with numpy.save"
+        )
+    if magic != NPY_MAGIC:
+        raise DataError(f"{what} is not a .npy file (no NUMPY header); {VALID_ARRAYS}")
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{what} is not a readable .npy array: {exc}") from exc
+    _check_dtype(array.dtype, what)
+    if array.ndim in (3, 4) and array.shape[0] == 0:
+        raise DataError(f"{what} holds no images")
+    _check_not_empty(array.shape, what)
+    return array
+
+
+def accepted_channels(input_spec: InputSpec) -> tuple[int, ...]:
+    """The channel counts `adapt_images` converts to the store's: its own, 1 (repeated), and
+    3 for a 1-channel store (luminance)."""
+    extra = (1, 3) if input_spec.channels == 1 else (1,)
+    return tuple(sorted({input_spec.channels, *extra}))
+
+
+def array_layout(array: np.ndarray, input_spec: InputSpec, what: str) -> np.ndarray:
+    """`array` as an N×C×H×W view, read the only way that fits the store's input: H×W or
+    C×H×W is one image, N×C×H×W a batch; channels-last H×W×C and N×H×W×C when the channels
+    cannot be first; N×H×W (N gray images) for a 1-channel store of that very H×W. A shape
+    that fits no way, or two ways (3×H×W for a 1-channel store: 3 images or one colour
+    image?), is refused naming the shape and the layouts this store takes: guessing would
+    give one wrong answer instead of N right ones."""
+    shape, counts = tuple(array.shape), accepted_channels(input_spec)
+    side = (input_spec.height, input_spec.width)
+    gray_batch = input_spec.channels == 1 and array.ndim == 3 and shape[1:] == side
+    if array.ndim == 2:
+        if shape[1] == input_spec.channels * side[0] * side[1] and shape != side:
+            raise DataError(
+                f"{what} has shape {shape}: rows of {shape[1]} numbers look like flattened "
+                f"images; reshape them to ({shape[0]}, {input_spec.channels}, {side[0]}, "
+                f"{side[1]}) (N×C×H×W) before saving"
+            )
+        return array.reshape(1, 1, *shape)
+    if array.ndim == 3:
+        if gray_batch and shape[0] == 3:
+            raise DataError(
+                f"{what} has shape {shape}: 3 gray {side[0]}×{side[1]} images or one 3-channel "
+                f"image? Save it as N×C×H×W: (3, 1, {side[0]}, {side[1]}) for 3 images, "
+                f"(1, 3, {side[0]}, {side[1]}) for one colour image"
+            )
+        if shape[0] in counts:
+            return array[None]
+        if gray_batch:
+            return array[:, None]
+        if shape[2] in counts:
+            return array.transpose(2, 0, 1)[None]
+    if array.ndim == 4:
+        if shape[1] in counts:
+            return array
+        if shape[3] in counts:
+            return array.transpose(0, 3, 1, 2)
+    raise DataError(f"{what} has shape {shape}; {_layouts_taken(array.ndim, shape, input_spec)}")
+
+
+def _layouts_taken(ndim: int, shape: tuple[int, ...], input_spec: InputSpec) -> str:
+    """What the store takes, said so that the user sees which dimension is wrong."""
+    counts = " or ".join(map(str, accepted_channels(input_spec)))
+    c, h, w = input_spec.channels, input_spec.height, input_spec.width
+    gray = f", N×{h}×{w} (gray images)" if c == 1 else ""
+    layouts = f"H×W, C×H×W, N×C×H×W, H×W×C or N×H×W×C with C {counts}{gray}"
+    if ndim == 4:
+        return (
+            f"images have {shape[1]} channels; the store takes {c} ({counts} are accepted, "
+            f"channels first or last): expected {layouts}"
+        )
+    return f"the store takes {c}×{h}×{w} images: expected {layouts}"
+
+
+def decode_array(array: np.ndarray, input_spec: InputSpec, what: str) -> torch.Tensor:
+    """A batch of numbers (N×C×H×W, or what `adapt_images` also takes) as float32 in the model's
+    scale, finite, adapted to the store's input spec. The values are copied into memory torch
+    may own: a memory-mapped array is read-only, and torch would warn about sharing it.
+    `what` names the input in messages, e.g. "input 'x.npy'"."""
+    _check_dtype(array.dtype, what)
+    if array.ndim in (3, 4):
+        _check_not_empty(array.shape, what)
+    values = np.array(array, dtype=np.float32)
+    if array.dtype.kind == "u" and array.dtype.itemsize <= 2:
+        values /= np.float32(2 ** (8 * array.dtype.itemsize) - 1)
+    images = torch.from_numpy(values)
+    if not torch.isfinite(images).all():
+        raise DataError(f"{what} has NaN or infinite values")
+    _check_range(values, array.dtype, what)
+    return adapt_images(images, input_spec)
+
+
+def _check_range(values: np.ndarray, dtype: np.dtype, what: str) -> None:
+    """Refuse values outside [0, 1] after scaling: the model was trained on 0–1 pixels, and
+    0–255 or 0–16 ones (sklearn's digits) would give confident, wrong answers. The message
+    says which division brings them into range."""
+    if values.size == 0:
+        return
+    low, high = float(values.min()), float(values.max())
+    if low >= -VALUE_SLACK and high <= 1 + VALUE_SLACK:
+        return
+    if dtype.kind in "iu":
+        fix = "save 0–255 pixels as uint8 or 0–65535 ones as uint16 (they are scaled), or floats in [0, 1]"
+    elif low < 0:
+        fix = "undo any normalisation (x * std + mean) so that pixels are 0 to 1"
+    else:
+        fix = f"divide by the pixels' full range: {_divisor(high)}"
+    raise DataError(
+        f"{what} has {dtype} values from {low:g} to {high:g}; expected 0 to 1 "
+        f"(uint8 and uint16 arrays are scaled by their range, other dtypes are taken as they "
+        f"are): {fix}"
+    )
+
+
+def _divisor(high: float) -> str:
+    """The likely full range of pixels whose largest value is `high`."""
+    if high <= 16:
+        return f"by {high:g} if that is the largest possible value"
+    if high <= 255:
+        return "by 255 for 8-bit pixels"
+    if high <= 65535:
+        return "by 65535 for 16-bit pixels"
+    return f"by the largest possible value (the largest here is {high:g})"
+
+
+def _check_dtype(dtype: np.dtype, what: str) -> None:
+    if dtype.kind not in "fiub":
+        raise DataError(
+            f"{what} has dtype {dtype}; expected numbers (uint8 and uint16 are scaled "
+            "to [0, 1] by their range, floats are taken as they are)"
+        )
+
+
+def _check_not_empty(shape: tuple[int, ...], what: str) -> None:
+    if 0 in shape:
+        raise DataError(
+            f"{what} has shape {tuple(shape)}; images need at least 1 channel and 1×1 pixels"
+        )
+
+
+def decode_image(source: Path | io.BytesIO, channels: int, label: str) -> torch.Tensor:
+    """One encoded image (a file, or bytes in a BytesIO) as a 1×C×H×W float batch in [0, 1]
+    (C is `channels`, or 1 for a one-band image of more than 8 bits), scaled by its bit depth,
+    refusing anything above a sane pixel count before decoding it (decompression bombs)."""
+    from PIL import Image, UnidentifiedImageError
+
+    _check_declared_size(source, label)
+    Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                array = _pixels(image, channels, label)
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{found.group(1)} pixels" if found else "too large"
+        raise DataError(
+            f"input {label!r} is {size}, above the limit of {MAX_IMAGE_PIXELS}"
+        ) from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"input {label!r} is not a readable image: {exc}") from exc
+    array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+    return torch.from_numpy(np.array(array, dtype=np.float32, order="C"))[None]
+
+
+def _pixels(image: Any, channels: int, label: str) -> np.ndarray:
+    """H×W or H×W×C float32 in [0, 1], possibly read-only (Pillow's memory). Converting a 16-bit
+    or 32-bit image to 8 bits would clip rather than scale it (a 16-bit PNG would read as
+    white), so those are scaled here."""
+    if image.mode.startswith("I;16"):
+        return np.asarray(image, dtype=np.float32) / np.float32(65535)
+    if image.mode == "I":
+        values = np.asarray(image)
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > 65535:
+            raise DataError(
+                f"input {label!r} has 32-bit integer pixels from {low} to {high}; expected "
+                "0 to 65535 (16-bit)"
+            )
+        return values.astype(np.float32) / np.float32(65535)
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float32)
+        if not np.isfinite(values).all():
+            raise DataError(f"input {label!r} has NaN or infinite values")
+        return values
+    return np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255
+
+
+def _check_declared_size(source: Path | io.BytesIO, label: str) -> None:
+    """Name an empty PNG for what it is: Pillow refuses one as 'cannot identify image file'."""
+    if isinstance(source, Path):
+        with source.open("rb") as file:
+            head = file.read(24)
+    else:
+        head = source.getvalue()[:24]
+    if head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR" and len(head) == 24:
+        width, height = struct.unpack(">II", head[16:24])
+        if width == 0 or height == 0:
+            raise DataError(
+                f"input {label!r} is a PNG of {width}×{height} pixels; an image needs at least 1×1"
+            )
+
+
+def decode_images(values: Sequence[Any], input_spec: InputSpec) -> torch.Tensor:
+    """Images given as file paths, raw bytes, or base64 text (what JSON requests carry),
+    adapted to the store's input spec."""
+    batches = []
+    for index, value in enumerate(values):
+        label = f"image #{index}"
+        if isinstance(value, bytes | bytearray):
+            source: Path | io.BytesIO = io.BytesIO(value)
+        elif isinstance(value, str) and Path(value).is_file():
+            source, label = Path(value), value
+        elif isinstance(value, str):
+            try:
+                source = io.BytesIO(base64.b64decode(value, validate=True))
+            except (binascii.Error, ValueError) as exc:
+                raise DataError(
+                    f"{label} is neither an existing file nor base64-encoded image bytes"
+                ) from exc
+        else:
+            raise DataError(
+                f"{label} is a {type(value).__name__}; expected a path, bytes or base64 text"
+            )
+        batches.append(adapt_images(decode_image(source, input_spec.channels, label), input_spec))
+    if not batches:
+        raise DataError("no images given")
+    return torch.cat(batches)
+
+
+def task_outputs(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """What `predict` needs to know of each stored task's output: kind, size, class names."""
+    return {
+        t["name"]: {
+            "kind": t["output"]["kind"],
+            "size": t["output"]["size"],
+            "class_names": t.get("class_names"),
+        }
+        for t in manifest["tasks"]
+    }
+
+
+def predict_batches(
+    model: MultiTaskModel, batches: Iterable[torch.Tensor], tasks: Sequence[str]
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Every requested task's raw outputs per batch (float32, on the CPU), computing all tasks
+    in one forward pass per batch; Ctrl-C stops at the next batch."""
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        for batch in batches:
+            interrupts.check()
+            yield {
+                name: logits.float().cpu()
+                for name, logits in model(batch.to(device), list(tasks)).items()
+            }
+
+
+def predict(
+    model: MultiTaskModel,
+    batches: Iterable[torch.Tensor],
+    tasks: Sequence[str],
+    outputs: dict[str, dict[str, Any]],
+) -> dict[str, dict[str, list[Any]]]:
+    """Per task: the prediction of every image (class, labels, values, or a map for dense
+    tasks) and, where the task has them, probabilities (see `readable_outputs`).
+    `outputs` is `task_outputs(manifest)`."""
+    result: dict[str, dict[str, list[Any]]] = {t: {} for t in tasks}
+    for logits in predict_batches(model, batches, tasks):
+        for name, values in logits.items():
+            spec = outputs[name]
+            for key, items in readable_outputs(
+                spec["kind"], values, spec.get("class_names")
+            ).items():
+                result[name].setdefault(key, []).extend(items)
+    return result
+
+
+def predict_to_folder(
+    model: MultiTaskModel,
+    labelled_batches: Iterable[tuple[torch.Tensor, list[str]]],
+    tasks: Sequence[str],
+    outputs: dict[str, dict[str, Any]],
+    directory: Path,
+) -> PredictionWriter:
+    """`dmt predict --out`: every batch's dense maps written as files as soon as computed."""
+    writer = PredictionWriter(directory, list(tasks), outputs)
+    pending: list[list[str]] = []
+
+    def batches() -> Iterator[torch.Tensor]:
+        for images, labels in labelled_batches:
+            pending.append(labels)
+            yield images
+
+    for logits in predict_batches(model, batches(), tasks):
+        writer.add(logits, pending.pop(0))
+    return writer
