@@ -3,7 +3,8 @@
 The README's walkthrough shows what `dmt` prints, and its set-up section says how long the
 quickstart takes and what it reaches. Hand-copied, both go stale as soon as the code changes.
 This script runs the walkthrough's commands in a scratch directory and the quickstart itself,
-then rewrites the README between its markers:
+then rewrites the README and the docs pages that quote them (docs/getting-started.md,
+docs/walkthrough.md) between their markers:
 
     <!-- generated:walkthrough -->  ...  <!-- /generated:walkthrough -->
     <!-- generated:quickstart -->   ...  <!-- /generated:quickstart -->
@@ -12,7 +13,7 @@ Everything outside the markers is left as it is. Each generated block names the 
 (CPU, cores, load average) and the date it was measured on, so a reader can tell a quiet
 machine's figures from a busy one's. Usage:
 
-    python examples/refresh_readme.py            # rewrite README.md in place (about 3 minutes)
+    python examples/refresh_readme.py            # rewrite them in place (about 3 minutes)
     python examples/refresh_readme.py --dry-run  # print the blocks instead
 """
 
@@ -33,6 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+# The pages of the docs site that quote the same blocks (the walkthrough lives in the docs).
+DOCS_PAGES = (ROOT / "docs" / "getting-started.md", ROOT / "docs" / "walkthrough.md")
 EPOCH_LINE = re.compile(r"^epoch (\d+):.*\((\d+(?:\.\d+)?)s[;)]")
 ADDED_LINE = re.compile(r"^Added (\S+) as version \d+ in [\d.]+s: (.*) \(best epoch \d+\)$")
 
@@ -187,11 +190,14 @@ def main() -> None:
     if args.dry_run:
         print(walkthrough_text, sentence, sep="\n\n")
         return
-    text = args.readme.read_text()
-    text = replace_block(text, "walkthrough", walkthrough_text)
-    text = replace_block(text, "quickstart", sentence)
-    args.readme.write_text(text)
-    print(f"refreshed {args.readme}", file=sys.stderr)
+    blocks = {"walkthrough": walkthrough_text, "quickstart": sentence}
+    for path in (args.readme, *DOCS_PAGES):
+        text = path.read_text()
+        for name, content in blocks.items():
+            if f"<!-- generated:{name} -->" in text:
+                text = replace_block(text, name, content)
+        path.write_text(text)
+        print(f"refreshed {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
