@@ -1,5 +1,6 @@
-"""The Python API of dmt's commands: what `dmt add-task`, `train`, `remove-task`, `eval`,
-`predict` and `connections` do, as calls a notebook or a script can make.
+"""The Python API of dmt's commands: what `dmt init`, `add-task`, `train`, `remove-task`,
+`rollback`, `status`, `history`, `verify`, `eval`, `predict` and `connections` do, as calls a
+notebook or a script can make.
 
     import dmtcore
 
@@ -211,6 +212,106 @@ class ModelStore:
             "tracking_uri": uri,
         }
 
+    def init(
+        self,
+        input_spec: str | None = None,
+        *,
+        backbone: str = "dmt-cnn",
+        connection: str = "ttc",
+        connection_options: dict[str, Any] | None = None,
+        backbone_options: dict[str, Any] | None = None,
+        name: str | None = None,
+        model_name: str | None = None,
+    ) -> dict[str, Any]:
+        """Create the store, empty: `input_spec` is C×H×W as text ("1x8x8"; None: the first
+        task's native shape fixes it). Returns `dmt init --json`'s record."""
+        from dmtcore.operations import init_store
+        from dmtcore.tasks.names import InputSpec
+
+        spec = InputSpec.parse(input_spec) if input_spec else None
+        created = init_store(
+            self.path,
+            self.host,
+            spec,
+            backbone,
+            connection,
+            connection_options or {},
+            name,
+            backbone_options or {},
+            model_name,
+        )
+        manifest = created.manifest()
+        return {"store": str(self.path), "version": manifest["version"], "manifest": manifest}
+
+    def rollback(self, version: int) -> dict[str, Any]:
+        """Make an earlier VERSION current again, as a new version, and publish it: the alias
+        'current' of the registered model moves to the registry version of VERSION's state
+        (registered anew only if it never was). The rollback is committed even when publishing
+        fails; the record says why not. Returns `dmt rollback --json`'s record."""
+        from dmtcore.operations import rollback
+
+        new_version, manifest = rollback(self.path, version)
+        published, not_published = self._publish(manifest, "rollback")
+        return {
+            "store": str(self.path),
+            "version": new_version,
+            "rolled_back_to": version,
+            "published": published,
+            "not_published": not_published,
+        }
+
+    # -- reading the store ----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """The current version and its tasks, read from JSON alone. Returns `dmt status
+        --json`'s record."""
+        from dmtcore.tasks.spec import higher_is_better
+
+        manifest = Store.open(self.path).manifest()
+        tasks = [
+            {
+                "name": t["name"],
+                "plugin": t["plugin"],
+                "output": t["output"],
+                "sources": t["sources"],
+                "primary_metric": t["primary_metric"],
+                "metric": t["metrics"][t["primary_metric"]],
+                "higher_is_better": higher_is_better(t["primary_metric"]),
+            }
+            for t in manifest["tasks"]
+        ]
+        return {
+            "store": str(self.path),
+            "name": manifest["name"],
+            "version": manifest["version"],
+            "created": manifest["created"],
+            "input_spec": manifest["input_spec"],
+            "backbone": manifest["backbone"],
+            "connection": manifest["connection"],
+            "tasks": tasks,
+        }
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every version, newest first (`dmt history --json`)."""
+        return Store.open(self.path).history()
+
+    def verify(self, every_version: bool = False) -> dict[str, Any]:
+        """Every problem of the store: manifests, weight files and their checksums, and
+        whether the current version's model (every version's with `every_version`) rebuilds.
+        Needs no task plugin: only `plugins` naming a third-party backbone or connection kind.
+        Returns `dmt verify --json`'s record; `ok` is False when anything is wrong."""
+        from dmtcore.hooks.host import create_plugin_host
+        from dmtcore.store.verify import verify_store
+
+        host = create_plugin_host(self.plugins, autoload=False)
+        versions, problems = verify_store(self.path, host.kinds, every_version)
+        return {
+            "store": str(self.path),
+            "ok": not problems,
+            "versions": versions,
+            "problems": [vars(p) for p in problems],
+        }
+
     # -- reading the model ----------------------------------------------------------------
 
     def evaluate(
@@ -338,6 +439,25 @@ class ModelStore:
         finally:
             kinds.current_plugin = previous
 
+    def _publish(
+        self, manifest: dict[str, Any], operation: str
+    ) -> tuple[dict[str, Any] | None, str | None]:
+        """Publish the current version as the registered model's current one: (what was
+        published, None), or (None, why not and how to)."""
+        how = f"publish it with 'dmt register --store {self.path}'"
+        if not self.tracking:
+            return None, f"--no-tracking; alias current is unchanged, {how}"
+        if not manifest["tasks"]:
+            return None, "the store has no tasks at this version; alias current is unchanged"
+        from dmt_registry.publish import publish_current
+
+        uri, embedded = tracking_uri_for(self.path, self.tracking_uri)
+        try:
+            published = publish_current(self.path, uri, embedded, operation)
+        except DmtError as exc:
+            return None, f"the {operation} is committed, but publishing it failed: {exc}; {how}"
+        return publication_record(published, uri), None
+
     def _attach_tracker(self) -> str | None:
         """Log operations to MLflow from now on (unless tracking is off); the URI, or None.
         Under torchrun only rank 0 reports."""
@@ -362,6 +482,20 @@ def tracking_uri_for(store: Path, tracking_uri: str | None) -> tuple[str, bool]:
     embedded_uri = default_tracking_uri(store)
     uri = tracking_uri or embedded_uri
     return uri, uri == embedded_uri
+
+
+def publication_record(published: Any, uri: str) -> dict[str, Any]:
+    """What a publication to the Model Registry did, as the commands print it with --json."""
+    return {
+        "model": published.model,
+        "version": published.version,
+        "store_version": published.store_version,
+        "registered_store_version": published.registered_store_version,
+        "created": published.created,
+        "alias_moved": published.alias_moved,
+        "previous": published.previous,
+        "tracking_uri": uri,
+    }
 
 
 def split_options(options: dict[str, Any]) -> tuple[Any, Any]:

@@ -109,3 +109,22 @@ def test_registration_hooks_take_kinds_under_either_name(write_plugin, argument:
     )
     host = create_plugin_host([str(plugin)], autoload=False)
     assert host.kinds.owner("task", f"mine.{argument}") == f"named_{argument}"
+
+
+def test_status_history_verify_and_rollback(store_copy: Path, run_cli) -> None:
+    store = dmtcore.open_store(store_copy, tracking=False)
+    assert store.status() == json.loads(run_cli("status", "--store", store_copy, "--json").stdout)
+    assert [e["version"] for e in store.history()] == [3, 2, 1]
+    assert store.verify(every_version=True)["ok"]
+    rolled = store.rollback(2)
+    assert (rolled["version"], rolled["rolled_back_to"], rolled["published"]) == (4, 2, None)
+    assert "--no-tracking" in rolled["not_published"]
+    assert [t["name"] for t in store.status()["tasks"]] == ["digits.class"]
+
+
+def test_init_refuses_a_bad_input_spec_and_writes_nothing(tmp_path: Path) -> None:
+    store = dmtcore.open_store(tmp_path / "new", tracking=False)
+    with pytest.raises(InvalidValueError, match="1x8"):
+        store.init("1x8")
+    assert not (tmp_path / "new").exists()
+    assert store.init("1x8x8", connection="nddr")["manifest"]["connection"]["name"] == "nddr"

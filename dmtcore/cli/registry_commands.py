@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from dmtcore.api import tracking_uri_for
+from dmtcore.api import publication_record, tracking_uri_for
 from dmtcore.cli.common import (
     cli,
     emit,
@@ -43,19 +43,6 @@ def tracking_uri_option(f: Callable[..., Any]) -> Callable[..., Any]:
         default=None,
         help="MLflow tracking and registry URI [default: sqlite database inside the store].",
     )(f)
-
-
-def publication_payload(published: Any, uri: str) -> dict[str, Any]:
-    return {
-        "model": published.model,
-        "version": published.version,
-        "store_version": published.store_version,
-        "registered_store_version": published.registered_store_version,
-        "created": published.created,
-        "alias_moved": published.alias_moved,
-        "previous": published.previous,
-        "tracking_uri": uri,
-    }
 
 
 def describe_publication(published: Any) -> str:
@@ -93,7 +80,7 @@ def register(store: Path, tracking_uri: str | None, as_json: bool) -> None:
     published = publish_current(store, uri, embedded, "register")
     emit(
         as_json,
-        publication_payload(published, uri),
+        publication_record(published, uri),
         lambda: click.echo(describe_publication(published)),
     )
 

@@ -20,7 +20,6 @@ from dmtcore.cli.common import (
     store_option,
 )
 from dmtcore.store.directory import Store
-from dmtcore.tasks.spec import higher_is_better
 
 
 @cli.command()
@@ -68,20 +67,24 @@ def init(
     as_json: bool,
 ) -> None:
     """Create an empty store."""
-    from dmtcore.operations import init_store
+    from dmtcore.api import open_store
     from dmtcore.tasks.names import InputSpec, parse_option
 
     spec = InputSpec.parse(input_spec) if input_spec else None
-    options = dict(parse_option(o) for o in connection_option)
-    column_options = dict(parse_option(o) for o in backbone_option)
-    host = plugin_host(plugins, no_plugin_autoload)
-    created = init_store(
-        store, host, spec, backbone, connection, options, name, column_options, model_name
+    payload = open_store(
+        store, plugins=plugins, autoload=False if no_plugin_autoload else None
+    ).init(
+        input_spec,
+        backbone=backbone,
+        connection=connection,
+        connection_options=dict(parse_option(o) for o in connection_option),
+        backbone_options=dict(parse_option(o) for o in backbone_option),
+        name=name,
+        model_name=model_name,
     )
-    manifest = created.manifest()
     emit(
         as_json,
-        {"store": str(store), "version": manifest["version"], "manifest": manifest},
+        payload,
         lambda: click.echo(
             f"Created store {store} ({backbone}, connection {connection}, input {spec or 'from the first task'})"
         ),
@@ -177,30 +180,10 @@ def tasks(
 @json_option
 def status(store: Path, as_json: bool) -> None:
     """Show the store's current version and tasks (reads JSON only: instant)."""
-    opened = Store.open(store)
-    manifest = opened.manifest()
-    tasks = [
-        {
-            "name": t["name"],
-            "plugin": t["plugin"],
-            "output": t["output"],
-            "sources": t["sources"],
-            "primary_metric": t["primary_metric"],
-            "metric": t["metrics"][t["primary_metric"]],
-            "higher_is_better": higher_is_better(t["primary_metric"]),
-        }
-        for t in manifest["tasks"]
-    ]
-    payload = {
-        "store": str(store),
-        "name": manifest["name"],
-        "version": manifest["version"],
-        "created": manifest["created"],
-        "input_spec": manifest["input_spec"],
-        "backbone": manifest["backbone"],
-        "connection": manifest["connection"],
-        "tasks": tasks,
-    }
+    from dmtcore.api import open_store
+
+    payload = open_store(store).status()
+    manifest, tasks = payload, payload["tasks"]
 
     def human() -> None:
         spec = (
@@ -242,7 +225,9 @@ def status(store: Path, as_json: bool) -> None:
 @json_option
 def history(store: Path, as_json: bool) -> None:
     """List the store's versions, newest first."""
-    entries = Store.open(store).history()
+    from dmtcore.api import open_store
+
+    entries = open_store(store).history()
     emit(
         as_json,
         entries,
@@ -278,26 +263,19 @@ def history(store: Path, as_json: bool) -> None:
 def verify(store: Path, every_version: bool, plugins: tuple[str, ...], as_json: bool) -> None:
     """Check the whole store and report every problem: manifests, weight files and their
     checksums, and that the model rebuilds. Exits 5 when anything is wrong."""
+    from dmtcore.api import open_store
     from dmtcore.errors import StoreError
-    from dmtcore.hooks.host import create_plugin_host
-    from dmtcore.store.verify import verify_store
 
-    host = create_plugin_host(plugins, autoload=False)
-    versions, problems = verify_store(store, host.kinds, every_version)
-    payload = {
-        "store": str(store),
-        "ok": not problems,
-        "versions": versions,
-        "problems": [vars(p) for p in problems],
-    }
+    payload = open_store(store, plugins=plugins).verify(every_version)
+    versions, problems = payload["versions"], payload["problems"]
     if as_json:
         click.echo(json.dumps(payload, indent=2))
     elif not problems:
         click.echo(f"Store {store} is sound: {len(versions)} versions checked.")
     else:
         for problem in problems:
-            named = problem.message.startswith(problem.file)
-            click.echo(problem.message if named else f"{problem.file}: {problem.message}")
+            named = problem["message"].startswith(problem["file"])
+            click.echo(problem["message"] if named else f"{problem['file']}: {problem['message']}")
     if problems:
         raise StoreError(f"{len(problems)} problem(s) found in store {str(store)!r}")
 
@@ -327,52 +305,20 @@ def rollback(
     The new current version is published: the alias 'current' of the registered model moves to
     the registry version of VERSION's state (registered anew only if it never was).
     """
-    from dmtcore.api import tracking_uri_for
+    from dmtcore.api import open_store
 
-    opened = Store.open(store)
-    manifest = _rollback_target(opened, version)
-    tracking = None if no_tracking else tracking_uri_for(store, tracking_uri)
-    with opened.writer(f"rollback {version}"):
-        manifest["operation"] = {"name": "rollback", "tasks": [], "to_version": version}
-        new_version = opened.commit(manifest)
-    published, not_published = _publish_rollback(store, manifest, tracking)
+    payload = open_store(store, tracking_uri=tracking_uri, tracking=not no_tracking).rollback(
+        version
+    )
+    published, not_published = payload["published"], payload["not_published"]
     emit(
         as_json,
-        {
-            "store": str(store),
-            "version": new_version,
-            "rolled_back_to": version,
-            "published": published,
-            "not_published": not_published,
-        },
+        payload,
         lambda: click.echo(
-            f"Rolled back to version {version}; the store is now at version {new_version}\n"
+            f"Rolled back to version {version}; the store is now at version {payload['version']}\n"
             + (_published_line(published) if published else f"Not published: {not_published}")
         ),
     )
-
-
-def _publish_rollback(
-    store: Path, manifest: dict[str, Any], tracking: tuple[str, bool] | None
-) -> tuple[dict[str, Any] | None, str | None]:
-    """Publish the rolled-back state as the registered model's current version: (what was
-    published, None), or (None, why not and how to). The version is committed either way: a
-    registry that fails is a warning, as after add-task."""
-    how = f"publish it with 'dmt register --store {store}'"
-    if tracking is None:
-        return None, f"--no-tracking; alias current is unchanged, {how}"
-    if not manifest["tasks"]:
-        return None, "the store has no tasks at this version; alias current is unchanged"
-    from dmt_registry.publish import publish_current
-    from dmtcore.cli.registry_commands import publication_payload
-    from dmtcore.errors import DmtError
-
-    uri, embedded = tracking
-    try:
-        published = publish_current(store, uri, embedded, "rollback")
-    except DmtError as exc:
-        return None, f"the rollback is committed, but publishing it failed: {exc}; {how}"
-    return publication_payload(published, uri), None
 
 
 def _published_line(published: dict[str, Any]) -> str:
@@ -383,15 +329,3 @@ def _published_line(published: dict[str, Any]) -> str:
     if not published["alias_moved"]:
         return f"Published: alias current already points at {where} ({state})"
     return f"Published: alias current now points at {where} ({state}; same state, not registered again)"
-
-
-def _rollback_target(store: Store, version: int) -> dict[str, Any]:
-    """The manifest to roll back to, with every weight file it names verified, checked before
-    the writer lock is taken: committed versions never change, and a refused rollback then
-    touches nothing. Rolling back away from a damaged current version is allowed: it is how
-    a store is repaired."""
-    manifest = store.manifest(version)
-    for task in manifest["tasks"]:
-        for ref in task["weights"].values():
-            store.read_blob(ref["sha256"])
-    return manifest

@@ -1,4 +1,4 @@
-"""The operations users run on a store: init, add-task and train, remove-task, eval.
+"""The operations users run on a store: init, add-task and train, remove-task, eval, rollback.
 
 Each mutation validates everything it can before training, holds the writer lock, reports to
 the lifecycle hooks, and commits exactly one new version at the very end (`lifecycle`); any
@@ -18,6 +18,7 @@ from dmtcore.operations.evaluating import evaluate_store, load_current, select_t
 from dmtcore.operations.init import DEFAULT_BACKBONE, DEFAULT_CONNECTION, init_store
 from dmtcore.operations.lifecycle import kept_features
 from dmtcore.operations.removing import remove_task
+from dmtcore.operations.rolling_back import rollback
 from dmtcore.operations.task_data import (
     DataOptions,
     make_target,
@@ -42,6 +43,7 @@ __all__ = [
     "make_target",
     "recorded_data_seed",
     "remove_task",
+    "rollback",
     "select_tasks",
     "specs_for",
     "stored_plugins",
