@@ -18,7 +18,9 @@ unless `tracking_uri` says otherwise) and publish each new version to the Model 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -65,6 +67,32 @@ def open_store(
     )
 
 
+# MLflow draws a "Downloading artifacts" bar while it copies local files into a model (it
+# reads like network access); unless `verbose`, it is off while a call runs.
+QUIET_ENVIRONMENT = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
+@contextlib.contextmanager
+def _quiet_environment(verbose: bool) -> Iterator[None]:
+    """Other libraries' progress bars off for the call (a value the user set wins)."""
+    added = {} if verbose else {k: v for k, v in QUIET_ENVIRONMENT.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def _quietly(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def call(self: ModelStore, *args: Any, **kwargs: Any) -> Any:
+        with _quiet_environment(self.verbose):
+            return method(self, *args, **kwargs)
+
+    return call
+
+
 class ModelStore:
     """One store and the plugins to use with it; created by `open_store`."""
 
@@ -106,6 +134,7 @@ class ModelStore:
 
     # -- operations that commit a version -------------------------------------------------
 
+    @_quietly
     def add_task(
         self,
         names: str | Sequence[str],
@@ -156,6 +185,7 @@ class ModelStore:
             started = time.perf_counter()
         return records if many else records[0]
 
+    @_quietly
     def train(
         self,
         names: Sequence[str],
@@ -194,6 +224,7 @@ class ModelStore:
             "tracking_uri": uri,
         }
 
+    @_quietly
     def remove_task(self, name: str, **options: Any) -> dict[str, Any]:
         """Cut task `name` out and retrain the connections of the tasks that read it (DMT
         §4.3). Returns `dmt remove-task --json`'s record, with every remaining task's primary
@@ -243,6 +274,7 @@ class ModelStore:
         manifest = created.manifest()
         return {"store": str(self.path), "version": manifest["version"], "manifest": manifest}
 
+    @_quietly
     def rollback(self, version: int) -> dict[str, Any]:
         """Make an earlier VERSION current again, as a new version, and publish it: the alias
         'current' of the registered model moves to the registry version of VERSION's state

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from dmtcore.api import QUIET_ENVIRONMENT
 from dmtcore.errors import DmtError, Interrupted, InvalidValueError, StoreError
 from dmtcore.tasks.spec import higher_is_better
 
@@ -353,11 +354,6 @@ def verbose() -> bool:
     """Whether `dmt -v` asked to see what other libraries print."""
     context = click.get_current_context(silent=True)
     return bool(context and context.find_root().params.get("verbose"))
-
-
-# MLflow draws a "Downloading artifacts" bar while it copies local files into a model (it
-# reads like network access); dmt says what it is doing instead. Without -v it is off.
-QUIET_ENVIRONMENT = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 def _quiet_other_libraries(ctx: click.Context) -> None:
