@@ -20,7 +20,7 @@ each attribute in the training set.
 
     python examples/celeba_table3.py --data-dir data [--epochs 5] [--workers 4] [--quick]
 
-Needs `<data-dir>/celeba/` (see the README's Datasets section); without it the script exits
+Needs `<data-dir>/celeba/` (see docs/datasets.md); without it the script exits
 with the plugin's message saying which files are expected where (exit code 7).
 """
 

@@ -18,7 +18,7 @@ class, so accuracy and balanced accuracy agree). The paper's figures are printed
 
     python examples/cifar10_table5.py --data-dir data [--epochs 20] [--download] [--quick]
 
-Needs `<data-dir>/cifar-10-batches-py/` (see the README's Datasets section); without it the
+Needs `<data-dir>/cifar-10-batches-py/` (see docs/datasets.md); without it the
 script exits with the plugin's message saying which files are expected where (exit code 7).
 """
 

@@ -169,7 +169,7 @@ def replace_block(text: str, name: str, content: str) -> str:
         rf"(<!-- generated:{name} -->\n)(.*?)(<!-- /generated:{name} -->)", re.DOTALL
     )
     if not pattern.search(text):
-        raise SystemExit(f"README.md has no '<!-- generated:{name} -->' ... block to refresh")
+        raise SystemExit(f"no '<!-- generated:{name} -->' ... block to refresh")
     return pattern.sub(lambda m: m.group(1) + content.rstrip() + "\n" + m.group(3), text)
 
 
@@ -191,13 +191,18 @@ def main() -> None:
         print(walkthrough_text, sentence, sep="\n\n")
         return
     blocks = {"walkthrough": walkthrough_text, "quickstart": sentence}
-    for path in (args.readme, *DOCS_PAGES):
-        text = path.read_text()
+    texts = {path: path.read_text() for path in (args.readme, *DOCS_PAGES)}
+    for name in blocks:  # a block that moved must still stand somewhere
+        if not any(f"<!-- generated:{name} -->" in text for text in texts.values()):
+            where = ", ".join(str(path) for path in texts)
+            raise SystemExit(f"none of {where} has a '<!-- generated:{name} -->' block")
+    for path, text in texts.items():
         for name, content in blocks.items():
             if f"<!-- generated:{name} -->" in text:
                 text = replace_block(text, name, content)
-        path.write_text(text)
-        print(f"refreshed {path}", file=sys.stderr)
+        if text != texts[path]:
+            path.write_text(text)
+            print(f"refreshed {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":

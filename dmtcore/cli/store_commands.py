@@ -18,6 +18,7 @@ from dmtcore.cli.common import (
     plugin_options,
     print_table,
     store_option,
+    verbose,
 )
 from dmtcore.store.directory import Store
 
@@ -307,9 +308,8 @@ def rollback(
     """
     from dmtcore.api import open_store
 
-    payload = open_store(store, tracking_uri=tracking_uri, tracking=not no_tracking).rollback(
-        version
-    )
+    api = open_store(store, tracking_uri=tracking_uri, tracking=not no_tracking, verbose=verbose())
+    payload = api.rollback(version)
     published, not_published = payload["published"], payload["not_published"]
     emit(
         as_json,
