@@ -2,7 +2,7 @@
 
 The public plugin API. Importing it is cheap (no torch, no mlflow), so plugins that only
 declare tasks load fast. Everything a task plugin declares comes from here (the contract of
-its data: README, "Writing a task plugin"):
+its data: docs/plugins.md):
 
     from dmtcore import DataRequest, HeadSpec, TaskData, TaskSpec, hookimpl
 

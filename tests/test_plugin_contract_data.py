@@ -1,4 +1,4 @@
-"""The data contract of the README's "Writing a task plugin", enforced on the first batch: a
+"""The data contract of docs/plugins.md, enforced on the first batch: a
 plugin whose images lack the channel dimension, have channels the task does not declare, hold
 0..255 values or integer pixels, or whose classification labels are floats, is refused with
 one line naming the task, its plugin, the value found and what is valid (exit 7, store

@@ -5,7 +5,7 @@ combination, (α_S, α_D) = (0.9, 0.1) with α_D spread evenly over the other so
 learn at 100× the base learning rate with SGD (the paper's best range is 10²–10³, §5.2). The
 default `lr_mult="auto"` takes LR_MULT_BY_OPTIMIZER's value for the training command's optimiser.
 Unlike NDDR's, the units keep ×100 under Adam: measured against ×1, ×3 and ×10 on digits and
-shapes, ×100 did as well or better (README, "Examples: the papers' comparisons on small data").
+shapes, ×100 did as well or better (docs/papers.md).
 """
 
 from __future__ import annotations

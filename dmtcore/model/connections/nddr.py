@@ -9,8 +9,7 @@ single-task network; `init="xavier"` is the paper's alternative. The layer learn
 base learning rate with SGD (§4.2). Adam's steps are about the learning rate in size whatever
 the gradient's scale, so under Adam ×100 moves a weight initialised at 0.9 by up to 0.1 a step
 and undoes the diagonal start: the default `lr_mult="auto"` takes LR_MULT_BY_OPTIMIZER's value
-for the command's optimiser, ×1 with Adam as measured on digits, shapes and scenes (README,
-"Examples: the papers' comparisons on small data").
+for the command's optimiser, ×1 with Adam as measured on digits, shapes and scenes (docs/papers.md).
 
 NDDR-CNN-Shortcut (§3.3) adds, per task, a shortcut: every NDDR output is resized to the last
 one's spatial size, all are concatenated, and a 1×1 convolution reduces them to the last one's
