@@ -439,6 +439,47 @@ class ModelStore:
             "plot": str(plot) if plot is not None else None,
         }
 
+    def relate(
+        self,
+        tasks: Sequence[str],
+        *,
+        column: str | None = None,
+        stage: int | None = None,
+        split: str = "val",
+        reduce: str = "min",
+        threshold: float | None = None,
+        group_count: int | None = None,
+        plot: str | os.PathLike[str] | None = None,
+        **options: Any,
+    ) -> dict[str, Any]:
+        """Which tasks to train together (DMT §2): distances between their response contrast
+        maps, label co-occurrence, and groups by average-linkage clustering; tracked as an
+        MLflow run of its own where the store (or `tracking_uri`) gives it a place. Features
+        come from a stored column, or from a fresh column trained briefly when the store is
+        absent or empty. Returns `dmt relate --json`'s record."""
+        from dmtcore.analysis.task_grouping import RelateOptions, measure, plan_relate
+
+        settings, data = split_options({"epochs": 1, **options})
+        wanted = RelateOptions(column, stage, split, reduce, threshold, group_count)
+        plan = plan_relate(self.path, tuple(tasks), self.host, settings, wanted)
+        tracker, run, summary = _start_relate_run(
+            self.path, plan, settings, self.tracking_uri, not self.tracking, self.notify
+        )
+        try:
+            result = measure(plan, self.host, settings, data, self.notify)
+            if plot is not None:
+                _relate_plot(result, Path(plot))
+            if tracker is not None:
+                summary["run_id"] = _finish_relate_run(tracker, result)
+        except BaseException as exc:
+            if tracker is not None:
+                try:
+                    tracker.dmt_run_failed(run=run, error=exc)
+                except Exception as failure:  # the real failure is the one to report
+                    self.notify(f"warning: could not report the failed run: {failure}")
+            raise
+        return {**result.as_dict(), "plot": str(plot) if plot is not None else None, **summary}
+
     # -- helpers --------------------------------------------------------------------------
 
     def task_from_folder(self, name: str, folder: str | os.PathLike[str]) -> None:
@@ -514,6 +555,89 @@ def tracking_uri_for(store: Path, tracking_uri: str | None) -> tuple[str, bool]:
     embedded_uri = default_tracking_uri(store)
     uri = tracking_uri or embedded_uri
     return uri, uri == embedded_uri
+
+
+def _relate_plot(result: Any, path: Path) -> None:
+    from dmtcore.analysis.task_grouping import plot
+
+    try:
+        plot(result, path)
+    except OSError as exc:
+        raise InvalidValueError(f"cannot write the plot to {str(path)!r}: {exc.strerror}") from exc
+
+
+def _start_relate_run(
+    store: Path,
+    plan: Any,
+    settings: Any,
+    tracking_uri: str | None,
+    no_tracking: bool,
+    notify: Notify,
+) -> tuple[Any, Any, dict[str, Any]]:
+    """(tracker, run, summary): the MLflow run of this `relate`, made as `register` makes
+    its own and started before any work, so that a tracking server that is down fails fast.
+    No run without a place for it: --no-tracking, or no store and no --tracking-uri."""
+    summary: dict[str, Any] = {"tracking_uri": None, "run_id": None}
+    if no_tracking:
+        return None, None, summary
+    if tracking_uri is None and not Store.exists(store):
+        summary["tracking"] = (
+            f"not logged to MLflow: no store at {str(store)!r} to hold its database; "
+            "pass --tracking-uri URI to log it"
+        )
+        notify(summary["tracking"])
+        return None, None, summary
+    from dmt_registry.tracking import MlflowTracker
+    from dmtcore.hooks.runinfo import RunInfo
+
+    uri, embedded = tracking_uri_for(store, tracking_uri)
+    manifest = Store.open(store).manifest() if Store.exists(store) else None
+    options = plan.options
+    params = {
+        "tasks": ",".join(plan.names),
+        **{k: getattr(options, k) for k in ("column", "stage", "split", "reduce")},
+        **{k: getattr(options, k) for k in ("threshold", "groups")},
+        **{k: getattr(settings, k) for k in ("epochs", "lr", "batch_size", "seed")},
+    }
+    run = RunInfo(
+        "relate",
+        plan.names,
+        store,
+        manifest["name"] if manifest else Path(store).resolve().name,
+        manifest["version"] if manifest else None,
+        params,
+    )
+    tracker = MlflowTracker(uri, embedded, register=False)
+    tracker.dmt_run_started(run=run)
+    summary["tracking_uri"] = uri
+    return tracker, run, summary
+
+
+def _finish_relate_run(tracker: Any, result: Any) -> str:
+    """The features actually used as parameters, the groups as a tag, the matrices (JSON)
+    and the plot as artifacts under relatedness/; returns the run id."""
+    import json
+    import tempfile
+
+    from mlflow.entities import Param
+
+    from dmt_registry.tracking import reported_call
+    from dmtcore.analysis.task_grouping import plot
+
+    client, run_id = tracker.client, tracker.run_id
+
+    def log() -> None:
+        features = {f"features.{k}": str(v) for k, v in result.features.items()}
+        client.log_batch(run_id, params=[Param(k, v) for k, v in features.items()])
+        client.set_tag(run_id, "dmt.groups", " | ".join(", ".join(g) for g in result.groups))
+        with tempfile.TemporaryDirectory() as folder:
+            (Path(folder) / "relatedness.json").write_text(json.dumps(result.as_dict(), indent=2))
+            plot(result, Path(folder) / "relatedness.png")
+            client.log_artifacts(run_id, folder, artifact_path="relatedness")
+        client.set_terminated(run_id, "FINISHED")
+
+    reported_call(tracker.tracking_uri, log)
+    return run_id
 
 
 def publication_record(published: Any, uri: str) -> dict[str, Any]:

@@ -136,3 +136,14 @@ def test_a_contrast_matched_with_its_sign_flipped_is_marked_not() -> None:
     distance, via = distance_matrix([binary, colours])
     assert distance[0, 1] == 0.0
     assert via[0][1] == ["yes", "not green"] and via[1][0] == ["green", "not yes"]
+
+
+def test_the_table_for_people_shows_distances_nearest_and_groups(run_cli, store_copy: Path) -> None:
+    result = run_cli(
+        "relate", "digits.even", "digits.prime", "digits.large", "--store", store_copy,
+        "--column", "digits.class", "--groups", "2", "--no-tracking",
+    )  # fmt: skip
+    out = result.stdout
+    assert out.startswith("Response contrast maps from the column of 'digits.class'")
+    assert "Distance (0 = the same contrast" in out and "\nNearest\n" in out
+    assert "Groups (average linkage, cut at 2 groups)" in out and "  2. " in out

@@ -7,22 +7,17 @@ from typing import Any
 
 import click
 
-from dmtcore.api import tracking_uri_for
 from dmtcore.cli.common import (
     cli,
     data_options,
     echo_progress,
     emit,
     json_option,
-    plugin_host,
     plugin_options,
     print_table,
     starting,
     store_option,
-    train_settings,
 )
-from dmtcore.errors import InvalidValueError
-from dmtcore.store.directory import Store
 
 
 @cli.command()
@@ -282,161 +277,62 @@ def relate(
     has no tasks, from a fresh column trained briefly on the tasks (nothing is stored).
     Distances run from 0 (the same contrast) to 1; see dmtcore/analysis/task_grouping.py for the
     choices."""
-    from dmtcore.analysis.task_grouping import RelateOptions, measure, plan_relate
-    from dmtcore.operations import DataOptions
+    from dmtcore.api import open_store
 
-    settings = train_settings(
-        epochs=options["epochs"],
-        lr=options["lr"],
-        batch_size=options["batch_size"],
-        seed=options["seed"],
-        device=options["device"],
-    )
-    wanted = RelateOptions(
-        options["column"],
-        options["stage"],
-        options["split"],
-        options["reduce"],
-        options["threshold"],
-        options["group_count"],
-    )
-    host = plugin_host(plugins, no_plugin_autoload)
-    plan = plan_relate(store, task_names, host, settings, wanted)
-    data = DataOptions(options["data_dir"], options["download"])
-    tracker, run, summary = _start_relate_run(store, plan, settings, tracking_uri, no_tracking)
-    try:
-        result = measure(plan, host, settings, data, echo_progress)
-        if plot_path is not None:
-            _relate_plot(result, plot_path)
-        if tracker is not None:
-            summary["run_id"] = _finish_relate_run(tracker, result)
-    except BaseException as exc:
-        if tracker is not None:
-            try:
-                tracker.dmt_run_failed(run=run, error=exc)
-            except Exception as failure:  # the real failure is the one to report
-                echo_progress(f"warning: could not report the failed run: {failure}")
-        raise
-    payload = {**result.as_dict(), "plot": str(plot_path) if plot_path else None, **summary}
-    emit(as_json, payload, lambda: _print_relatedness(result, plot_path, summary))
-
-
-def _relate_plot(result: Any, path: Path) -> None:
-    from dmtcore.analysis.task_grouping import plot
-
-    try:
-        plot(result, path)
-    except OSError as exc:
-        raise InvalidValueError(f"cannot write the plot to {str(path)!r}: {exc.strerror}") from exc
-
-
-def _start_relate_run(
-    store: Path, plan: Any, settings: Any, tracking_uri: str | None, no_tracking: bool
-) -> tuple[Any, Any, dict[str, Any]]:
-    """(tracker, run, summary): the MLflow run of this `relate`, made as `register` makes
-    its own and started before any work, so that a tracking server that is down fails fast.
-    No run without a place for it: --no-tracking, or no store and no --tracking-uri."""
-    summary: dict[str, Any] = {"tracking_uri": None, "run_id": None}
-    if no_tracking:
-        return None, None, summary
-    if tracking_uri is None and not Store.exists(store):
-        summary["tracking"] = (
-            f"not logged to MLflow: no store at {str(store)!r} to hold its database; "
-            "pass --tracking-uri URI to log it"
-        )
-        echo_progress(summary["tracking"])
-        return None, None, summary
-    from dmt_registry.tracking import MlflowTracker
-    from dmtcore.hooks.runinfo import RunInfo
-
-    uri, embedded = tracking_uri_for(store, tracking_uri)
-    manifest = Store.open(store).manifest() if Store.exists(store) else None
-    options = plan.options
-    params = {
-        "tasks": ",".join(plan.names),
-        **{k: getattr(options, k) for k in ("column", "stage", "split", "reduce")},
-        **{k: getattr(options, k) for k in ("threshold", "groups")},
-        **{k: getattr(settings, k) for k in ("epochs", "lr", "batch_size", "seed")},
-    }
-    run = RunInfo(
-        "relate",
-        plan.names,
+    api = open_store(
         store,
-        manifest["name"] if manifest else Path(store).resolve().name,
-        manifest["version"] if manifest else None,
-        params,
+        plugins=plugins,
+        autoload=False if no_plugin_autoload else None,
+        tracking_uri=tracking_uri,
+        tracking=not no_tracking,
+        notify=echo_progress,
     )
-    tracker = MlflowTracker(uri, embedded, register=False)
-    tracker.dmt_run_started(run=run)
-    summary["tracking_uri"] = uri
-    return tracker, run, summary
+    relate_options = {k: options.pop(k) for k in RELATE_OPTIONS}
+    payload = api.relate(task_names, plot=plot_path, **relate_options, **options)
+    emit(as_json, payload, lambda: _print_relatedness(payload, plot_path))
 
 
-def _finish_relate_run(tracker: Any, result: Any) -> str:
-    """The features actually used as parameters, the groups as a tag, the matrices (JSON)
-    and the plot as artifacts under relatedness/; returns the run id."""
-    import json
-    import tempfile
-
-    from mlflow.entities import Param
-
-    from dmt_registry.tracking import reported_call
-    from dmtcore.analysis.task_grouping import plot
-
-    client, run_id = tracker.client, tracker.run_id
-
-    def log() -> None:
-        features = {f"features.{k}": str(v) for k, v in result.features.items()}
-        client.log_batch(run_id, params=[Param(k, v) for k, v in features.items()])
-        client.set_tag(run_id, "dmt.groups", " | ".join(", ".join(g) for g in result.groups))
-        with tempfile.TemporaryDirectory() as folder:
-            (Path(folder) / "relatedness.json").write_text(json.dumps(result.as_dict(), indent=2))
-            plot(result, Path(folder) / "relatedness.png")
-            client.log_artifacts(run_id, folder, artifact_path="relatedness")
-        client.set_terminated(run_id, "FINISHED")
-
-    reported_call(tracker.tracking_uri, log)
-    return run_id
+RELATE_OPTIONS = ("column", "stage", "split", "reduce", "threshold", "group_count")
 
 
-def _print_relatedness(result: Any, plot_path: Path | None, summary: dict[str, Any]) -> None:
+def _print_relatedness(payload: dict[str, Any], plot_path: Path | None) -> None:
     from dmtcore.analysis.task_grouping import describe_features
 
-    names = result.tasks
-    click.echo(f"Response contrast maps from {describe_features(result.features)}")
+    names = payload["tasks"]
+    click.echo(f"Response contrast maps from {describe_features(payload['features'])}")
     click.echo(
-        f"\nDistance (0 = the same contrast, 1 = unrelated; multi-class: {result.reduce} "
+        f"\nDistance (0 = the same contrast, 1 = unrelated; multi-class: {payload['reduce']} "
         "over class pairs)"
     )
+    distance = payload["distance"]
     print_table(
-        [(n, *(float(v) for v in row)) for n, row in zip(names, result.distance, strict=True)],
+        [(n, *(float(v) for v in row)) for n, row in zip(names, distance, strict=True)],
         ("task", *names),
     )
-    if any(v is not None for row in result.cooccurrence for v in row):
+    if any(v is not None for row in payload["cooccurrence"] for v in row):
         click.echo("\nLabel co-occurrence (phi; '-': the tasks do not label the same images)")
         print_table(
             [
                 (n, *("-" if v is None else v for v in row))
-                for n, row in zip(names, result.cooccurrence, strict=True)
+                for n, row in zip(names, payload["cooccurrence"], strict=True)
             ],
             ("task", *names),
         )
     click.echo("\nNearest")
-    nearest = result.nearest()
     rows = []
     for i, name in enumerate(names):
-        other = nearest[name][0]
+        other = payload["nearest"][name][0]
         j = names.index(other)
-        via = result.via[i][j]
-        rows.append((name, other, float(result.distance[i, j]), " ↔ ".join(via) if via else ""))
+        via = payload["via"][i][j]
+        rows.append((name, other, float(distance[i][j]), " ↔ ".join(via) if via else ""))
     print_table(rows, ("task", "nearest", "distance", "classes"))
-    cut = result.cut
+    cut = payload["cut"]
     how = f"{cut['groups']} groups" if cut["rule"] == "groups" else f"{cut['threshold']:.4f}"
     rule = "" if cut["rule"] in ("groups", "threshold") else f" ({cut['rule']})"
     click.echo(f"\nGroups (average linkage, cut at {how}{rule})")
-    for number, members in enumerate(result.groups, 1):
+    for number, members in enumerate(payload["groups"], 1):
         click.echo(f"  {number}. {', '.join(members)}")
     if plot_path is not None:
         click.echo(f"\nDendrogram and heatmaps written to {plot_path}")
-    if summary.get("run_id"):
-        click.echo(f"Logged to MLflow run {summary['run_id']} at {summary['tracking_uri']}")
+    if payload.get("run_id"):
+        click.echo(f"Logged to MLflow run {payload['run_id']} at {payload['tracking_uri']}")
