@@ -480,6 +480,48 @@ class ModelStore:
             raise
         return {**result.as_dict(), "plot": str(plot) if plot is not None else None, **summary}
 
+    @_quietly
+    def register_version(self) -> dict[str, Any]:
+        """Publish the current version to the Model Registry (after `register=False` or a
+        failed publish); a state registered before is not registered again: the alias
+        'current' moves to its registry version. Returns `dmt register --json`'s record."""
+        from dmt_registry.publish import publish_current
+
+        uri, embedded = tracking_uri_for(self.path, self.tracking_uri)
+        return publication_record(publish_current(self.path, uri, embedded, "register"), uri)
+
+    def promote(
+        self,
+        alias: str,
+        *,
+        version: int | None = None,
+        store_version: int | None = None,
+        model_name: str | None = None,
+    ) -> dict[str, Any]:
+        """Point ALIAS of the registered model at a registry `version`, or at the one that
+        publishes `store_version` (give one). Returns `dmt promote --json`'s record."""
+        from dmt_registry.publish import check_alias, registered_for_store_version, store_version_of
+        from dmt_registry.publish import model_name as store_model_name
+        from dmt_registry.publish import promote as set_alias
+        from dmt_registry.tracking import reported_call
+
+        if (version is None) == (store_version is None):
+            raise InvalidValueError(
+                "give either a registry version (models:/NAME/VERSION) or a store version"
+            )
+        check_alias(alias)
+        name = model_name or store_model_name(Store.open(self.path).manifest())
+        client, uri = registry_client(self.path, self.tracking_uri, self.notify)
+        if store_version is not None:
+            manifest = Store.open(self.path).manifest(store_version)
+            found = reported_call(uri, lambda: registered_for_store_version(client, name, manifest))
+            version = int(found)
+        reported_call(uri, lambda: set_alias(client, name, str(version), alias))
+        published = store_version or reported_call(
+            uri, lambda: store_version_of(client, name, str(version))
+        )
+        return {"model": name, "version": version, "store_version": published, "alias": alias}
+
     # -- helpers --------------------------------------------------------------------------
 
     def task_from_folder(self, name: str, folder: str | os.PathLike[str]) -> None:
@@ -638,6 +680,52 @@ def _finish_relate_run(tracker: Any, result: Any) -> str:
 
     reported_call(tracker.tracking_uri, log)
     return run_id
+
+
+def registry_client(
+    store: Path | None, tracking_uri: str | None, notify: Notify = _quiet
+) -> tuple[Any, str]:
+    """An MLflow client of the registry at `tracking_uri`, else of the store's embedded one."""
+    from mlflow.tracking import MlflowClient
+
+    if tracking_uri is None and store is None:
+        raise InvalidValueError(
+            "say where the registry is: --tracking-uri URI (or MLFLOW_TRACKING_URI), e.g. "
+            "sqlite:///path/to/store/mlflow.db or http://host:5000"
+        )
+    uri, embedded = tracking_uri_for(store, tracking_uri) if store else (tracking_uri, False)
+    if embedded:
+        from dmt_registry.tracking import ensure_embedded_database
+
+        ensure_embedded_database(store, lambda message: notify(f"warning: {message}"))
+    return MlflowClient(tracking_uri=uri, registry_uri=uri), uri
+
+
+def pull(
+    model_uri: str,
+    tracking_uri: str | None,
+    store: str | os.PathLike[str] = "dmt-store",
+    plugins: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Rebuild a working store at `store` from a registered version (models:/NAME/3 or
+    models:/NAME@current); its predictions equal the original's exactly. Returns `dmt pull
+    --json`'s record."""
+    from dmt_registry.publish import pull as pull_store
+    from dmtcore.hooks.host import create_plugin_host
+
+    if not tracking_uri:
+        raise InvalidValueError(
+            "say which registry to pull from: --tracking-uri URI (or MLFLOW_TRACKING_URI), e.g. "
+            "sqlite:///path/to/store/mlflow.db or http://host:5000"
+        )
+    host = create_plugin_host(plugins)
+    manifest = pull_store(model_uri, tracking_uri, Path(store), host.kinds).manifest()
+    return {
+        "store": str(store),
+        "model_uri": model_uri,
+        "version": manifest["version"],
+        "tasks": [t["name"] for t in manifest["tasks"]],
+    }
 
 
 def publication_record(published: Any, uri: str) -> dict[str, Any]:
