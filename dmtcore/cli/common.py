@@ -254,12 +254,6 @@ def plugin_host(plugins: Sequence[str], no_plugin_autoload: bool) -> Any:
     return create_plugin_host(plugins, autoload=False if no_plugin_autoload else None)
 
 
-def train_settings(**kwargs: Any) -> Any:
-    from dmtcore.train.loop import TrainSettings
-
-    return TrainSettings(**kwargs)
-
-
 def is_main_rank() -> bool:
     """False in the processes torchrun starts besides rank 0: they train but report nothing."""
     return os.environ.get("RANK", "0") == "0"
