@@ -73,8 +73,9 @@ QUIET_ENVIRONMENT = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 @contextlib.contextmanager
-def _quiet_environment(verbose: bool) -> Iterator[None]:
-    """Other libraries' progress bars off for the call (a value the user set wins)."""
+def quiet_environment(verbose: bool) -> Iterator[None]:
+    """Other libraries' progress bars off while it lasts (a value the user set wins), unless
+    `verbose`; the environment is put back afterwards. The CLI holds it for a whole command."""
     added = {} if verbose else {k: v for k, v in QUIET_ENVIRONMENT.items() if k not in os.environ}
     os.environ.update(added)
     try:
@@ -87,7 +88,7 @@ def _quiet_environment(verbose: bool) -> Iterator[None]:
 def _quietly(method: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(method)
     def call(self: ModelStore, *args: Any, **kwargs: Any) -> Any:
-        with _quiet_environment(self.verbose):
+        with quiet_environment(self.verbose):
             return method(self, *args, **kwargs)
 
     return call
@@ -576,7 +577,9 @@ class ModelStore:
     def _attach_tracker(self) -> str | None:
         """Log operations to MLflow from now on (unless tracking is off); the URI, or None.
         Under torchrun only rank 0 reports."""
-        if not self.tracking or os.environ.get("RANK", "0") != "0":
+        from dmtcore.runtime.distributed import current_world
+
+        if not self.tracking or not current_world().is_main:
             return None
         if not self._tracker_attached:
             from dmt_registry.tracking import MlflowTracker

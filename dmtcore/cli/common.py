@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from dmtcore.api import QUIET_ENVIRONMENT
+from dmtcore.api import quiet_environment
 from dmtcore.errors import DmtError, Interrupted, InvalidValueError, StoreError
 from dmtcore.tasks.spec import higher_is_better
 
@@ -350,19 +350,6 @@ def verbose() -> bool:
     return bool(context and context.find_root().params.get("verbose"))
 
 
-def _quiet_other_libraries(ctx: click.Context) -> None:
-    """Keep other libraries' progress bars out of dmt's output for this command (a value the
-    user set in the environment wins); put the environment back when the command ends."""
-    added = {k: v for k, v in QUIET_ENVIRONMENT.items() if k not in os.environ}
-    os.environ.update(added)
-
-    def restore() -> None:
-        for key in added:
-            os.environ.pop(key, None)
-
-    ctx.call_on_close(restore)
-
-
 @click.group(cls=DmtGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dmt-vision", prog_name="dmt")
 @click.option(
@@ -385,5 +372,4 @@ def cli(ctx: click.Context, store: Path | None, verbose: bool) -> None:
     Every task owns a frozen CNN column; new tasks learn transfer connections into the
     existing columns, so adding a task never changes an old task's outputs.
     """
-    if not verbose:
-        _quiet_other_libraries(ctx)
+    ctx.with_resource(quiet_environment(verbose))  # other libraries' bars off for the command
