@@ -254,9 +254,12 @@ class ModelStore:
         backbone_options: dict[str, Any] | None = None,
         name: str | None = None,
         model_name: str | None = None,
+        download: bool = False,
     ) -> dict[str, Any]:
         """Create the store, empty: `input_spec` is C×H×W as text ("1x8x8"; None: the first
-        task's native shape fixes it). Returns `dmt init --json`'s record."""
+        task's native shape fixes it). Pretrained weights the backbone options name
+        (`weights="imagenet"`) come from the library's cache, or with `download` from its
+        downloader, and are copied into the store. Returns `dmt init --json`'s record."""
         from dmtcore.operations import init_store
         from dmtcore.tasks.names import InputSpec
 
@@ -271,6 +274,7 @@ class ModelStore:
             name,
             backbone_options or {},
             model_name,
+            download,
         )
         manifest = created.manifest()
         return {"store": str(self.path), "version": manifest["version"], "manifest": manifest}
@@ -591,6 +595,25 @@ class ModelStore:
             self.host.register(tracker, "mlflow-tracker")
             self._tracked_uri, self._tracker_attached = uri, True
         return self._tracked_uri
+
+
+def list_backbones(
+    input_spec: str = "3x224x224",
+    names: Sequence[str] = (),
+    options: dict[str, Any] | None = None,
+    *,
+    plugins: Sequence[str] = (),
+    autoload: bool | None = None,
+) -> list[dict[str, Any]]:
+    """The backbones the plugins offer (or the named ones, `timm:MODEL` included), each with
+    its stages' channels and reductions at `input_spec` ("3x224x224"). Returns `dmt
+    backbones --json`'s rows."""
+    from dmtcore.hooks.host import create_plugin_host
+    from dmtcore.model.backbones.listing import list_backbones as rows
+    from dmtcore.tasks.names import InputSpec
+
+    spec = InputSpec.parse(input_spec)
+    return rows(create_plugin_host(plugins, autoload=autoload).kinds, spec, names, options)
 
 
 def tracking_uri_for(store: Path, tracking_uri: str | None) -> tuple[str, bool]:

@@ -40,6 +40,7 @@ from dmtcore.errors import (
     first_line,
 )
 from dmtcore.store.directory import CURRENT, Store
+from dmtcore.store.manifest import weight_refs
 
 MODEL_CODE = Path(__file__).with_name("pyfunc_model.py")
 CURRENT_ALIAS = "current"
@@ -123,11 +124,10 @@ def write_snapshot(store: Store, version: int, destination: Path) -> Path:
     shutil.copyfile(
         store.version_path(version), destination / "versions" / store.version_path(version).name
     )
-    for task in manifest["tasks"]:
-        for ref in task["weights"].values():
-            target = destination / "blobs" / store.blob_path(ref["sha256"]).name
-            if not target.exists():
-                target.write_bytes(store.read_blob(ref["sha256"]))
+    for ref in weight_refs(manifest):
+        target = destination / "blobs" / store.blob_path(ref["sha256"]).name
+        if not target.exists():
+            target.write_bytes(store.read_blob(ref["sha256"]))
     (destination / CURRENT).write_text(f"{version}\n")
     return destination
 

@@ -168,7 +168,7 @@ def test_path_that_is_not_a_store(tmp_path: Path, run_cli) -> None:
         ),
         (["--input", "abc"], 11, "invalid input spec 'abc': expected CxHxW"),
         (["--input", "99x8x8"], 11, "channels must be 1 to 16"),
-        (["--backbone", "resnet19"], 3, "unknown backbone 'resnet19'. Did you mean 'resnet18'?"),
+        (["--backbone", "resnet19"], 3, "unknown backbone 'resnet19'. Did you mean 'resnet18'"),
         (["--connection", "cross"], 3, "unknown connection kind 'cross'"),
         (
             ["--connection-option", "alpha=1"],

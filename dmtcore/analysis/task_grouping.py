@@ -507,12 +507,14 @@ def _fresh_column(
     shape = (manifest or {}).get("input_spec") or specs[0].input_shape
     input_spec = InputSpec.from_shape(shape)
     torch.manual_seed(settings.seed)
+    normalization = manifest["backbone"].get("normalization") if manifest else None
     model = HardSharingModel(
-        input_spec, host.kinds.backbone(backbone_name), backbone_options, specs
+        input_spec, host.kinds.backbone(backbone_name), backbone_options, specs, normalization
     )
     shapes = model.trunk.feature_shapes
     stage = check_stage(options.stage, shapes, f"a {backbone_name} column")
-    trunk = torch.nn.Sequential(*model.trunk.stages[:stage])
+    stages = model.trunk.stages[:stage]
+    trunk = torch.nn.Sequential(*([model.normalize] if model.normalize else []), *stages)
 
     def extract(images: Any) -> Any:
         return trunk(images)

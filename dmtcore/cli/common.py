@@ -218,6 +218,15 @@ def train_options(default_epochs: int) -> Callable[[Callable[..., Any]], Callabl
             help="torch.compile the trained parts (on a CPU: over a minute up front, no faster).",
         ),
         click.option(
+            "--freeze-stages",
+            type=int,
+            default=0,
+            show_default=True,
+            metavar="N",
+            help="Keep the first N stages of each new column as they start (pretrained or "
+            "--init-from weights) and train only the stages above.",
+        ),
+        click.option(
             "--bn-recalibration/--no-bn-recalibration",
             default=None,
             help="Before each validation, re-estimate the new parts' BatchNorm statistics in "

@@ -50,7 +50,14 @@ from dmtcore.store.directory import Store
     "backbone_option",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Override an option of the backbone (repeatable), e.g. weights_file=r18.safetensors.",
+    help="Override an option of the backbone (repeatable), e.g. weights=imagenet "
+    "('dmt backbones' lists each one's options).",
+)
+@click.option(
+    "--download",
+    is_flag=True,
+    help="Fetch the pretrained weights that --backbone-option weights=... names with the "
+    "library's own downloader when they are not in its cache (never done otherwise).",
 )
 @plugin_options
 @json_option
@@ -63,11 +70,17 @@ def init(
     backbone_option: tuple[str, ...],
     model_name: str | None,
     name: str | None,
+    download: bool,
     plugins: tuple[str, ...],
     no_plugin_autoload: bool,
     as_json: bool,
 ) -> None:
-    """Create an empty store."""
+    """Create an empty store.
+
+    With pretrained weights (--backbone-option weights=imagenet), they are read from the
+    library's cache (torchvision: $TORCH_HOME/hub/checkpoints; timm: the Hugging Face cache)
+    and copied into the store, so no later command needs the cache; every new column starts
+    from them, and the input normalisation they expect is recorded and applied."""
     from dmtcore.api import open_store
     from dmtcore.tasks.names import InputSpec, parse_option
 
@@ -82,6 +95,7 @@ def init(
         backbone_options=dict(parse_option(o) for o in backbone_option),
         name=name,
         model_name=model_name,
+        download=download,
     )
     emit(
         as_json,
@@ -90,6 +104,67 @@ def init(
             f"Created store {store} ({backbone}, connection {connection}, input {spec or 'from the first task'})"
         ),
     )
+
+
+@cli.command()
+@click.argument("names", nargs=-1, metavar="[NAME]...")
+@click.option(
+    "--input",
+    "input_spec",
+    default="3x224x224",
+    show_default=True,
+    help="Image shape CxHxW the stages are shown for.",
+)
+@click.option(
+    "--backbone-option",
+    "backbone_option",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An option for the named backbones, e.g. dilated=true (repeatable).",
+)
+@plugin_options
+@json_option
+def backbones(
+    names: tuple[str, ...],
+    input_spec: str,
+    backbone_option: tuple[str, ...],
+    plugins: tuple[str, ...],
+    no_plugin_autoload: bool,
+    as_json: bool,
+) -> None:
+    """List the backbones (column recipes) with their stages' channels and reductions for an
+    input size, or describe the NAMEd ones (timm:MODEL included)."""
+    from dmtcore.api import list_backbones
+    from dmtcore.tasks.names import parse_option
+
+    rows = list_backbones(
+        input_spec,
+        names,
+        dict(parse_option(o) for o in backbone_option),
+        plugins=plugins,
+        autoload=False if no_plugin_autoload else None,
+    )
+
+    def stages(row: dict[str, Any]) -> str:
+        if row.get("error"):
+            return f"cannot take {input_spec}: {row['error']}"
+        if not row["stages"]:
+            return "e.g. " + ", ".join(row.get("examples", []))
+        return " ".join(
+            f"{s['channels']}" + (f"/{s['reduction']:g}" if s["reduction"] else "")
+            for s in row["stages"]
+        )
+
+    def human() -> None:
+        print_table(
+            [
+                (r["name"], "yes" if r["pretrained"] else "-", stages(r), r["description"])
+                for r in rows
+            ],
+            ("backbone", "imagenet", f"stages at {input_spec}: channels/reduction", "description"),
+        )
+
+    emit(as_json, rows, human)
 
 
 @cli.command()

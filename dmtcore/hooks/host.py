@@ -30,6 +30,12 @@ PLUGINS_ENV = "DMT_PLUGINS"
 BUILTIN_PLUGINS = (
     "dmtcore.model.backbones.dmt_cnn",
     "dmtcore.model.backbones.resnet",
+    "dmtcore.model.backbones.vgg",
+    "dmtcore.model.backbones.alexnet",
+    "dmtcore.model.backbones.mobilenet",
+    "dmtcore.model.backbones.efficientnet",
+    "dmtcore.model.backbones.convnext",
+    "dmtcore.model.backbones.timm_models",
     "dmtcore.model.connections.none",
     "dmtcore.model.connections.ttc",
     "dmtcore.model.connections.nddr",

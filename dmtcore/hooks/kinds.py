@@ -37,9 +37,25 @@ class BackboneKind:
     default_options: dict[str, Any] = field(default_factory=dict)
     # Options used only to initialise a new column (restoring a stored one ignores them).
     init_only_options: tuple[str, ...] = ()
+    # Optional `weights(options) -> PublishedWeights | None`: the pretrained weights the
+    # options ask for (see dmtcore.model.backbones.pretrained), None for a random start.
+    # A kind with it takes them as `build(input_spec, options, weights=state_dict)`.
+    weights: Callable[[dict[str, Any]], Any] | None = field(default=None, repr=False)
 
     def resolve_options(self, given: dict[str, Any] | None) -> dict[str, Any]:
         return _resolve("backbone", self.name, self.default_options, given)
+
+
+@dataclass(frozen=True)
+class BackboneFamily:
+    """Backbones named `PREFIX:MODEL` that a library makes on request (`timm:resnet50`):
+    `make(model)` returns the `BackboneKind` for one model, or raises a DmtError that says
+    why not (the library missing, an unknown model)."""
+
+    prefix: str
+    description: str
+    make: Callable[[str], BackboneKind] = field(repr=False)
+    examples: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -186,6 +202,7 @@ class Kinds:
     def __init__(self) -> None:
         self.tasks: dict[str, TaskSpec] = {}
         self.backbones: dict[str, BackboneKind] = {}
+        self.backbone_families: dict[str, BackboneFamily] = {}
         self.connections: dict[str, ConnectionKind] = {}
         self.owners: dict[tuple[str, str], str] = {}
         self.current_plugin = "<unknown>"
@@ -211,6 +228,9 @@ class Kinds:
     def add_backbone(self, kind: BackboneKind) -> None:
         self._add(self.backbones, "backbone", kind.name, kind)
 
+    def add_backbone_family(self, family: BackboneFamily) -> None:
+        self._add(self.backbone_families, "backbone family", family.prefix, family)
+
     def add_connection(self, kind: ConnectionKind) -> None:
         self._add(self.connections, "connection kind", kind.name, kind)
 
@@ -223,8 +243,17 @@ class Kinds:
         return self.tasks[name]
 
     def backbone(self, name: str) -> BackboneKind:
+        """The named backbone; `PREFIX:MODEL` is made by its family the first time it is asked
+        for, then kept (owned by the family's plugin)."""
         if name not in self.backbones:
-            raise unknown_name("backbone", name, self.backbones)
+            prefix, colon, model = name.partition(":")
+            family = self.backbone_families.get(prefix) if colon else None
+            if family is None:
+                offered = {**self.backbones, **{f"{p}:MODEL": None for p in self.backbone_families}}
+                raise unknown_name("backbone", name, offered)
+            kind = family.make(model)
+            self.backbones[name] = kind
+            self.owners[("backbone", name)] = self.owners[("backbone family", prefix)]
         return self.backbones[name]
 
     def connection(self, name: str) -> ConnectionKind:

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from dmtcore.hooks.kinds import BackboneKind
+from dmtcore.model.backbones import InputNormalization
+from dmtcore.model.backbones.pretrained import adapt_to_column
 from dmtcore.model.connections import ParamGroup
 from dmtcore.model.heads import build_head
 from dmtcore.tasks.names import InputSpec
@@ -29,9 +31,20 @@ class HardSharingModel(nn.Module):
         backbone: BackboneKind,
         backbone_options: dict[str, Any],
         specs: Sequence[TaskSpec],
+        normalization: dict[str, list[float]] | None = None,
+        initial_column: dict[str, torch.Tensor] | None = None,
     ) -> None:
         super().__init__()
         self.trunk = backbone.build(input_spec, backbone_options)
+        if initial_column is not None:
+            self.trunk.load_state_dict(
+                adapt_to_column(self.trunk.state_dict(), initial_column, backbone.name)
+            )
+        self.normalize = (
+            InputNormalization(normalization["mean"], normalization["std"], input_spec.channels)
+            if normalization
+            else None
+        )
         self.names = [spec.name for spec in specs]
         size = (input_spec.height, input_spec.width)
         self.heads = nn.ModuleList(
@@ -47,6 +60,8 @@ class HardSharingModel(nn.Module):
     ) -> dict[str, torch.Tensor]:
         """`given`/`keep` are the feature-cache arguments of `MultiTaskModel.forward`; nothing
         here is frozen, so the cache never asks for anything."""
+        if self.normalize is not None:
+            x = self.normalize(x)
         for stage in self.trunk.stages:
             x = stage(x)
         wanted = self.names if tasks is None else list(tasks)

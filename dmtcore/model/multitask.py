@@ -12,7 +12,7 @@ dots, which module keys may not, and slots make weight files independent of what
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -20,8 +20,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from dmtcore.errors import InvalidValueError
 from dmtcore.hooks.kinds import BackboneKind, ConnectionKind, split_head_fusion
-from dmtcore.model.backbones import Column
+from dmtcore.model.backbones import Column, InputNormalization
+from dmtcore.model.backbones.pretrained import adapt_to_column
 from dmtcore.model.connections import ParamGroup, TransferConnection
 from dmtcore.model.heads import build_head
 from dmtcore.tasks.names import InputSpec
@@ -74,6 +76,9 @@ class TrainingPlan:
     columns: frozenset[str] = frozenset()
     connections: frozenset[str] = frozenset()
     heads: frozenset[str] = frozenset()
+    # The first N stages of every column in `columns` stay as they are (no gradients, eval
+    # mode: their BatchNorm statistics do not move either).
+    frozen_stages: int = 0
 
     def tasks(self) -> frozenset[str]:
         return self.columns | self.connections | self.heads
@@ -89,9 +94,20 @@ class MultiTaskModel(nn.Module):
         backbone_options: dict[str, Any],
         connection: ConnectionKind,
         connection_options: dict[str, Any],
+        normalization: dict[str, list[float]] | None = None,
     ) -> None:
         super().__init__()
         self.input_spec = input_spec
+        # The input statistics pretrained weights expect, applied once to every input.
+        self.normalize = (
+            InputNormalization(normalization["mean"], normalization["std"], input_spec.channels)
+            if normalization
+            else None
+        )
+        # Where new columns start: None (the backbone's random initialisation), or a function
+        # returning the store's initial column (pretrained weights); `initial_weights` names it.
+        self.initial_column: Callable[[], dict[str, torch.Tensor]] | None = None
+        self.initial_weights: str | None = None
         self.backbone = backbone
         self.backbone_options = backbone_options
         self.connection = connection
@@ -117,6 +133,11 @@ class MultiTaskModel(nn.Module):
         if name in self.tasks or name not in sources or len(set(sources)) != len(sources):
             raise ValueError(f"bad source set {list(sources)} for task {name!r}")
         column: Column = self.backbone.build(self.input_spec, self.backbone_options)
+        if self.initial_column is not None:
+            initial = adapt_to_column(
+                column.state_dict(), self.initial_column(), self.backbone.name
+            )
+            column.load_state_dict(initial)
         own = list(sources).index(name)
         options = self._kind_options
         boundaries = column.feature_shapes[:-1]
@@ -219,6 +240,17 @@ class MultiTaskModel(nn.Module):
         for name in self.tasks:
             for part, trained in self._planned_parts():
                 self.part(name, part).requires_grad_(name in trained)
+        if plan.frozen_stages:
+            for name in plan.columns:
+                stages = self.part(name, "column").stages
+                if plan.frozen_stages >= len(stages):
+                    raise InvalidValueError(
+                        f"--freeze-stages {plan.frozen_stages} leaves nothing of {name}'s "
+                        f"column to train: it has {len(stages)} stages "
+                        f"({', '.join(self.part(name, 'column').stage_names)}); valid: 0 to "
+                        f"{len(stages) - 1}"
+                    )
+                stages[: plan.frozen_stages].requires_grad_(False)
 
     def _planned_parts(self) -> list[tuple[str, frozenset[str]]]:
         plan = self.plan
@@ -241,9 +273,15 @@ class MultiTaskModel(nn.Module):
         self._planned_only = True
 
     def _planned_modules(self) -> list[nn.Module]:
-        return [
-            self.part(name, part) for part, trained in self._planned_parts() for name in trained
-        ]
+        modules = []
+        for part, trained in self._planned_parts():
+            for name in trained:
+                module = self.part(name, part)
+                if part == "column" and self.plan.frozen_stages:
+                    modules.extend(module.stages[self.plan.frozen_stages :])
+                else:
+                    modules.append(module)
+        return modules
 
     def training_modules(self) -> list[nn.Module]:
         """The modules an evaluation must switch to eval mode (and back): after `train_mode`
@@ -256,7 +294,8 @@ class MultiTaskModel(nn.Module):
         groups: list[ParamGroup] = []
         for name in self.tasks:
             if name in self.plan.columns:
-                groups.append(ParamGroup(list(self.part(name, "column").parameters())))
+                stages = self.part(name, "column").stages[self.plan.frozen_stages :]
+                groups.append(ParamGroup(list(stages.parameters())))
             if name in self.plan.heads:
                 groups.append(ParamGroup(list(self.part(name, "head").parameters())))
             if name in self.plan.connections:
@@ -274,7 +313,7 @@ class MultiTaskModel(nn.Module):
             slot = self.tasks[name].slot
             modules: list[nn.Module] = []
             if name in self.plan.columns:
-                modules.extend(self.columns[slot].stages)
+                modules.extend(self.columns[slot].stages[self.plan.frozen_stages :])
             if name in self.plan.connections:
                 connections = self.connections[slot]
                 modules.extend(connections.fusing())
@@ -324,6 +363,8 @@ class MultiTaskModel(nn.Module):
         append to its lists, to fill that cache."""
         wanted = list(self.tasks) if tasks is None else list(tasks)
         given = given or {}
+        if self.normalize is not None:
+            x = self.normalize(x)
         if not given.keys().isdisjoint(wanted):
             raise ValueError("tasks whose features are given have no output to compute")
         needed = self.closure(wanted, known=given)

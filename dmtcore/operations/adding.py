@@ -169,7 +169,9 @@ def _train_tasks(
     check_init_from(init_from, stored, str(store.path))
     input_spec = InputSpec.from_shape(manifest["input_spec"] or specs[0].input_shape)
     notify(Stage(f"loading {describe_store(store, manifest)}"))
-    model = load_model(store, manifest, host.kinds) or empty_model(manifest, host.kinds, input_spec)
+    model = load_model(store, manifest, host.kinds) or empty_model(
+        manifest, host.kinds, input_spec, store
+    )
     torch.manual_seed(settings.seed)  # what a factory draws from torch's RNG, then the heads
     targets = []
     for spec in specs:
@@ -187,7 +189,7 @@ def _train_tasks(
     model.to(device)  # the probe of --init-from auto reads the data on the device
     init_record = warm_start(model, targets, stored, init_from, kind, notify)
     group = frozenset(names)
-    model.configure_training(TrainingPlan(group, group, group))
+    model.configure_training(TrainingPlan(group, group, group, settings.freeze_stages))
     params = {"tasks": ",".join(names), **asdict(settings), "device": str(device)}
     params.update(connection_lr_mult_params(model, settings))
     params["processes"] = world.size
@@ -294,6 +296,10 @@ def warm_start(
         if column is not None:
             model.copy_column(column, name)
             notify(f"{name}'s column starts from the trained column of {column} ({reason})")
+        elif model.initial_weights:
+            notify(
+                f"{name}'s column starts from the pretrained weights {model.initial_weights} ({reason})"
+            )
         else:
             notify(f"{name}'s column starts from fresh weights ({reason})")
         record["columns"][name], record["reasons"][name] = column, reason

@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from dmtcore.store.directory import Store
+from dmtcore.store.manifest import weight_refs
 
 
 def rollback(path: Path, version: int) -> tuple[int, dict[str, Any]]:
     """Commit VERSION's state as the store's newest version; (the new number, its manifest)."""
     store = Store.open(path)
     manifest = store.manifest(version)
-    for task in manifest["tasks"]:
-        for ref in task["weights"].values():
-            store.read_blob(ref["sha256"])
+    for ref in weight_refs(manifest):
+        store.read_blob(ref["sha256"])
     with store.writer(f"rollback {version}"):
         manifest["operation"] = {"name": "rollback", "tasks": [], "to_version": version}
         return store.commit(manifest), manifest

@@ -22,23 +22,46 @@ def empty_model(
     manifest: dict[str, Any],
     kinds: Kinds,
     input_spec: InputSpec | None = None,
-    restoring: bool = False,
+    store: Store | None = None,
 ) -> MultiTaskModel:
-    """A model with the manifest's recipe and no tasks. When `restoring` stored columns, the
-    backbone's initialisation-only options (e.g. a pretrained weights file) are left out: the
-    store's blobs hold every weight."""
+    """A model with the manifest's recipe and no tasks. The backbone's initialisation-only
+    options (pretrained weights) are left out: a store's pretrained initial column is a blob
+    of the store (given `store`, new columns start from it), and restored columns load theirs."""
     spec = input_spec or InputSpec.from_shape(manifest["input_spec"])
-    backbone = kinds.backbone(manifest["backbone"]["name"])
-    options = dict(manifest["backbone"]["options"])
-    if restoring:
-        options.update(dict.fromkeys(backbone.init_only_options))
-    return MultiTaskModel(
+    recipe = manifest["backbone"]
+    backbone = kinds.backbone(recipe["name"])
+    options = dict(recipe["options"])
+    options.update(dict.fromkeys(backbone.init_only_options))
+    model = MultiTaskModel(
         spec,
         backbone,
         options,
         kinds.connection(manifest["connection"]["name"]),
         manifest["connection"]["options"],
+        recipe.get("normalization"),
     )
+    if store is not None:
+        start_from_initial_column(model, store, manifest)
+    return model
+
+
+def start_from_initial_column(
+    model: MultiTaskModel, store: Store, manifest: dict[str, Any]
+) -> None:
+    """New columns of `model` start from the store's pretrained initial column, if it has one
+    (read once, when the first new column is built)."""
+    pretrained = manifest["backbone"].get("pretrained")
+    if not pretrained:
+        return
+    cache: dict[str, dict[str, Any]] = {}
+
+    def initial() -> dict[str, Any]:
+        if "state" not in cache:
+            cache["state"] = read_part(store, pretrained["sha256"], "the pretrained initial column")
+        return cache["state"]
+
+    model.initial_column = initial
+    model.initial_weights = pretrained["name"]
 
 
 def load_model(store: Store, manifest: dict[str, Any], kinds: Kinds) -> MultiTaskModel | None:
@@ -46,7 +69,7 @@ def load_model(store: Store, manifest: dict[str, Any], kinds: Kinds) -> MultiTas
     Returns None for a store whose input spec is not fixed yet (no task ever added)."""
     if manifest["input_spec"] is None:
         return None
-    model = empty_model(manifest, kinds, restoring=True)
+    model = empty_model(manifest, kinds)
     for task in manifest["tasks"]:
         try:
             head = HeadSpec.from_dict(task["head"])
@@ -68,8 +91,18 @@ def load_model(store: Store, manifest: dict[str, Any], kinds: Kinds) -> MultiTas
                     f"weight file {store.blob_path(sha256)} ({task['name']} {part}) does not fit the "
                     f"manifest: {first_line(exc)}"
                 ) from exc
+    start_from_initial_column(model, store, manifest)  # for the columns added from here on
     model.eval()
     return model
+
+
+def read_part(store: Store, sha256: str, what: str) -> dict[str, Any]:
+    try:
+        return load_safetensors(store.read_blob(sha256))
+    except SafetensorError as exc:
+        raise StoreError(
+            f"weight file {store.blob_path(sha256)} ({what}) is not safetensors: {first_line(exc)}"
+        ) from exc
 
 
 def serialise_weights(model: MultiTaskModel) -> dict[str, dict[str, bytes]]:

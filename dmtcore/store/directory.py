@@ -28,13 +28,19 @@ import os
 import re
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from dmtcore.errors import DmtError, StoreError, StoreLockedError, UnknownNameError
 from dmtcore.runtime.faults import crash_point
-from dmtcore.store.manifest import FORMAT, MAX_VERSION, manifest_problems, validate_manifest
+from dmtcore.store.manifest import (
+    FORMAT,
+    MAX_VERSION,
+    manifest_problems,
+    validate_manifest,
+    weight_refs,
+)
 
 CURRENT = "CURRENT"
 VERSION_FILE = re.compile(r"^v([0-9]{6})\.json$")
@@ -107,9 +113,10 @@ class Store:
         return cls(path)
 
     @classmethod
-    def create(cls, path: Path, manifest: dict[str, Any]) -> Store:
-        """Create a store whose version 1 is `manifest`. The directory must be new, empty, or
-        hold only an embedded tracking database or the skeleton of an init that never finished."""
+    def create(cls, path: Path, manifest: dict[str, Any], blobs: Sequence[bytes] = ()) -> Store:
+        """Create a store whose version 1 is `manifest`, with the weight `blobs` it refers to
+        (a pretrained initial column). The directory must be new, empty, or hold only an
+        embedded tracking database or the skeleton of an init that never finished."""
         path = Path(path)
         if cls.exists(path):
             raise StoreError(f"a store already exists at {str(path)!r}")
@@ -126,6 +133,8 @@ class Store:
         with store.writer("init"):
             if cls.exists(path):  # another process initialised it meanwhile
                 raise StoreError(f"a store already exists at {str(path)!r}")
+            for data in blobs:
+                store.write_blob(data)
             store.commit(manifest)
         return store
 
@@ -344,8 +353,7 @@ class Store:
                     return  # an unreadable manifest: never guess which blobs are unused
                 if manifest_problems(data):
                     return  # a damaged one (e.g. a sha256 edited): the same
-                for task in data["tasks"]:
-                    referenced.update(ref["sha256"] for ref in task["weights"].values())
+                referenced.update(ref["sha256"] for ref in weight_refs(data))
         for entry in _plain_files(self.path / "blobs"):
             if (
                 BLOB_FILE.match(entry.name)
@@ -414,12 +422,9 @@ class Store:
             "created": now_iso(),
         }
         validate_manifest(manifest, "new manifest")
-        for task in manifest["tasks"]:
-            for ref in task["weights"].values():
-                if not self.blob_path(ref["sha256"]).is_file():
-                    raise StoreError(
-                        f"refusing to commit: weight file {ref['sha256']} was not written"
-                    )
+        for ref in weight_refs(manifest):
+            if not self.blob_path(ref["sha256"]).is_file():
+                raise StoreError(f"refusing to commit: weight file {ref['sha256']} was not written")
         self._write_atomically(self.version_path(version), json.dumps(manifest, indent=2).encode())
         crash_point("manifest-written")
         self._write_atomically(self.path / CURRENT, f"{version}\n".encode())

@@ -307,6 +307,22 @@ SIDE = Integer(4, MAX_INPUT_SIDE)
 INPUT_SPEC = Tuple((Integer(1, MAX_INPUT_CHANNELS), SIDE, SIDE), "[channels, height, width]")
 METRICS = MapOf(Number())
 RECIPE = Record({"name": NAME, "options": MapOf(Anything())})
+# The backbone's recipe may name the stages it cuts its network into, the initial column that
+# pretrained weights give every new column (a blob of the store), and the input normalisation
+# those weights expect.
+BACKBONE = Record(
+    {"name": NAME, "options": MapOf(Anything())},
+    {
+        "stages": ListOf(Text()),
+        "pretrained": Record({"sha256": SHA256, "name": Text()}),
+        "normalization": Record(
+            {
+                "mean": ListOf(Number(finite=True), min_length=1),
+                "std": ListOf(Number(finite=True), min_length=1),
+            }
+        ),
+    },
+)
 
 TASK = Record(
     {
@@ -379,7 +395,7 @@ SCHEMA = Record(
         "created": Timestamp(),
         "operation": OPERATION,
         "input_spec": Nullable(INPUT_SPEC),
-        "backbone": RECIPE,
+        "backbone": BACKBONE,
         "connection": RECIPE,
         "next_slot": Integer(0, 10**9),
         "tasks": ListOf(TASK),
@@ -503,3 +519,14 @@ def validate_manifest(data: Any, where: str) -> dict[str, Any]:
         tail = f" (and {more} more problem{'s' * (more > 1)}: see 'dmt verify')" if more else ""
         raise StoreError(f"{where}: {problems[0]}{tail}")
     return data
+
+
+def weight_refs(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every blob a manifest refers to: each task's parts, and the backbone's pretrained
+    initial column where it has one. What a commit, a clean-up, verify, rollback and the
+    registry's snapshot must find or keep."""
+    refs = [ref for task in manifest["tasks"] for ref in task["weights"].values()]
+    pretrained = manifest["backbone"].get("pretrained")
+    if pretrained:
+        refs.append(pretrained)
+    return refs

@@ -15,7 +15,7 @@ from typing import Any
 from dmtcore.errors import DmtError, first_line
 from dmtcore.hooks.kinds import Kinds
 from dmtcore.store.directory import CURRENT, Store
-from dmtcore.store.manifest import manifest_problems
+from dmtcore.store.manifest import manifest_problems, weight_refs
 
 
 @dataclass(frozen=True)
@@ -73,16 +73,15 @@ def _checked_manifest(store: Store, version: int) -> tuple[dict[str, Any] | None
 def _blob_problems(store: Store, manifest: dict[str, Any], checked: set[str]) -> list[Problem]:
     """Weight files that are missing or do not match their sha256 (each checked once)."""
     problems = []
-    for task in manifest["tasks"]:
-        for ref in task["weights"].values():
-            sha256 = ref["sha256"]
-            if sha256 in checked:
-                continue
-            try:
-                store.read_blob(sha256)
-                checked.add(sha256)
-            except DmtError as exc:
-                problems.append(Problem(str(store.blob_path(sha256)), str(exc)))
+    for ref in weight_refs(manifest):
+        sha256 = ref["sha256"]
+        if sha256 in checked:
+            continue
+        try:
+            store.read_blob(sha256)
+            checked.add(sha256)
+        except DmtError as exc:
+            problems.append(Problem(str(store.blob_path(sha256)), str(exc)))
     return problems
 
 

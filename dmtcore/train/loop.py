@@ -131,6 +131,9 @@ class TrainSettings:
     # their losses summed), "turns" (one batch of each task in turn), or "auto": one-pass
     # when the tasks share their training images and nothing resamples them per task.
     joint_mode: str = "auto"
+    # Keep the first N stages of each new column as they start (pretrained or warm-started):
+    # only the upper stages train, which cuts cost and overfitting on small tasks.
+    freeze_stages: int = 0
 
     def __post_init__(self) -> None:
         seed_limit = 2**32 - 1  # numpy's seeds stop here, torch's at 2**64 - 1: plugins get both
@@ -171,6 +174,10 @@ class TrainSettings:
         if not (isinstance(kept_mb, int | float) and math.isfinite(kept_mb) and kept_mb >= 0):
             raise InvalidValueError(
                 f"kept features budget must be a number of megabytes ≥ 0, got {kept_mb!r}"
+            )
+        if type(self.freeze_stages) is not int or self.freeze_stages < 0:
+            raise InvalidValueError(
+                f"freeze_stages must be a number of stages ≥ 0, got {self.freeze_stages!r}"
             )
         if not isinstance(self.workers, int) or self.workers < 0:
             raise InvalidValueError(

@@ -10,10 +10,33 @@ class Column(nn.Module):
     """One task's stages `s^1 … s^L`. Connections sit between stages, so they need the shape of
     every stage's output (`feature_shapes`, without the batch dimension)."""
 
-    def __init__(self, stages: list[nn.Module], input_shape: tuple[int, int, int]) -> None:
+    def __init__(
+        self,
+        stages: list[nn.Module],
+        input_shape: tuple[int, int, int],
+        stage_names: list[str] | None = None,
+    ) -> None:
         super().__init__()
         self.stages = nn.ModuleList(stages)
         self.feature_shapes = infer_feature_shapes(self.stages, input_shape)
+        # What each stage holds, in the library's own layer names ("conv1-layer1", "layer2"),
+        # so a user can see where the connections sit; recorded in the manifest at init.
+        self.stage_names = stage_names or [f"stage{i + 1}" for i in range(len(stages))]
+        self.input_shape = tuple(input_shape)
+
+    def describe_stages(self) -> list[dict[str, object]]:
+        """Per stage: its name, output channels and reduction (input side ÷ output side; None
+        for a flat output), as `dmt backbones` and `dmt init --json` show them."""
+        side = self.input_shape[1]
+        return [
+            {
+                "name": name,
+                "channels": shape[0],
+                "reduction": round(side / shape[1], 2) if len(shape) == 3 else None,
+                "shape": list(shape),
+            }
+            for name, shape in zip(self.stage_names, self.feature_shapes, strict=True)
+        ]
 
     @property
     def out_shape(self) -> tuple[int, ...]:
@@ -24,6 +47,28 @@ class Column(nn.Module):
     @property
     def spatial(self) -> bool:
         return len(self.out_shape) == 3
+
+
+class InputNormalization(nn.Module):
+    """(x − mean) / std per channel: the input statistics pretrained weights expect (ImageNet's
+    for torchvision and timm). It holds no weights of its own (non-persistent buffers), so it
+    never enters a weight file; the manifest records the values and the model applies them once
+    to its input, for training, evaluation, prediction and the registered model alike."""
+
+    def __init__(self, mean: list[float], std: list[float], channels: int) -> None:
+        super().__init__()
+        mean_t, std_t = (
+            torch.tensor(mean, dtype=torch.float32),
+            torch.tensor(std, dtype=torch.float32),
+        )
+        if channels != len(mean):  # e.g. grey images on RGB weights: the average channel
+            mean_t = mean_t.mean().repeat(channels)
+            std_t = std_t.mean().repeat(channels)
+        self.register_buffer("mean", mean_t.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", std_t.view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
 
 
 def infer_feature_shapes(
