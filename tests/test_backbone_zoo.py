@@ -333,3 +333,38 @@ def test_dmt_backbones_lists_stages_for_an_input(run_cli) -> None:
     assert [s["reduction"] for s in rows[0]["stages"]] == [4, 8, 8, 8]
     everything = {r["name"] for r in list_backbones()}
     assert set(TORCHVISION) | {"dmt-cnn", "timm:MODEL"} <= everything
+
+
+def test_a_pretrained_store_serves_from_the_registry_and_grows_after_a_pull(
+    torch_home: Path, new_store_dir: Path, tmp_path: Path, run_cli, monkeypatch
+) -> None:
+    """The registered model applies the recorded normalisation (it predicts as `dmt predict`
+    does), and its artifact carries the initial column: a pulled store adds a task from the
+    pretrained weights with the cache gone."""
+    import json
+
+    import mlflow.pyfunc
+    import numpy as np
+
+    state = fabricate_torchvision(torch_home, "resnet18", "resnet18-f37072fd.pth")
+    store, uri = new_store_dir, f"sqlite:///{new_store_dir / 'mlflow.db'}"
+    common = ["--store", store, "-p", PLUGIN]
+    run_cli("init", *common, "--input", "3x32x32", "--backbone", "resnet18",
+            "--backbone-option", "weights=imagenet")  # fmt: skip
+    run_cli("add-task", "tiny.left", *common, "--epochs", "1", "--batch-size", "8")
+    (torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth").unlink()
+    batch = tmp_path / "batch.npy"
+    np.save(batch, np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32))
+    expected = json.loads(run_cli("predict", batch, "--store", store, "--json").stdout)["tasks"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    frame = mlflow.pyfunc.load_model("models:/store@current").predict(np.load(batch))
+    assert list(frame["tiny.left"]) == expected["tiny.left"]["prediction"]
+
+    pulled = tmp_path / "pulled"
+    run_cli("pull", "models:/store@current", "--store", pulled, "--tracking-uri", uri)
+    run_cli("add-task", "tiny.top", "--store", pulled, "-p", PLUGIN, "--no-tracking",
+            "--init-from", "none", "--freeze-stages", "1", "--epochs", "1", "--batch-size", "8")  # fmt: skip
+    model = load_model(
+        Store.open(pulled), Store.open(pulled).manifest(), create_plugin_host().kinds
+    )
+    assert torch.equal(model.part("tiny.top", "column").stages[0][0].weight, state["conv1.weight"])
