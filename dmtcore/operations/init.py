@@ -46,10 +46,10 @@ def init_store(
     column_options = backbone_kind.resolve_options(backbone_options)
     options = connection_kind.resolve_options(connection_options, backbone, column_options)
     published = backbone_kind.weights(column_options) if backbone_kind.weights else None
-    state = published.state_dict(download) if published is not None else None
     trial_spec = input_spec or InputSpec(3, 32, 32)
     try:  # trial builds check the option values before anything is written
-        connection_kind.build(0, 2, (4, 2, 2), options)
+        connection_kind.build(0, 2, (4, 2, 2), options)  # before reading a large weights file
+        state = published.state_dict(download) if published is not None else None
         if state is None:
             column = backbone_kind.build(trial_spec, column_options)
         else:  # the weights are RGB: the initial column is kept for 3 channels

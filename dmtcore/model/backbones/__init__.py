@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dmtcore.errors import InvalidValueError
+
 
 class Column(nn.Module):
     """One task's stages `s^1 … s^L`. Connections sit between stages, so they need the shape of
@@ -47,6 +49,14 @@ class Column(nn.Module):
     @property
     def spatial(self) -> bool:
         return len(self.out_shape) == 3
+
+
+def check_flag(backbone: str, options: dict[str, object], key: str) -> bool:
+    """A recipe's true/false option, refused by value when it is anything else."""
+    value = options.get(key, False)
+    if not isinstance(value, bool):
+        raise InvalidValueError(f"{backbone} {key} must be true or false, got {value!r}")
+    return value
 
 
 class InputNormalization(nn.Module):

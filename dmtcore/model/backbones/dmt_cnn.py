@@ -38,12 +38,10 @@ def same_padding(kernel: int) -> list[Any]:
 def build(input_spec: Any, options: dict[str, Any]) -> Any:
     from torch import nn
 
-    from dmtcore.model.backbones import Column
+    from dmtcore.model.backbones import Column, check_flag
 
     channels, height, width = input_spec.shape
-    spatial = options.get("spatial", False)
-    if not isinstance(spatial, bool):
-        raise InvalidValueError(f"dmt-cnn spatial must be true or false, got {spatial!r}")
+    spatial = check_flag("dmt-cnn", options, "spatial")
     pools = SPATIAL_POOLS if spatial else len(CONVOLUTIONS) - 1
     stages: list[nn.Module] = []
     for index, (out_channels, kernel) in enumerate(CONVOLUTIONS):

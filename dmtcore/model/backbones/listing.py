@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from dmtcore.errors import DmtError
+from dmtcore.errors import DmtError, first_line
 from dmtcore.hooks.kinds import Kinds
 from dmtcore.tasks.names import InputSpec
 
@@ -37,13 +37,11 @@ def describe_backbone(
             column = kind.build(input_spec, resolved)
         row["stages"] = column.describe_stages()
         row["parameters"] = sum(p.numel() for p in column.parameters())
-    except DmtError as exc:
-        row["stages"], row["error"] = [], str(exc)
-    except Exception as exc:
-        row["stages"], row["error"] = (
-            [],
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+    except Exception as exc:  # a recipe that cannot take this input says why, in its row
+        shown = (
+            str(exc) if isinstance(exc, DmtError) else f"{type(exc).__name__}: {first_line(exc)}"
         )
+        row["stages"], row["error"] = [], shown
     return row
 
 

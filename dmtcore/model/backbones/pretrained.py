@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dmtcore.errors import DataError, InvalidValueError
+from dmtcore.errors import DataError, InvalidValueError, first_line
 
 if TYPE_CHECKING:  # torch loads only when weights are used: listing plugins must stay fast
     import torch
@@ -64,13 +64,20 @@ class PublishedWeights:
                     f"{IMAGENET} --download'), or copy the file there"
                     + (f" (from {self.url})" if self.url else "")
                 )
-            path = self.fetch()
+            try:
+                path = self.fetch()
+            except Exception as exc:  # the network, a hash mismatch, a full disk
+                raise DataError(
+                    f"could not download {self.backbone} weights {self.name}"
+                    + (f" from {self.url}" if self.url else "")
+                    + f": {type(exc).__name__}: {first_line(exc)}"
+                ) from exc
         try:
             state = self.read(path)
         except Exception as exc:
             raise InvalidValueError(
                 f"{str(path)!r} is not a readable {self.backbone} checkpoint "
-                f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                f"({type(exc).__name__}: {first_line(exc)})"
             ) from exc
         import torch
 
@@ -199,10 +206,3 @@ def torchvision_option(
         return torchvision_weights(backbone, model or backbone, choice)
 
     return weights
-
-
-def check_flag(backbone: str, options: dict[str, Any], key: str) -> bool:
-    value = options.get(key, False)
-    if not isinstance(value, bool):
-        raise InvalidValueError(f"{backbone} {key} must be true or false, got {value!r}")
-    return value

@@ -24,11 +24,12 @@ from typing import Any
 from dmtcore.errors import InvalidValueError
 from dmtcore.hooks.kinds import BackboneKind, Kinds
 from dmtcore.hooks.specs import hookimpl
+from dmtcore.model.backbones import check_flag
 from dmtcore.model.backbones.pretrained import (
     NO_WEIGHTS,
     PublishedWeights,
     load_into,
-    torchvision_weights,
+    torchvision_option,
 )
 
 DEPTHS = {
@@ -41,9 +42,7 @@ OUTPUT_STRIDES = (8, 16)
 
 
 def check_dilation(name: str, options: dict[str, Any]) -> tuple[bool, int]:
-    dilated, stride = options.get("dilated", False), options.get("output_stride", 8)
-    if not isinstance(dilated, bool):
-        raise InvalidValueError(f"{name} dilated must be true or false, got {dilated!r}")
+    dilated, stride = check_flag(name, options, "dilated"), options.get("output_stride", 8)
     if stride not in OUTPUT_STRIDES:
         raise InvalidValueError(
             f"{name} output_stride must be one of {', '.join(map(str, OUTPUT_STRIDES))}, got {stride!r}"
@@ -94,7 +93,7 @@ def dilate(layer: Any, rate: int) -> None:
     """Turn a stride-2 layer of BasicBlocks into a stride-1 atrous one (torchvision's
     `_make_layer(dilate=True)` scheme: the first block's first convolution keeps the previous
     rate, every other 3×3 convolution uses `rate`)."""
-    previous = max(rate // 2, 1)
+    previous = rate // 2
     for index, block in enumerate(layer):
         first = index == 0
         block.conv1.stride = (1, 1)
@@ -114,11 +113,10 @@ def local_safetensors(name: str, path: Path) -> PublishedWeights:
             "(convert a torchvision checkpoint with safetensors.torch.save_file), or use "
             "weights=imagenet to read torchvision's own"
         )
-
-    def fetch() -> Path:  # pragma: no cover - the file is checked above
-        raise InvalidValueError(f"{name} weights_file {str(path)!r} cannot be downloaded")
-
-    return PublishedWeights(name, f"file {path.name}", path, fetch, lambda p: load_file(str(p)))
+    # the file is there (checked above), so "fetching" it is finding it
+    return PublishedWeights(
+        name, f"file {path.name}", path, lambda: path, lambda p: load_file(str(p))
+    )
 
 
 def make_weights(name: str):
@@ -131,9 +129,7 @@ def make_weights(name: str):
             )
         if file:
             return local_safetensors(name, Path(file))
-        if choice == NO_WEIGHTS:
-            return None
-        return torchvision_weights(name, name, choice)
+        return torchvision_option(name)(options)
 
     return weights
 

@@ -9,7 +9,8 @@ import itertools
 from collections.abc import Sequence
 from typing import Any
 
-from dmtcore.model.backbones.pretrained import check_flag, load_into
+from dmtcore.model.backbones import check_flag
+from dmtcore.model.backbones.pretrained import load_into
 
 
 def replace_first_conv(module: Any, channels: int) -> None:

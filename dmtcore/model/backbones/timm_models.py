@@ -23,14 +23,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dmtcore.errors import InvalidValueError, PluginError
+from dmtcore.errors import InvalidValueError, PluginError, first_line
 from dmtcore.hooks.kinds import BackboneFamily, BackboneKind, Kinds
 from dmtcore.hooks.specs import hookimpl
+from dmtcore.model.backbones import check_flag
 from dmtcore.model.backbones.pretrained import (
     IMAGENET,
     NO_WEIGHTS,
     PublishedWeights,
-    check_flag,
     load_into,
 )
 
@@ -116,7 +116,7 @@ def verify_cut(model_name: str, model: Any, stages: list[Any]) -> None:
     except Exception as exc:
         raise InvalidValueError(
             f"timm:{model_name} could not be checked on a {CHECK_SIDE}-pixel batch "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); dmt "
+            f"({type(exc).__name__}: {first_line(exc)}); dmt "
             "takes convolutional timm models such as timm:resnet50, timm:convnext_tiny or "
             "timm:efficientnet_b0"
         ) from exc
@@ -145,7 +145,7 @@ def make_kind(model_name: str) -> BackboneKind:
             + " ('python -c \"import timm; print(timm.list_models())\"' lists them)"
         )
     name = f"{PREFIX}:{model_name}"
-    checked: dict[str, bool] = {}
+    verified = False  # the cut is checked once per process, on the first real build
 
     def build(
         input_spec: Any, options: dict[str, Any], weights: dict[str, Any] | None = None
@@ -161,9 +161,10 @@ def make_kind(model_name: str) -> BackboneKind:
             load_into(model, weights, name, skip=(f"{classifier}.",))
         groups, stage_names = cut(model_name, model)
         stages = [nn.Sequential(*group) for group in groups]
-        if not checked and next(model.parameters()).device.type != "meta":
+        nonlocal verified
+        if not verified and next(model.parameters()).device.type != "meta":
             verify_cut(model_name, model, stages)
-            checked["done"] = True
+            verified = True
         if input_spec.channels != 3:
             from dmtcore.model.backbones.sequential import replace_first_conv
 

@@ -16,7 +16,8 @@ from typing import Any
 
 from dmtcore.hooks.kinds import BackboneKind, Kinds
 from dmtcore.hooks.specs import hookimpl
-from dmtcore.model.backbones.pretrained import NO_WEIGHTS, check_flag, load_into, torchvision_option
+from dmtcore.model.backbones import check_flag
+from dmtcore.model.backbones.pretrained import NO_WEIGHTS, load_into, torchvision_option
 
 MODELS = {"vgg16": "VGG-16", "vgg16_bn": "VGG-16 with BatchNorm"}
 
