@@ -25,12 +25,12 @@ import time
 from functools import lru_cache
 from typing import Any
 
+from dmt_plugins.shapes import COLOURS, KINDS
+from dmt_plugins.shapes import RGB as SHAPE_RGB
 from dmtcore import DataRequest, TaskData, TaskSpec, hookimpl
 
 NATIVE_SHAPE = (3, 32, 32)
-KINDS = ("circle", "square", "triangle")
-COLOURS = ("red", "green", "blue")
-RGB = ((0.9, 0.15, 0.1), (0.1, 0.8, 0.2), (0.15, 0.25, 0.95))
+RGB = tuple(SHAPE_RGB[c] for c in COLOURS)  # the built-in shapes' palette, in label order
 SEEDS = {"train": 11, "val": 12}
 
 
