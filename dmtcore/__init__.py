@@ -9,11 +9,14 @@ its data: docs/plugins.md):
     @hookimpl
     def dmt_register_tasks(kinds):
         kinds.add_task(TaskSpec(name="my.task", ...))
+
+A plugin's loss weighting subclasses `dmtcore.Weighting` (loaded on first use: it needs
+torch) and registers a `WeightingKind` in `dmt_register_weightings` (docs/weighting.md).
 """
 
 from dmtcore import old_paths
 from dmtcore.errors import DmtError
-from dmtcore.hooks.kinds import BackboneKind, ConnectionKind, Kinds, Registry
+from dmtcore.hooks.kinds import BackboneKind, ConnectionKind, Kinds, Registry, WeightingKind
 from dmtcore.hooks.specs import hookimpl
 from dmtcore.tasks.spec import DataRequest, HeadSpec, TaskData, TaskSpec
 
@@ -27,6 +30,7 @@ __all__ = [
     "Registry",
     "TaskData",
     "TaskSpec",
+    "WeightingKind",
     "hookimpl",
 ]
 __version__ = "0.1.0"
@@ -35,10 +39,15 @@ old_paths.install()  # `import dmtcore.taskspec` and the other flat-layout paths
 
 
 def __getattr__(name: str) -> object:
-    """`dmtcore.open_store` and `dmtcore.ModelStore`, the Python API of the commands, load on
-    first use, so that a plugin importing `dmtcore` pays nothing for them."""
+    """`dmtcore.open_store` and `dmtcore.ModelStore`, the Python API of the commands, and
+    `dmtcore.Weighting`, the base of loss weightings, load on first use, so that a plugin
+    importing `dmtcore` pays nothing for them."""
     if name in ("open_store", "ModelStore"):
         from dmtcore import api
 
         return getattr(api, name)
+    if name == "Weighting":
+        from dmtcore.train.weighting import Weighting
+
+        return Weighting
     raise AttributeError(f"module 'dmtcore' has no attribute {name!r}")

@@ -193,11 +193,15 @@ class ModelStore:
         *,
         connection: str | None = None,
         from_folders: dict[str, str | os.PathLike[str]] | None = None,
+        compare_with: str | os.PathLike[str] | None = None,
         **options: Any,
     ) -> dict[str, Any]:
-        """Train a group of new tasks jointly, all mutually connected (DMT §4.1). Returns
+        """Train a group of new tasks jointly, all mutually connected (DMT §4.1); options
+        `weighting` and `weighting_options` choose how their losses combine (`dmt
+        weightings`). `compare_with`: a store holding the same tasks (trained alone, say),
+        whose recorded metrics the record's `delta_m` (percent) is measured against. Returns
         `dmt train --json`'s record."""
-        from dmtcore.operations import train_tasks
+        from dmtcore.operations import baseline_metrics, train_tasks
 
         started = time.perf_counter()
         names = list(names)
@@ -213,14 +217,28 @@ class ModelStore:
             self.host.kinds.task(name)
         if connection is not None:
             self.host.kinds.connection(connection)
+        baseline = None if compare_with is None else baseline_metrics(Path(compare_with), names)
         uri = self._attach_tracker()
-        result = train_tasks(self.path, names, self.host, settings, data, connection, self.notify)
+        result = train_tasks(
+            self.path,
+            names,
+            self.host,
+            settings,
+            data,
+            connection,
+            self.notify,
+            baseline=baseline,
+        )
+        delta = result.summary.get("delta_m")
         return {
             "store": str(self.path),
             "version": result.version,
             "tasks": names,
             "metrics": result.metrics,
             "best_epoch": result.summary["best_epoch"],
+            "weighting": result.summary["weighting"],
+            "delta_m": delta["value"] if delta else None,
+            "compared_with": delta["baseline"] if delta else None,
             "seconds": round(time.perf_counter() - started, 2),
             "tracking_uri": uri,
         }
@@ -614,6 +632,34 @@ def list_backbones(
 
     spec = InputSpec.parse(input_spec)
     return rows(create_plugin_host(plugins, autoload=autoload).kinds, spec, names, options)
+
+
+def list_weightings(
+    *, plugins: Sequence[str] = (), autoload: bool | None = None
+) -> list[dict[str, Any]]:
+    """The loss weighting and gradient methods the plugins offer, the default first: `dmt
+    weightings --json`'s rows (name, description, paper, options with their defaults,
+    whether the method sees each task's gradients, and the plugin)."""
+    from dmtcore.hooks.host import create_plugin_host
+    from dmtcore.train.weighting import DEFAULT_WEIGHTING
+
+    kinds = create_plugin_host(plugins, autoload=autoload).kinds
+    names = sorted(kinds.weightings, key=lambda n: (n != DEFAULT_WEIGHTING, n))
+    rows = []
+    for name in names:
+        kind = kinds.weightings[name]
+        made = kind.build(["a", "b"], kind.resolve_options({}), 0)
+        rows.append(
+            {
+                "name": name,
+                "description": kind.description,
+                "paper": kind.paper,
+                "options": dict(kind.default_options),
+                "uses_gradients": bool(made.uses_gradients),
+                "plugin": kinds.owner("weighting", name),
+            }
+        )
+    return rows
 
 
 def tracking_uri_for(store: Path, tracking_uri: str | None) -> tuple[str, bool]:

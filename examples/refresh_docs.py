@@ -28,7 +28,7 @@ WIDTH = 100
 ORDER = (
     "init", "add-task", "train", "remove-task", "status", "history", "verify", "rollback",
     "eval", "predict", "connections", "relate", "register", "promote", "pull", "plugins", "tasks",
-    "backbones",
+    "backbones", "weightings",
 )  # fmt: skip
 
 

@@ -329,6 +329,7 @@ class MlflowTracker:
             }
         )
         values.update(report.connection_weights)
+        values.update({f"loss_weight.{task}": w for task, w in report.task_weights.items()})
         values["epoch_seconds"] = report.seconds
         metrics = [Metric(key, float(value), stamp, report.epoch) for key, value in values.items()]
         self.client.log_batch(self.run_id, metrics=metrics)
@@ -351,6 +352,13 @@ class MlflowTracker:
             for name, value in cache.items()
             if isinstance(value, int | float)
         ]
+        weighting = result.summary.get("weighting") or {}
+        metrics += [
+            Metric(f"loss_weight.{task}", float(value), stamp, 0)
+            for task, value in weighting.get("weights", {}).items()
+        ]
+        if result.summary.get("delta_m"):
+            metrics.append(Metric("delta_m", float(result.summary["delta_m"]["value"]), stamp, 0))
         self.client.log_batch(self.run_id, metrics=metrics)
         if cache:
             self.client.set_tag(self.run_id, "dmt.feature_cache", cache["location"])

@@ -148,7 +148,7 @@ def test_every_hook_is_documented_and_used() -> None:
         for name, f in inspect.getmembers(hookspecs, inspect.isfunction)
         if name.startswith("dmt_")
     ]
-    assert len(specs) == 8
+    assert len(specs) == 9
     for name in specs:
         assert inspect.getdoc(getattr(hookspecs, name)), f"{name} has no docstring"
         assert name in readme, f"{name} is not in docs/plugins.md"

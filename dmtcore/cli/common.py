@@ -86,6 +86,34 @@ def json_option(f: Callable[..., Any]) -> Callable[..., Any]:
     )(f)
 
 
+def weighting_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--weighting NAME and its --weighting-option KEY=VALUE (as `weighting_options`, a dict)."""
+
+    def parsed(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict:
+        from dmtcore.tasks.names import parse_option
+
+        return dict(parse_option(item) for item in value)
+
+    f = click.option(
+        "--weighting-option",
+        "weighting_options",
+        multiple=True,
+        metavar="KEY=VALUE",
+        callback=parsed,
+        help="An option of the weighting, e.g. alpha=1.5 for gradnorm (repeatable; "
+        "'dmt weightings' lists them).",
+    )(f)
+    return click.option(
+        "--weighting",
+        default="equal",
+        show_default=True,
+        metavar="NAME",
+        help="How the group's losses become one step: equal (summed), uncertainty, dwa, "
+        "gradnorm, pcgrad, aligned-mtl, or a plugin's ('dmt weightings' lists them). Taking "
+        "turns, a weighting other than equal steps once per round of one batch per task.",
+    )(f)
+
+
 def plugin_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option(
         "-p",

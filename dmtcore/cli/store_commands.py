@@ -170,6 +170,34 @@ def backbones(
 @cli.command()
 @plugin_options
 @json_option
+def weightings(plugins: tuple[str, ...], no_plugin_autoload: bool, as_json: bool) -> None:
+    """List the loss weighting and gradient methods `dmt train --weighting` and `dmt
+    remove-task --weighting` take, with their options and papers."""
+    from dmtcore.api import list_weightings
+
+    rows = list_weightings(plugins=plugins, autoload=False if no_plugin_autoload else None)
+
+    def human() -> None:
+        print_table(
+            [
+                (
+                    r["name"],
+                    "gradients" if r["uses_gradients"] else "losses",
+                    " ".join(f"{k}={v}" for k, v in r["options"].items()) or "-",
+                    r["paper"] or "-",
+                    r["description"],
+                )
+                for r in rows
+            ],
+            ("weighting", "sees", "options", "paper", "description"),
+        )
+
+    emit(as_json, rows, human)
+
+
+@cli.command()
+@plugin_options
+@json_option
 def plugins(plugins: tuple[str, ...], no_plugin_autoload: bool, as_json: bool) -> None:
     """List loaded plugins, their hooks and what they registered."""
     host = plugin_host(plugins, no_plugin_autoload)

@@ -18,6 +18,7 @@ from dmtcore.cli.common import (
     store_option,
     train_options,
     verbose,
+    weighting_options,
 )
 from dmtcore.errors import InvalidValueError
 from dmtcore.runtime.progress import duration
@@ -120,7 +121,17 @@ def _added_line(payload: dict[str, Any]) -> str:
     metavar="TASK=DIR",
     help="Make TASK (one of TASK...) from an image folder (repeatable); layout as add-task's.",
 )
+@click.option(
+    "--compare-with",
+    "compare_with",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="STORE",
+    help="Report Δm, the mean relative gain over STORE's validation metrics of the same "
+    "tasks: e.g. a store where each task was trained alone (connection none).",
+)
 @train_options(default_epochs=5)
+@weighting_options
 @plugin_options
 @json_option
 def train(
@@ -128,6 +139,7 @@ def train(
     store: Path,
     connection: str | None,
     from_folder: tuple[str, ...],
+    compare_with: Path | None,
     plugins: tuple[str, ...],
     no_plugin_autoload: bool,
     as_json: bool,
@@ -135,9 +147,10 @@ def train(
 ) -> None:
     """Train a group of new tasks jointly, all mutually connected (DMT §4.1).
 
-    Tasks that share their images train in one pass per batch (their losses summed); others
-    take turns, each on its own data and loss (--joint-mode). Existing tasks stay frozen;
-    later add-task calls connect to the whole group.
+    Tasks that share their images train in one pass per batch (their losses summed, or
+    combined by --weighting); others take turns, each on its own data and loss
+    (--joint-mode). Existing tasks stay frozen; later add-task calls connect to the whole
+    group.
     """
     notify = starting(as_json)
     folders = {}
@@ -150,7 +163,13 @@ def train(
             )
         folders[task] = Path(folder)
     api = _open_store(store, plugins, no_plugin_autoload, options, notify, as_json)
-    payload = api.train(names, connection=connection, from_folders=folders, **_settings(options))
+    payload = api.train(
+        names,
+        connection=connection,
+        from_folders=folders,
+        compare_with=compare_with,
+        **_settings(options),
+    )
     result_metrics = payload["metrics"]
 
     def human() -> None:
@@ -163,6 +182,15 @@ def train(
             [(t, *(v.get(m, "") for m in metric_names)) for t, v in result_metrics.items()],
             ("task", *metric_names),
         )
+        weighting = payload["weighting"]
+        if weighting["weights"]:
+            weights = ", ".join(f"{t} {w:.3f}" for t, w in weighting["weights"].items())
+            click.echo(f"weighting {weighting['name']}: last epoch's mean weights {weights}")
+        if payload.get("delta_m") is not None:
+            click.echo(
+                f"Δm {payload['delta_m']:+.2f}% against {payload['compared_with']} (mean "
+                "relative gain over its metrics of the same tasks; positive is better)"
+            )
 
     emit(as_json, payload, human)
 
@@ -171,6 +199,7 @@ def train(
 @click.argument("name")
 @store_option
 @train_options(default_epochs=3)
+@weighting_options
 @plugin_options
 @json_option
 def remove_task(

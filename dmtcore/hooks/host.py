@@ -40,8 +40,19 @@ BUILTIN_PLUGINS = (
     "dmtcore.model.connections.ttc",
     "dmtcore.model.connections.nddr",
     "dmtcore.model.connections.cross_stitch",
+    "dmtcore.train.weighting.equal",
+    "dmtcore.train.weighting.uncertainty",
+    "dmtcore.train.weighting.dwa",
+    "dmtcore.train.weighting.gradnorm",
+    "dmtcore.train.weighting.pcgrad",
+    "dmtcore.train.weighting.aligned_mtl",
 )
-REGISTRATION_HOOKS = ("dmt_register_backbones", "dmt_register_connections", "dmt_register_tasks")
+REGISTRATION_HOOKS = (
+    "dmt_register_backbones",
+    "dmt_register_connections",
+    "dmt_register_weightings",
+    "dmt_register_tasks",
+)
 
 
 @dataclass

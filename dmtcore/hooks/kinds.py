@@ -1,4 +1,5 @@
-"""The object plugins register into: tasks, backbones (column recipes) and connection kinds.
+"""The object plugins register into: tasks, backbones (column recipes), connection kinds and
+loss weightings.
 
 Modelled on tox 4's registry objects: a plugin calls `kinds.add_*`, the object remembers
 which plugin added what, and a duplicate is refused with a message naming both owners.
@@ -131,6 +132,22 @@ class ConnectionKind:
         return auto_lr_mult(self.lr_mult_by_optimizer, optimizer), "default"
 
 
+@dataclass(frozen=True)
+class WeightingKind:
+    """A loss weighting or gradient method for jointly trained tasks: `build(tasks, options,
+    seed)` returns a `dmtcore.train.weighting.Weighting` over those task names. `paper`: the
+    work it implements, shown by `dmt weightings`."""
+
+    name: str
+    description: str
+    build: Callable[..., Any] = field(repr=False)
+    default_options: dict[str, Any] = field(default_factory=dict)
+    paper: str = ""
+
+    def resolve_options(self, given: dict[str, Any] | None) -> dict[str, Any]:
+        return _resolve("weighting", self.name, self.default_options, given)
+
+
 def auto_lr_mult(by_optimizer: dict[str, float], optimizer: str = NOMINAL_OPTIMIZER) -> float:
     """The multiplier for `optimizer`; one the kind does not list gets its first value."""
     return float(by_optimizer.get(optimizer, next(iter(by_optimizer.values()))))
@@ -204,6 +221,7 @@ class Kinds:
         self.backbones: dict[str, BackboneKind] = {}
         self.backbone_families: dict[str, BackboneFamily] = {}
         self.connections: dict[str, ConnectionKind] = {}
+        self.weightings: dict[str, WeightingKind] = {}
         self.owners: dict[tuple[str, str], str] = {}
         self.current_plugin = "<unknown>"
 
@@ -234,6 +252,14 @@ class Kinds:
     def add_connection(self, kind: ConnectionKind) -> None:
         self._add(self.connections, "connection kind", kind.name, kind)
 
+    def add_weighting(self, kind: WeightingKind) -> None:
+        if not isinstance(kind, WeightingKind):
+            raise InvalidValueError(
+                f"plugin {self.current_plugin!r} passed {type(kind).__name__} to add_weighting; "
+                "expected a dmtcore.WeightingKind"
+            )
+        self._add(self.weightings, "weighting", kind.name, kind)
+
     def owner(self, what: str, name: str) -> str:
         return self.owners[(what, name)]
 
@@ -260,6 +286,11 @@ class Kinds:
         if name not in self.connections:
             raise unknown_name("connection kind", name, self.connections)
         return self.connections[name]
+
+    def weighting(self, name: str) -> WeightingKind:
+        if name not in self.weightings:
+            raise unknown_name("weighting", name, self.weightings)
+        return self.weightings[name]
 
 
 Registry = Kinds  # the name plugins written before the rename import

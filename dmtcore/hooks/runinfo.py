@@ -34,6 +34,9 @@ class EpochReport:
     seconds: float
     is_best: bool
     step: int = 0  # optimiser steps so far
+    # Each task's mean loss weight since the last point, where a weighting other than equal
+    # trains a group (dmtcore.train.weighting); empty otherwise.
+    task_weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

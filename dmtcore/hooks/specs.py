@@ -52,6 +52,16 @@ def dmt_register_connections(kinds: Kinds, registry: Kinds) -> None:
 
 
 @hookspec
+def dmt_register_weightings(kinds: Kinds, registry: Kinds) -> None:
+    """Add loss weighting and gradient methods for jointly trained tasks with
+    `kinds.add_weighting(WeightingKind(...))`: `dmt train --weighting NAME` picks one.
+
+    The built-in methods (`equal`, `uncertainty`, `dwa`, `gradnorm`, `pcgrad`, `aligned-mtl`)
+    are registered through this hook like any other.
+    """
+
+
+@hookspec
 def dmt_run_started(run: RunInfo) -> None:
     """Called once an operation has validated its inputs, right before training starts.
 

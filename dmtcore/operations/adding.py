@@ -46,6 +46,7 @@ from dmtcore.runtime.faults import crash_point
 from dmtcore.runtime.progress import Stage
 from dmtcore.store.checkpoint import empty_model, load_model
 from dmtcore.store.directory import Store
+from dmtcore.tasks.metrics import delta_m
 from dmtcore.tasks.names import InputSpec, unknown_name
 from dmtcore.tasks.spec import TaskSpec
 from dmtcore.train.loop import (
@@ -55,6 +56,7 @@ from dmtcore.train.loop import (
     fit,
     joint_mode,
 )
+from dmtcore.train.weighting import Weighting, make_weighting
 
 INIT_NONE, INIT_AUTO = "none", "auto"  # add-task --init-from: fresh weights, or pick a column
 
@@ -74,6 +76,28 @@ def add_task(
     return train_tasks(path, [name], host, settings, data, notify=notify, init_from=init_from)
 
 
+def baseline_metrics(path: Path, names: Sequence[str]) -> dict[str, Any]:
+    """The recorded validation metrics of `names` in the store at `path`, to measure Δm
+    against (`train_tasks(baseline=...)`): {"path", "version", "metrics": {task: metrics}}.
+    A missing store or task is refused naming what the store holds."""
+    store = Store.open(path)
+    manifest = store.manifest()
+    held = {t["name"]: t["metrics"] for t in manifest["tasks"]}
+    missing = [n for n in names if n not in held]
+    if missing:
+        raise InvalidValueError(
+            f"store {str(path)!r} (compared with) has no task {missing[0]!r}; it holds "
+            f"{', '.join(held) or 'no tasks'}: train the same tasks there first, e.g. each alone "
+            f"with 'dmt init {path} --connection none' and 'dmt add-task {' '.join(names)} "
+            f"--store {path}'"
+        )
+    return {
+        "path": str(path),
+        "version": manifest["version"],
+        "metrics": {n: held[n] for n in names},
+    }
+
+
 def train_tasks(
     path: Path,
     names: Sequence[str],
@@ -83,16 +107,23 @@ def train_tasks(
     connection: str | None = None,
     notify: Notify = stderr,
     init_from: str = INIT_NONE,
+    baseline: dict[str, Any] | None = None,
 ) -> RunResult:
     """Train a group of new tasks together (DMT §4.1): each gets a column connected to every
     existing task and to the other members. Tasks that share their images train in one pass
     per batch, the others take turns, each on its own data and loss (`joint_mode`, recorded in
     the version and the run). With one task this is add-task. `connection` picks the kind when the
-    store is created here, and must match the store's kind otherwise."""
+    store is created here, and must match the store's kind otherwise. `baseline`
+    (`baseline_metrics`): the trained tasks' Δm against it is recorded in the version and
+    the run. A weighting other than equal (settings.weighting) combines the group's losses."""
     names = list(names)
     if not names or len(set(names)) != len(names):
         raise InvalidValueError(f"give one or more distinct tasks to train, got {names}")
     specs = [host.kinds.task(name) for name in names]
+    # An unknown method or option fails here, before a store is made or data is read.
+    weighting = make_weighting(
+        host.kinds, settings.weighting, settings.weighting_options, names, settings.seed
+    )
     world, device = world_and_device(settings)
     created = not Path(path).exists()
     if world.is_main and not Store.exists(path):
@@ -128,6 +159,8 @@ def train_tasks(
                 notify,
                 world,
                 init_from,
+                weighting,
+                baseline,
             )
         except BaseException:
             # A store this command created, still empty, goes again (under the lock, so no other
@@ -150,6 +183,8 @@ def _train_tasks(
     notify: Notify,
     world: World,
     init_from: str = INIT_NONE,
+    weighting: Weighting | None = None,
+    baseline: dict[str, Any] | None = None,
 ) -> RunResult:
     names = [spec.name for spec in specs]
     manifest = store.manifest()
@@ -208,6 +243,7 @@ def _train_tasks(
             notify,
             world,
             kept=stored_features,
+            weighting=weighting,
         )
         run.extra["previews"] = dense_previews(model, targets, notify, world)
         new = copy.deepcopy(manifest)
@@ -222,6 +258,12 @@ def _train_tasks(
             )
         new["operation"] = operation_record(operation, names, settings, result, result.metrics)
         new["operation"]["init_from"] = init_record
+        if baseline is not None:
+            new["operation"]["delta_m"] = {
+                "value": round(delta_m(result.metrics, baseline["metrics"]), 4),
+                "baseline": baseline["path"],
+                "baseline_version": baseline["version"],
+            }
         notify(Stage(committing(store)))
         commit_weights(store, model, new, set(names), write=world.is_main)
         return new, result.metrics

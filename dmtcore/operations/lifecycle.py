@@ -141,6 +141,7 @@ def operation_record(
         "bn_recalibrated": result.bn_recalibrated if result else False,
         "connection_lr_mult": result.connection_lr_mult if result else None,
         "joint_mode": result.joint_mode if result else None,
+        **({"weighting": result.weighting} if result and result.weighting else {}),
     }
 
 

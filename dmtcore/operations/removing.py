@@ -50,6 +50,7 @@ from dmtcore.train.loop import (
     fit,
     joint_mode,
 )
+from dmtcore.train.weighting import make_weighting
 
 
 def remove_task(
@@ -65,6 +66,8 @@ def remove_task(
     ends below it. The result's summary holds every remaining task's primary metric before,
     cut, and after, and which state was kept ('cut' or 'epoch N')."""
     store = Store.open(path)
+    # An unknown method or option fails here, before anything is loaded.
+    host.kinds.weighting(settings.weighting).resolve_options(settings.weighting_options)
     world, device = world_and_device(settings)
     with writer(store, world, f"remove-task {name}"):
         manifest = store.manifest()
@@ -115,6 +118,13 @@ def remove_task(
         def work() -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
             result = None
             if model.param_groups():
+                weighting = make_weighting(
+                    host.kinds,
+                    settings.weighting,
+                    settings.weighting_options,
+                    affected,
+                    settings.seed,
+                )
                 result = fit(
                     model,
                     [targets[t] for t in affected],
@@ -124,6 +134,7 @@ def remove_task(
                     world,
                     start={t: cut[t] for t in affected},
                     kept=stored_features,
+                    weighting=weighting,
                 )
             kept = kept_state(result)
             run.extra["previews"] = dense_previews(

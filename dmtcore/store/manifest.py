@@ -372,6 +372,20 @@ OPERATION = Record(
         ),
         # how a group trained: one pass per batch, taking turns, or a single task
         "joint_mode": Nullable(Text(("single", "one-pass", "turns"))),
+        # how the group's losses became each step: the method, its options, and each task's
+        # mean weight in the last epoch (empty for equal weights or a single task)
+        "weighting": Record(
+            {
+                "name": NAME,
+                "options": MapOf(Anything()),
+                "weights": MapOf(Number(finite=True), key=TASK_NAME),
+            }
+        ),
+        # Δm in percent against another store's metrics of the same tasks (dmt train
+        # --compare-with), and that store's path and version
+        "delta_m": Record(
+            {"value": Number(finite=True), "baseline": Text(), "baseline_version": VERSION}
+        ),
         # where each new column started: requested value, column per task, and why
         "init_from": Record(
             {

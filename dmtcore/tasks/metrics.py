@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from dmtcore.errors import InvalidValueError
 from dmtcore.tasks.names import unknown_name
 from dmtcore.tasks.spec import (
     DEFAULT_METRICS,
@@ -24,6 +25,7 @@ from dmtcore.tasks.spec import (
     IGNORE_LABEL,
     LOSS_NAMES,
     METRIC_NAMES,
+    higher_is_better,
 )
 
 # Median angle errors come from a histogram of this resolution (degrees): exact to half of it.
@@ -268,3 +270,31 @@ def probabilities(output_kind: str, logits: torch.Tensor) -> torch.Tensor:
 
 DENSE_METRICS = {m for kind in DENSE_KINDS for m in DEFAULT_METRICS[kind]}
 assert set(LOSSES) == set(LOSS_NAMES) and set(METRICS) | DENSE_METRICS == set(METRIC_NAMES)
+
+
+def delta_m(metrics: dict[str, dict[str, float]], baseline: dict[str, dict[str, float]]) -> float:
+    """Δm (Maninis et al. 2019; Vandenhende et al. 2021, eq. 10), in percent: each task's mean
+    relative difference from `baseline` (usually the task trained alone) over the metrics
+    both record, signed so that better is positive (an error metric counts down), then the
+    mean over the tasks, as LibMTL computes it. Metrics missing from either side, or with a
+    baseline of 0 or NaN, are left out; a task with none left is refused."""
+    per_task = []
+    for task, values in metrics.items():
+        if task not in baseline:
+            raise InvalidValueError(f"no baseline metrics for task {task!r} (Δm)")
+        gains = []
+        for name, value in values.items():
+            base = baseline[task].get(name)
+            if base is None or not math.isfinite(base) or base == 0 or not math.isfinite(value):
+                continue
+            sign = 1.0 if higher_is_better(name) else -1.0
+            gains.append(sign * (value - base) / abs(base))
+        if not gains:
+            raise InvalidValueError(
+                f"task {task!r}: no metric in common with its baseline for Δm "
+                f"(has {sorted(values)}, baseline {sorted(baseline[task])})"
+            )
+        per_task.append(sum(gains) / len(gains))
+    if not per_task:
+        raise InvalidValueError("Δm needs at least one task")
+    return 100.0 * sum(per_task) / len(per_task)

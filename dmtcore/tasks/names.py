@@ -41,7 +41,7 @@ def validate_task_name(name: str) -> str:
 # close matches and the command that lists them all say more than one very long line.
 MAX_LISTED_NAMES = 12
 # The command that lists the names of a kind, for an error that does not list them.
-LISTED_BY = {"task": "dmt tasks", "backbone": "dmt backbones"}
+LISTED_BY = {"task": "dmt tasks", "backbone": "dmt backbones", "weighting": "dmt weightings"}
 
 
 def suggest(name: str, known: Iterable[str]) -> str:

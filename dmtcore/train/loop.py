@@ -4,8 +4,9 @@ Only the parts in the model's `TrainingPlan` learn; frozen columns run without a
 eval mode, and with deterministic data their features are computed once and then read from
 the feature cache. Several targets whose splits hold the very same images (the digits
 attributes) train in one pass per batch: every column runs once and the tasks' losses are
-summed (`joint_mode`); others take turns, one batch each, each on its own data and loss
-(DMT §4.1). After every epoch the targets are validated and the best epoch by
+combined into one step by the group's weighting (summed by default: dmtcore.train.weighting;
+`joint_mode`); others take turns, one batch each, each on its own data and loss (DMT §4.1),
+or under a weighting other than equal one round of one batch per task per step. After every epoch the targets are validated and the best epoch by
 `epoch_score` (the primary metric in its direction; a group's mean relative improvement) is kept; the trained parts are restored to it at the end. A caller whose
 starting point is already a result (remove-task's cut) passes its metrics as epoch 0: training
 then never ends below it. Under torchrun each rank trains on its share of the data through
@@ -15,11 +16,9 @@ DistributedDataParallel.
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import itertools
 import math
-import operator
 import os
 import shutil
 import sys
@@ -46,6 +45,8 @@ from dmtcore.tasks.metrics import loss_function
 from dmtcore.tasks.spec import TaskSpec, higher_is_better
 from dmtcore.train.evaluation import autocast, evaluate, metric_state, shared_images
 from dmtcore.train.feature_cache import FeatureCache, check_cache_settings, size_text
+from dmtcore.train.weighting import DEFAULT_WEIGHTING, Weighting, backward
+from dmtcore.train.weighting.equal import Equal
 
 
 def _without_compiler_import(base: type[torch.optim.Optimizer]) -> type[torch.optim.Optimizer]:
@@ -134,6 +135,10 @@ class TrainSettings:
     # Keep the first N stages of each new column as they start (pretrained or warm-started):
     # only the upper stages train, which cuts cost and overfitting on small tasks.
     freeze_stages: int = 0
+    # How a group's losses become one step (dmtcore.train.weighting): a method registered
+    # through dmt_register_weightings, with its options. "equal" sums them, as dmt always did.
+    weighting: str = DEFAULT_WEIGHTING
+    weighting_options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         seed_limit = 2**32 - 1  # numpy's seeds stop here, torch's at 2**64 - 1: plugins get both
@@ -183,6 +188,12 @@ class TrainSettings:
             raise InvalidValueError(
                 f"workers must be a number of processes ≥ 0, got {self.workers!r}"
             )
+        if not isinstance(self.weighting, str) or not self.weighting:
+            raise InvalidValueError(f"weighting must be a method's name, got {self.weighting!r}")
+        if not isinstance(self.weighting_options, dict):
+            raise InvalidValueError(
+                f"weighting options must be a dict of KEY: VALUE, got {self.weighting_options!r}"
+            )
         mult = self.connection_lr_mult
         if mult is not None and not (math.isfinite(mult) and mult > 0):
             raise InvalidValueError(
@@ -209,6 +220,8 @@ class FitResult:
     # The connections' learning-rate multiplier as trained, and its source (connection_lr_mult).
     connection_lr_mult: dict[str, Any] = field(default_factory=dict)
     joint_mode: str = "single"  # "one-pass" or "turns" for a group: see joint_mode
+    # The weighting as trained: name, options, and each task's mean weight in the last epoch.
+    weighting: dict[str, Any] = field(default_factory=dict)
 
 
 def connection_lr_mult(model: Any, settings: TrainSettings) -> dict[str, Any]:
@@ -371,17 +384,44 @@ class _Group:
         }
 
 
-def _train_batches(
-    targets: list[Target], group: _Group | None
-) -> Iterator[tuple[list[str], torch.Tensor, dict[str, torch.Tensor], torch.Tensor]]:
-    """(tasks trained, images, task -> labels, indices) per step: taking turns, one task a
-    step; in one pass, the whole group every step."""
-    if group is None:
+Pass = tuple[list[str], torch.Tensor, dict[str, torch.Tensor], torch.Tensor]
+
+
+def _rounds(
+    targets: list[Target],
+) -> Iterator[list[tuple[Target, torch.Tensor, torch.Tensor, torch.Tensor]]]:
+    """One batch of every target still running per round, until every loader is spent: the
+    steps of a group that takes turns under a weighting, which needs all the losses at once
+    (as LibMTL's multi-input mode draws one batch per task per step)."""
+    iterators = [(t, t.train.indexed()) for t in targets]
+    while iterators:
+        still_running, round_ = [], []
+        for target, iterator in iterators:
+            batch = next(iterator, None)
+            if batch is not None:
+                still_running.append((target, iterator))
+                round_.append((target, *batch))
+        iterators = still_running
+        if round_:
+            yield round_
+
+
+def _train_steps(targets: list[Target], group: _Group | None, rounds: bool) -> Iterator[list[Pass]]:
+    """The forward passes of each optimiser step, each as (tasks trained, images, task ->
+    labels, indices): in one pass, the whole group every step; taking turns, one task a step,
+    or with `rounds` one pass per task still running."""
+    if group is not None:
+        for images, labels, index in group.batches("train"):
+            yield [(group.names, images, labels, index)]
+    elif rounds:
+        for round_ in _rounds(targets):
+            yield [
+                ([t.spec.name], images, {t.spec.name: labels}, index)
+                for t, images, labels, index in round_
+            ]
+    else:
         for target, images, labels, index in _turns(targets):
-            yield [target.spec.name], images, {target.spec.name: labels}, index
-        return
-    for images, labels, index in group.batches("train"):
-        yield group.names, images, labels, index
+            yield [([target.spec.name], images, {target.spec.name: labels}, index)]
 
 
 def evaluate_group(
@@ -441,10 +481,12 @@ def fit(
     world: World = World(),
     start: dict[str, dict[str, float]] | None = None,
     kept: KeptFeatures | None = None,
+    weighting: Weighting | None = None,
 ) -> FitResult:
     """Train the model's planned parts on `targets`, validating after every epoch (or every
     `settings.eval_every` steps); the best validation point is restored at the end. `kept`:
     the store's features of frozen columns kept from earlier operations, for the cache's pass.
+    `weighting` turns a group's losses into each step (None: equal weights, their sum).
 
     `start` is the validation metrics of every target before training (remove-task's cut):
     the untrained state is then epoch 0 of the best-epoch rule, kept (`best_epoch` 0) unless a
@@ -468,9 +510,13 @@ def fit(
             "(30x for resnet18 on an AVX2 CPU); it is meant for GPUs"
         )
     mode, reason = joint_mode(targets, settings)
+    weighting = _checked_weighting(weighting, targets, world, notify)
+    rounds = mode == "turns" and not isinstance(weighting, Equal)
     if mode != "single":
         names = ", ".join(t.spec.name for t in targets)
         how = "in one pass per batch" if mode == "one-pass" else "taking turns, one batch each"
+        if rounds:
+            how = "taking turns, one step per round of one batch of each task"
         notify(f"training {names} {how} ({reason})")  # a note: how the group trained
     group = _Group.of(model, targets) if mode == "one-pass" else None
     splits = (
@@ -504,6 +550,8 @@ def fit(
             bars=bars,
             group=group,
             kept=kept,
+            weighting=weighting,
+            rounds=rounds,
         )
     finally:
         bars.close()
@@ -532,8 +580,13 @@ def _fit(
     bars: contextlib.ExitStack,
     group: _Group | None = None,
     kept: KeptFeatures | None = None,
+    weighting: Weighting,
+    rounds: bool = False,
 ) -> FitResult:
-    optimizer, lr_mult = make_optimizer(model, settings)
+    weighting.to(device)
+    optimizer, lr_mult = make_optimizer(model, settings, list(weighting.parameters()))
+    own = {id(p) for p in weighting.parameters()}
+    trained_params = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in own]
     names = [t.spec.name for t in targets]
     losses = {t.spec.name: loss_function(t.spec.loss) for t in targets}
     specs = {t.spec.name: t.spec for t in targets}
@@ -551,13 +604,16 @@ def _fit(
     step = 0
     totals: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(names, 0)
+    weight_sums: dict[str, float] = {}  # the weighting's weights, summed since the last validation
+    last_weights: dict[str, float] = {}
     started = time.perf_counter()
     if cache is not None:  # the frozen columns' one pass, counted in epoch 1's time
         _fill_cache(cache, model, targets, notify, world, kept)
-    bar = bars.enter_context(_run_bar(targets, settings, world, group))
+    bar = bars.enter_context(_run_bar(targets, settings, world, group, rounds))
 
     def validate(epoch: int) -> None:
         nonlocal best_score, best_state, best, totals, counts, started, reference
+        nonlocal weight_sums, last_weights
         train_loss = {n: float(totals[n]) / counts[n] for n in names if counts[n]}
         for name, value in train_loss.items():
             _check_finite(name, value, epoch, settings)
@@ -583,39 +639,56 @@ def _fit(
             best_score, best_state, best = score, model.trained_state(), (epoch, metrics)
         seconds = time.perf_counter() - started
         weights = flat_relation_weights(model, names)
-        report = EpochReport(epoch, train_loss, metrics, weights, seconds, is_best, step)
+        task_weights = {
+            n: weight_sums[n] / counts[n] for n in names if counts[n] and n in weight_sums
+        }
+        last_weights = task_weights or last_weights
+        report = EpochReport(
+            epoch, train_loss, metrics, weights, seconds, is_best, step, task_weights
+        )
         reports.append(report)
         bar.clear()  # the epoch's line is printed where the bar was; the bar comes back below
         on_epoch(report)
         crash_point("validated")
         totals, counts, started = {}, dict.fromkeys(names, 0), time.perf_counter()
+        weight_sums = {}
         model.train_mode()
 
     for epoch in range(1, settings.epochs + 1):
         model.train_mode()
         bar.set_description_str(f"epoch {epoch}/{settings.epochs}", refresh=False)
-        for trained, images, labels, index in _train_batches(targets, group):
-            if epoch == 1:
-                unlabelled -= {
-                    n
-                    for n in trained
-                    if n in unlabelled and has_labelled_pixels(specs[n].output, labels[n])
-                }
-            if group is not None:
-                given = group.given(cache, "train", index)
-            else:
-                given = cache.lookup(trained[0], "train", index) if cache else None
-            with autocast(device, settings.precision):
-                logits = step_model(images, trained, given)
-                task_losses = {n: losses[n](logits[n].float(), labels[n]) for n in trained}
-                loss = functools.reduce(operator.add, task_losses.values())
+        epoch_totals: dict[str, torch.Tensor] = {}
+        epoch_counts = dict.fromkeys(names, 0)
+        for passes in _train_steps(targets, group, rounds):
+            task_losses: dict[str, torch.Tensor] = {}
+            for trained, images, labels, index in passes:
+                if epoch == 1:
+                    unlabelled -= {
+                        n
+                        for n in trained
+                        if n in unlabelled and has_labelled_pixels(specs[n].output, labels[n])
+                    }
+                if group is not None:
+                    given = group.given(cache, "train", index)
+                else:
+                    given = cache.lookup(trained[0], "train", index) if cache else None
+                with autocast(device, settings.precision):
+                    logits = step_model(images, trained, given)
+                    task_losses.update(
+                        {n: losses[n](logits[n].float(), labels[n]) for n in trained}
+                    )
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            backward(weighting, task_losses, trained_params)
             optimizer.step()
+            step_weights = {} if isinstance(weighting, Equal) else weighting.weights()
             for name, task_loss in task_losses.items():
                 value = task_loss.detach()
                 totals[name] = totals[name] + value if name in totals else value
                 counts[name] += 1
+                epoch_totals[name] = epoch_totals[name] + value if name in epoch_totals else value
+                epoch_counts[name] += 1
+                if step_weights:
+                    weight_sums[name] = weight_sums.get(name, 0.0) + step_weights.get(name, 1.0)
             step += 1
             crash_point("step")
             interrupts.check()
@@ -628,6 +701,9 @@ def _fit(
         for target in targets:
             if target.spec.name in unlabelled:
                 raise no_labelled_pixels(target.train.origin)
+        weighting.end_epoch(
+            epoch, {n: float(epoch_totals[n]) / epoch_counts[n] for n in names if epoch_counts[n]}
+        )
         if not settings.eval_every:
             validate(epoch)
     if not reports:  # eval_every larger than the whole run: validate once at the end
@@ -637,33 +713,75 @@ def _fit(
     model.eval()
     crash_point("fitted")
     return FitResult(
-        best[0], best[1], reports, bn_recalibrated=recalibrates, connection_lr_mult=lr_mult
+        best[0],
+        best[1],
+        reports,
+        bn_recalibrated=recalibrates,
+        connection_lr_mult=lr_mult,
+        weighting={
+            "name": settings.weighting if not isinstance(weighting, Equal) else DEFAULT_WEIGHTING,
+            "options": dict(weighting.options),
+            "weights": {n: round(w, 6) for n, w in last_weights.items()},
+        },
     )
 
 
 def make_optimizer(
-    model: Trainable, settings: TrainSettings
+    model: Trainable, settings: TrainSettings, extra: list[torch.nn.Parameter] | None = None
 ) -> tuple[torch.optim.Optimizer, dict[str, Any]]:
     """The optimiser over the model's trained parameters, each group at the base learning rate
     times its multiplier (the connections' as `connection_lr_mult` resolves it), and that
-    resolution, for the record."""
+    resolution, for the record. `extra`: parameters a weighting learns, at the base rate."""
     lr_mult = connection_lr_mult(model, settings)
-    groups = model.param_groups(lr_mult["value"])
-    optimizer = OPTIMIZERS[settings.optimizer](
-        [
-            {"params": g.params, "lr": settings.lr * g.lr_mult, "weight_decay": g.weight_decay}
-            for g in groups
-        ]
-    )
-    return optimizer, lr_mult
+    groups = [
+        {"params": g.params, "lr": settings.lr * g.lr_mult, "weight_decay": g.weight_decay}
+        for g in model.param_groups(lr_mult["value"])
+    ]
+    if extra:
+        groups.append({"params": extra, "lr": settings.lr, "weight_decay": 0.0})
+    return OPTIMIZERS[settings.optimizer](groups), lr_mult
+
+
+def _checked_weighting(
+    weighting: Weighting | None, targets: list[Target], world: World, notify: Callable[[str], None]
+) -> Weighting:
+    """The weighting `fit` uses: equal weights where none is given, and for one task (a
+    weighting balances a group: one task trains on its own loss, said in a note). Under
+    torchrun only equal weights: the others' per-process state would drift apart."""
+    names = [t.spec.name for t in targets]
+    if weighting is None or isinstance(weighting, Equal):
+        return weighting or Equal(names, {})
+    method = type(weighting).__name__
+    if len(targets) == 1:
+        notify(f"weighting {method}: {names[0]} trains alone, on its own loss")
+        return Equal(names, {})
+    if world.size > 1:
+        raise InvalidValueError(
+            f"a weighting other than equal ({method}) trains in one process only, not under "
+            f"torchrun with {world.size} processes; drop --weighting or run without torchrun"
+        )
+    if sorted(weighting.tasks) != sorted(names):
+        raise InvalidValueError(
+            f"weighting {method} was made for {weighting.tasks}, not for the tasks trained ({names})"
+        )
+    return weighting
 
 
 def _run_bar(
-    targets: list[Target], settings: TrainSettings, world: World, group: _Group | None = None
+    targets: list[Target],
+    settings: TrainSettings,
+    world: World,
+    group: _Group | None = None,
+    rounds: bool = False,
 ) -> tqdm:
     """One bar for the whole run (every step of every epoch), so that its estimate of the time
     left is the run's; drawn on a terminal only, and never while the CLI prints JSON."""
-    per_epoch = len(targets[0].train) if group else sum(len(t.train) for t in targets)
+    if group:
+        per_epoch = len(targets[0].train)
+    elif rounds:
+        per_epoch = max(len(t.train) for t in targets)
+    else:
+        per_epoch = sum(len(t.train) for t in targets)
     return tqdm(
         total=per_epoch * settings.epochs,
         desc=f"epoch 1/{settings.epochs}",
