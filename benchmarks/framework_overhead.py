@@ -120,7 +120,7 @@ def main() -> None:
     from dmtcore.tasks.names import InputSpec
     from dmtcore.train.loop import TrainSettings
 
-    settings = TrainSettings(epochs=args.epochs, seed=0, **device)
+    settings = TrainSettings(epochs=args.epochs, batch_size=64, seed=0, **device)
     host = common.plugin_host(args.samples or None)
     recorder = common.EpochRecorder()
     host.register(recorder, "benchmark-epochs")

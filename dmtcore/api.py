@@ -246,19 +246,24 @@ class ModelStore:
     @_quietly
     def remove_task(self, name: str, **options: Any) -> dict[str, Any]:
         """Cut task `name` out and retrain the connections of the tasks that read it (DMT
-        §4.3). Returns `dmt remove-task --json`'s record, with every remaining task's primary
-        metric before, right after the cut, and after reconnection."""
+        §4.3), each with the settings it was trained with but for the `options` given here.
+        Returns `dmt remove-task --json`'s record, with every remaining task's primary
+        metric before, right after the cut, and after reconnection, and the settings each
+        reconnected task used (`task_settings`)."""
         from dmtcore.operations import remove_task
 
         settings, data = split_options({"epochs": 3, **options})
         Store.open(self.path)  # a missing store fails before the plugins load
         uri = self._attach_tracker()
-        result = remove_task(self.path, name, self.host, settings, data, self.notify)
+        result = remove_task(
+            self.path, name, self.host, settings, data, self.notify, given=set(options)
+        )
         return {
             "store": str(self.path),
             "version": result.version,
             "removed": name,
             "report": result.summary["report"],
+            "task_settings": result.summary.get("task_settings", {}),
             "tracking_uri": uri,
         }
 

@@ -54,8 +54,8 @@ def test_adding_a_task_reads_the_kept_columns_and_gives_the_same_weights(
     )
     assert kept_blobs == fresh_blobs
     assert kept.metrics == fresh.metrics
-    assert "(1 of them read from the features kept by earlier operations, " in kept_line
-    assert "2 frozen columns computed once, " in fresh_line
+    assert "1 computed now, 1 read from the features kept in the store (" in kept_line
+    assert "2 frozen columns computed once for all epochs; " in fresh_line
     cache = kept.summary["feature_cache"]
     assert cache["kept_read"] == ["digits.class"] and cache["kept_new"] == ["digits.even"]
     assert len(entries(tmp_path / "kept")) == 4, "digits.even's features are kept now too"
@@ -175,7 +175,7 @@ def test_add_task_takes_several_names_each_its_own_version_and_run(
     third = run_cli(
         "add-task", "digits.prime", "--store", new_store_dir, "--epochs", "1", "--no-tracking"
     )
-    assert "(1 of them read from the features kept by earlier operations" in third.stderr
+    assert "1 computed now, 1 read from the features kept in the store (" in third.stderr
     assert third.stdout.startswith("Added digits.prime as version 4 in ")
 
 

@@ -565,7 +565,7 @@ def contrast_maps(
             spec,
             getattr(target, split).dataset,
             source.input_spec,
-            settings.batch_size,
+            settings.eval_batch_size,
             False,
             device,
             split=split,

@@ -138,7 +138,13 @@ def _apply(f: Callable[..., Any], options: list[Callable[..., Any]]) -> Callable
 
 
 DATA_OPTIONS = [
-    click.option("--batch-size", type=int, default=64, show_default=True),
+    click.option(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="Images per batch [default: 64, or for a training set too small for 10 steps "
+        "per epoch of 64, the size that gives 10 (said in one line)].",
+    ),
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
     click.option("--seed", type=int, default=0, show_default=True),
     click.option(
@@ -157,9 +163,17 @@ def data_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return _apply(f, DATA_OPTIONS)
 
 
-def train_options(default_epochs: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def train_options(
+    default_epochs: int, epochs_help: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     options = [
-        click.option("--epochs", type=int, default=default_epochs, show_default=True),
+        click.option(
+            "--epochs",
+            type=int,
+            default=default_epochs,
+            show_default=epochs_help is None,
+            help=epochs_help,
+        ),
         click.option(
             "--lr", type=float, default=1e-3, show_default=True, help="Base learning rate."
         ),

@@ -38,9 +38,9 @@ def describe_publication(published: dict[str, Any]) -> str:
         else "alias current already points at it"
     )
     return (
-        f"Store version {published['store_version']} is already registered as {where} "
-        f"(registered for store version {published['registered_store_version']}; not "
-        f"registered again); {moved}"
+        f"Store version {published['store_version']} holds the same weights as store version "
+        f"{published['registered_store_version']}, already registered as {where}: not "
+        f"registered again; {moved}"
     )
 
 

@@ -295,9 +295,8 @@ def status(store: Path, as_json: bool) -> None:
             if manifest["input_spec"]
             else "not fixed yet"
         )
-        click.echo(
-            f"Store {store} ({manifest['name']}), version {manifest['version']} of {manifest['created']}"
-        )
+        named = f" (named {manifest['name']!r})" if manifest["name"] != Path(store).name else ""
+        click.echo(f"Store {store}{named}, version {manifest['version']} of {manifest['created']}")
         switches = [k for k, v in manifest["backbone"]["options"].items() if v is True]
         backbone = " ".join([manifest["backbone"]["name"], *(f"{k}=true" for k in switches)])
         click.echo(
@@ -319,6 +318,10 @@ def status(store: Path, as_json: bool) -> None:
                 for t in tasks
             ],
             ("task", "plugin", "output", "sources", "metric", "value"),
+        )
+        click.echo(
+            "sources: how many columns the task reads through its connections, its own "
+            "included (dmt connections shows which and how much)"
         )
 
     emit(as_json, payload, human)
@@ -428,7 +431,10 @@ def _published_line(published: dict[str, Any]) -> str:
     where = f"models:/{published['model']}/{published['version']}"
     if published["created"]:
         return f"Published as {where} (alias current)"
-    state = f"registered for store version {published['registered_store_version']}"
+    same = (
+        f"the model of store version {published['registered_store_version']}, the same "
+        "weights: not registered again"
+    )
     if not published["alias_moved"]:
-        return f"Published: alias current already points at {where} ({state})"
-    return f"Published: alias current now points at {where} ({state}; same state, not registered again)"
+        return f"Published: alias current already points at {where} ({same})"
+    return f"Published: alias current now points at {where} ({same})"

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from dmtcore.cli.common import (
     cli,
@@ -23,6 +24,8 @@ from dmtcore.cli.common import (
 from dmtcore.errors import InvalidValueError
 from dmtcore.runtime.progress import duration
 from dmtcore.store.directory import Store
+
+DEFAULT = ParameterSource.DEFAULT
 
 FROM_FOLDER_HELP = (
     "Make the task from an image folder: DIR/<class>/*.png|jpg (20% of each class held out "
@@ -198,7 +201,12 @@ def train(
 @cli.command("remove-task")
 @click.argument("name")
 @store_option
-@train_options(default_epochs=3)
+@train_options(
+    default_epochs=3,
+    epochs_help="Epochs of reconnection [default: as each task was trained; 3 for tasks "
+    "trained before dmt recorded it]. Like every setting given here, it holds for all the "
+    "reconnected tasks.",
+)
 @weighting_options
 @plugin_options
 @json_option
@@ -212,9 +220,11 @@ def remove_task(
 ) -> None:
     """Cut task NAME out and retrain the connections of the tasks that read it (DMT §4.3).
 
-    Prints every remaining task's primary metric before the removal, right after the cut,
-    and after reconnection, and which state was kept: reconnection keeps its best epoch only
-    if it beats the cut ('kept: epoch N'), else the cut itself ('kept: cut').
+    Each reconnected task retrains with the settings it was trained with (batch size,
+    learning rate, optimiser, epochs, ...; recorded in the store), but for the options given
+    here. Prints every remaining task's primary metric before the removal, right after the
+    cut, and after reconnection, and which state was kept: reconnection keeps its best
+    epoch only if it beats the cut ('kept: epoch N'), else the cut itself ('kept: cut').
     """
     from dmtcore.api import split_options
 
@@ -222,7 +232,10 @@ def remove_task(
     Store.open(store)
     notify = starting(as_json)
     api = _open_store(store, plugins, no_plugin_autoload, options, notify, as_json)
-    payload = api.remove_task(name, **_settings(options))
+    # Only what the command line sets: every other setting is each task's own, as recorded.
+    context = click.get_current_context()
+    typed = {k: v for k, v in options.items() if context.get_parameter_source(k) != DEFAULT}
+    payload = api.remove_task(name, **_settings(typed))
     report = payload["report"]
 
     def human() -> None:
@@ -240,7 +253,7 @@ def remove_task(
                 )
                 for t, r in report.items()
             ],
-            ("task", "metric", "before", "cut", "after", "reconnected", "kept"),
+            ("task", "metric", "before", "cut", "after", "retrained", "kept"),
         )
 
     emit(as_json, payload, human)

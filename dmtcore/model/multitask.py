@@ -295,13 +295,14 @@ class MultiTaskModel(nn.Module):
         for name in self.tasks:
             if name in self.plan.columns:
                 stages = self.part(name, "column").stages[self.plan.frozen_stages :]
-                groups.append(ParamGroup(list(stages.parameters())))
+                groups.append(ParamGroup(list(stages.parameters()), task=name))
             if name in self.plan.heads:
-                groups.append(ParamGroup(list(self.part(name, "head").parameters())))
+                groups.append(ParamGroup(list(self.part(name, "head").parameters()), task=name))
             if name in self.plan.connections:
                 for group in self.connections[self.tasks[name].slot].param_groups():
                     if connection_lr_mult is not None:
                         group.lr_mult = connection_lr_mult
+                    group.task = name
                     groups.append(group)
         return [g for g in groups if g.params]
 

@@ -41,6 +41,7 @@ from dmtcore.operations.task_data import (
     DataOptions,
     make_target,
 )
+from dmtcore.operations.task_settings import training_record
 from dmtcore.runtime.distributed import World
 from dmtcore.runtime.faults import crash_point
 from dmtcore.runtime.progress import Stage
@@ -213,6 +214,8 @@ def _train_tasks(
         notify(Stage(f"loading the data of {spec.name}"))
         owner = host.kinds.owner("task", spec.name)
         targets.append(make_target(spec, input_spec, settings, data, device, world, owner))
+        for note in targets[-1].notes:
+            notify(note)
     crash_point("data-loaded")
     torch.manual_seed(settings.seed)
     slots = {}
@@ -249,13 +252,13 @@ def _train_tasks(
         new = copy.deepcopy(manifest)
         new["input_spec"] = list(input_spec.shape)
         new["next_slot"] += len(specs)
-        for spec in specs:
+        for spec, target in zip(specs, targets, strict=True):
             sources = model.tasks[spec.name].sources
-            new["tasks"].append(
-                task_entry(
-                    spec, host, slots[spec.name], sources, result.metrics[spec.name], settings.seed
-                )
+            entry = task_entry(
+                spec, host, slots[spec.name], sources, result.metrics[spec.name], settings.seed
             )
+            entry["training"] = training_record(settings, target)
+            new["tasks"].append(entry)
         new["operation"] = operation_record(operation, names, settings, result, result.metrics)
         new["operation"]["init_from"] = init_record
         if baseline is not None:

@@ -92,7 +92,7 @@ def evaluate_store(
                 specs[name],
                 dataset,
                 model.input_spec,
-                settings.batch_size,
+                settings.eval_batch_size,
                 False,
                 device,
                 workers=settings.workers,

@@ -5,6 +5,7 @@ it, never ending below the state right after the cut.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ from dmtcore.operations.task_data import (
     specs_for,
     stored_plugins,
 )
+from dmtcore.operations.task_settings import described, group_settings, task_settings
 from dmtcore.runtime.faults import crash_point
 from dmtcore.runtime.progress import Stage
 from dmtcore.store.checkpoint import load_model
@@ -60,11 +62,14 @@ def remove_task(
     settings: TrainSettings = TrainSettings(epochs=3),
     data: DataOptions = DataOptions(),
     notify: Notify = stderr,
+    given: Iterable[str] = (),
 ) -> RunResult:
     """Cut task `name` out, then retrain the connections of the tasks that read it (DMT §4.3).
     The state right after the cut is epoch 0 of the best-epoch rule, so reconnection never
     ends below it. The result's summary holds every remaining task's primary metric before,
-    cut, and after, and which state was kept ('cut' or 'epoch N')."""
+    cut, and after, and which state was kept ('cut' or 'epoch N'). Each task retrains with
+    the settings recorded when it was trained (`task_settings`), but for those named in
+    `given` (the ones the command line set), which `settings` gives for all."""
     store = Store.open(path)
     # An unknown method or option fails here, before anything is loaded.
     host.kinds.weighting(settings.weighting).resolve_options(settings.weighting_options)
@@ -83,12 +88,14 @@ def remove_task(
         input_spec = model.input_spec
         plugins = stored_plugins(manifest)
         seeds = {entry["name"]: recorded_data_seed(entry) for entry in manifest["tasks"]}
+        recorded = {entry["name"]: entry.get("training") for entry in manifest["tasks"]}
+        per_task = {t: task_settings(settings, recorded[t], given) for t in remaining}
         torch.manual_seed(settings.seed)
         targets = {}
         for t in remaining:
             notify(Stage(f"loading the data of {t}"))
             targets[t] = make_target(
-                specs[t], input_spec, settings, data, device, world, plugins[t], seeds[t]
+                specs[t], input_spec, per_task[t], data, device, world, plugins[t], seeds[t]
             )
         notify(Stage(f"validating {', '.join(remaining)} before the cut"))
         before = {t: evaluate(model, specs[t], targets[t].val) for t in remaining}
@@ -99,6 +106,9 @@ def remove_task(
             notify(Stage(f"cut {name} out; validating {', '.join(affected)} after the cut"))
         cut = {t: evaluate(model, specs[t], targets[t].val) for t in affected}
         model.configure_training(TrainingPlan(connections=frozenset(affected)))
+        settings, used, notes = group_settings(settings, {t: per_task[t] for t in affected})
+        for note in notes:
+            notify(note)
         run = run_info(
             "remove-task",
             [name],
@@ -135,13 +145,18 @@ def remove_task(
                     start={t: cut[t] for t in affected},
                     kept=stored_features,
                     weighting=weighting,
+                    task_lr={t: s.lr for t, s in used.items()},
                 )
             kept = kept_state(result)
             run.extra["previews"] = dense_previews(
                 model, [targets[t] for t in affected], notify, world
             )
             if result is not None and kept == "cut" and world.is_main:
-                notify("no epoch of reconnection beat the cut on validation: kept the cut weights")
+                notify(
+                    f"retrained {', '.join(affected)} for {settings.epochs} epoch(s); none "
+                    "beat the state right after the cut on validation, so the cut's weights "
+                    "are kept (table: kept cut)"
+                )
             after = {
                 t: (result.metrics[t] if result and t in result.metrics else cut.get(t, before[t]))
                 for t in remaining
@@ -167,6 +182,7 @@ def remove_task(
             new["operation"] = {
                 **operation_record("remove-task", [name], settings, result, after),
                 "report": report,
+                "task_settings": described(used, targets),
             }
             notify(Stage(committing(store)))
             commit_weights(store, model, new, set(affected), write=world.is_main)

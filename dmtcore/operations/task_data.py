@@ -25,6 +25,7 @@ from dmtcore.tasks.spec import DataRequest, TaskSpec
 from dmtcore.train.loop import (
     Target,
     TrainSettings,
+    chosen_batch_size,
 )
 
 
@@ -61,11 +62,13 @@ def make_target(
         "channels_last": settings.channels_last,
         "plugin": plugin,
     }
+    share = len(splits.train) // world.size
+    batch_size, note = chosen_batch_size(settings, share)
     train = Batches(
         spec,
         splits.train,
         input_spec,
-        settings.batch_size,
+        batch_size,
         True,
         device,
         generator,
@@ -73,12 +76,10 @@ def make_target(
         shard=world.shard,
         **common,
     )
-    val = Batches(
-        spec, splits.val, input_spec, settings.batch_size, False, device, split="val", **common
-    )
+    val = Batches(spec, splits.val, input_spec, batch_size, False, device, split="val", **common)
     train.validate()
     val.validate()
-    return Target(spec, train, val)
+    return Target(spec, train, val, [f"{spec.name}: {note}"] if note else [])
 
 
 def recorded_data_seed(entry: dict[str, Any]) -> int:

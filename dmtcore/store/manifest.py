@@ -347,8 +347,13 @@ TASK = Record(
         "weights": Record({part: Record({"sha256": SHA256}) for part in WEIGHT_PARTS}),
         "relations": ListOf(MapOf(Number(finite=True), key=TASK_NAME)),
     },
-    # data_seed: the seed the task's dataset factory got when it was trained (absent: 0)
-    {"recipe": MapOf(Anything()), "data_seed": Integer(0, 2**32 - 1)},
+    # data_seed: the seed the task's dataset factory got when it was trained (absent: 0);
+    # training: the settings it trained with, reused where it trains again (absent: none kept)
+    {
+        "recipe": MapOf(Anything()),
+        "data_seed": Integer(0, 2**32 - 1),
+        "training": MapOf(Anything()),
+    },
 )
 
 OPERATION = Record(
@@ -372,6 +377,8 @@ OPERATION = Record(
         ),
         # how a group trained: one pass per batch, taking turns, or a single task
         "joint_mode": Nullable(Text(("single", "one-pass", "turns"))),
+        # the settings each retrained task used (remove-task: its own, or the command's)
+        "task_settings": MapOf(MapOf(Anything()), key=TASK_NAME),
         # how the group's losses became each step: the method, its options, and each task's
         # mean weight in the last epoch (empty for equal weights or a single task)
         "weighting": Record(

@@ -89,6 +89,7 @@ JOINT_MODES = ("auto", "one-pass", "turns")
 # this per epoch, or in the whole run, make eval-mode scores unreliable: fit warns.
 MIN_STEPS_PER_EPOCH = 10
 MIN_STEPS_PER_RUN = 20
+DEFAULT_BATCH_SIZE = 64
 # Batches per trained task that re-estimate BatchNorm statistics: 50 batches of 64 are 3,200
 # images, plenty for per-channel means and variances, and bound the pass on large datasets
 # to the cost of some 17 training steps.
@@ -100,7 +101,8 @@ class TrainSettings:
     """What a user tunes for one operation; validated before anything is loaded."""
 
     epochs: int = 5
-    batch_size: int = 64
+    # None: DEFAULT_BATCH_SIZE, or fewer for a small training set (`chosen_batch_size`).
+    batch_size: int | None = None
     lr: float = 1e-3
     connection_lr_mult: float | None = None
     seed: int = 0
@@ -150,10 +152,9 @@ class TrainSettings:
             )
         if not isinstance(self.epochs, int) or self.epochs < 1:
             raise InvalidValueError(f"epochs must be a positive integer, got {self.epochs!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise InvalidValueError(
-                f"batch size must be a positive integer, got {self.batch_size!r}"
-            )
+        size = self.batch_size
+        if size is not None and (type(size) is not int or size < 1):
+            raise InvalidValueError(f"batch size must be a positive integer, got {size!r}")
         if not (isinstance(self.lr, float | int) and math.isfinite(self.lr) and self.lr > 0):
             raise InvalidValueError(f"learning rate must be a positive number, got {self.lr!r}")
         if self.eval_every is not None and (
@@ -200,14 +201,41 @@ class TrainSettings:
                 f"connection learning-rate multiplier must be positive, got {mult!r}"
             )
 
+    @property
+    def eval_batch_size(self) -> int:
+        """The batch size of passes that do not train (validation, eval)."""
+        return self.batch_size or DEFAULT_BATCH_SIZE
+
+
+def chosen_batch_size(settings: TrainSettings, train_images: int) -> tuple[int, str | None]:
+    """The training batch size for a task with `train_images` images (this process's share),
+    and a note when dmt chose it: --batch-size as given, else DEFAULT_BATCH_SIZE, or for a
+    training set too small for MIN_STEPS_PER_EPOCH steps of that size, the batch that gives
+    them (at least 2, as BatchNorm needs)."""
+    if settings.batch_size is not None:
+        return settings.batch_size, None
+    if train_images // DEFAULT_BATCH_SIZE >= MIN_STEPS_PER_EPOCH:
+        return DEFAULT_BATCH_SIZE, None
+    size = max(2, train_images // MIN_STEPS_PER_EPOCH)
+    if size >= DEFAULT_BATCH_SIZE:
+        return DEFAULT_BATCH_SIZE, None
+    steps = train_images // size
+    return size, (
+        f"batch size {size} ({train_images} training images: {steps} optimiser steps per epoch "
+        f"at {size}, {train_images // DEFAULT_BATCH_SIZE} at the usual {DEFAULT_BATCH_SIZE}; "
+        "--batch-size sets it)"
+    )
+
 
 @dataclass
 class Target:
-    """One task being trained: its spec and its batches."""
+    """One task being trained: its spec and its batches; `notes`: what was chosen for it
+    (its batch size), said once by the command."""
 
     spec: TaskSpec
     train: Batches
     val: Batches
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -482,11 +510,13 @@ def fit(
     start: dict[str, dict[str, float]] | None = None,
     kept: KeptFeatures | None = None,
     weighting: Weighting | None = None,
+    task_lr: dict[str, float] | None = None,
 ) -> FitResult:
     """Train the model's planned parts on `targets`, validating after every epoch (or every
     `settings.eval_every` steps); the best validation point is restored at the end. `kept`:
     the store's features of frozen columns kept from earlier operations, for the cache's pass.
-    `weighting` turns a group's losses into each step (None: equal weights, their sum).
+    `weighting` turns a group's losses into each step (None: equal weights, their sum);
+    `task_lr`: a base learning rate of its own for each named task's parameters.
 
     `start` is the validation metrics of every target before training (remove-task's cut):
     the untrained state is then epoch 0 of the best-epoch rule, kept (`best_epoch` 0) unless a
@@ -552,6 +582,7 @@ def fit(
             kept=kept,
             weighting=weighting,
             rounds=rounds,
+            task_lr=task_lr,
         )
     finally:
         bars.close()
@@ -582,9 +613,10 @@ def _fit(
     kept: KeptFeatures | None = None,
     weighting: Weighting,
     rounds: bool = False,
+    task_lr: dict[str, float] | None = None,
 ) -> FitResult:
     weighting.to(device)
-    optimizer, lr_mult = make_optimizer(model, settings, list(weighting.parameters()))
+    optimizer, lr_mult = make_optimizer(model, settings, list(weighting.parameters()), task_lr)
     own = {id(p) for p in weighting.parameters()}
     trained_params = [p for g in optimizer.param_groups for p in g["params"] if id(p) not in own]
     names = [t.spec.name for t in targets]
@@ -727,14 +759,23 @@ def _fit(
 
 
 def make_optimizer(
-    model: Trainable, settings: TrainSettings, extra: list[torch.nn.Parameter] | None = None
+    model: Trainable,
+    settings: TrainSettings,
+    extra: list[torch.nn.Parameter] | None = None,
+    task_lr: dict[str, float] | None = None,
 ) -> tuple[torch.optim.Optimizer, dict[str, Any]]:
     """The optimiser over the model's trained parameters, each group at the base learning rate
-    times its multiplier (the connections' as `connection_lr_mult` resolves it), and that
-    resolution, for the record. `extra`: parameters a weighting learns, at the base rate."""
+    (its task's own in `task_lr`) times its multiplier (the connections' as
+    `connection_lr_mult` resolves it), and that resolution, for the record. `extra`:
+    parameters a weighting learns, at the base rate."""
     lr_mult = connection_lr_mult(model, settings)
+    task_lr = task_lr or {}
     groups = [
-        {"params": g.params, "lr": settings.lr * g.lr_mult, "weight_decay": g.weight_decay}
+        {
+            "params": g.params,
+            "lr": task_lr.get(g.task or "", settings.lr) * g.lr_mult,
+            "weight_decay": g.weight_decay,
+        }
         for g in model.param_groups(lr_mult["value"])
     ]
     if extra:
@@ -820,15 +861,15 @@ def _fill_cache(
     for note in kept.notes if kept is not None else ():
         notify(note)
     read = cache.read_columns - cache.run_columns
-    reused = ""
     if read and kept is not None:
-        them = f"{len(read)} of them" if cache.run_columns else "all"
         size = size_text(kept.summary()["kept_read_bytes"])
-        reused = f" ({them} read from the features kept by earlier operations, {size})"
-    notify(
-        f"feature cache: {cache.columns} computed once{reused}, {cache.contents} "
-        f"({duration(seconds)})"
-    )
+        stored = f"read from the features kept in the store ({size} read)"
+        computed = len(cache.run_columns)
+        how = f"{computed} computed now, {len(read)} {stored}" if computed else stored
+        what = f"{cache.columns} for all epochs: {how}"
+    else:
+        what = f"{cache.columns} computed once for all epochs"
+    notify(f"feature cache: {what}; it holds {cache.contents} ({duration(seconds)})")
 
 
 def epoch_score(
@@ -865,7 +906,8 @@ def few_steps_warning(target: Target, settings: TrainSettings) -> str | None:
     if per_epoch >= MIN_STEPS_PER_EPOCH and total >= MIN_STEPS_PER_RUN:
         return None
     images = len(target.train.sampler)
-    partial = target.train.batch_sampler.drop_last and images % settings.batch_size
+    batch_size = target.train.batch_size
+    partial = target.train.batch_sampler.drop_last and images % batch_size
     dropped = ", last partial batch dropped" if partial else ""
     advice = []
     if per_epoch < MIN_STEPS_PER_EPOCH:
@@ -883,7 +925,7 @@ def few_steps_warning(target: Target, settings: TrainSettings) -> str | None:
     return (
         f"warning: task {target.spec.name!r} gets only {per_epoch} optimiser "
         f"step{'s' * (per_epoch != 1)} per epoch, {total} in all ({images} training images, "
-        f"batch size {settings.batch_size}{dropped}); with fewer than {MIN_STEPS_PER_EPOCH} per "
+        f"batch size {batch_size}{dropped}); with fewer than {MIN_STEPS_PER_EPOCH} per "
         f"epoch or {MIN_STEPS_PER_RUN} in all, scores may be poor{unrecalibrated}: "
         f"use {' and '.join(advice)}"
     )

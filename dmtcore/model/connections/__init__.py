@@ -15,11 +15,13 @@ from torch import nn
 
 @dataclass
 class ParamGroup:
-    """Parameters that share a learning-rate multiplier and a weight decay in the optimiser."""
+    """Parameters that share a learning-rate multiplier and a weight decay in the optimiser;
+    `task`: the task they belong to, where a run gives tasks learning rates of their own."""
 
     params: list[nn.Parameter]
     lr_mult: float = 1.0
     weight_decay: float = 0.0
+    task: str | None = None
 
 
 class TransferConnection(nn.Module):
