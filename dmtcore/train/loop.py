@@ -751,7 +751,7 @@ def _fit(
         bn_recalibrated=recalibrates,
         connection_lr_mult=lr_mult,
         weighting={
-            "name": settings.weighting if not isinstance(weighting, Equal) else DEFAULT_WEIGHTING,
+            "name": weighting.name if not isinstance(weighting, Equal) else DEFAULT_WEIGHTING,
             "options": dict(weighting.options),
             "weights": {n: round(w, 6) for n, w in last_weights.items()},
         },
@@ -792,7 +792,7 @@ def _checked_weighting(
     names = [t.spec.name for t in targets]
     if weighting is None or isinstance(weighting, Equal):
         return weighting or Equal(names, {})
-    method = type(weighting).__name__
+    method = weighting.name
     if len(targets) == 1:
         notify(f"weighting {method}: {names[0]} trains alone, on its own loss")
         return Equal(names, {})

@@ -49,6 +49,7 @@ class Weighting(nn.Module):
         self.tasks = list(tasks)
         self.options = dict(options)
         self.seed = seed
+        self.name = type(self).__name__  # the registered name, once `make_weighting` made it
         self.last: dict[str, float] = dict.fromkeys(self.tasks, 1.0)
 
     def index(self, name: str) -> int:
@@ -132,4 +133,5 @@ def make_weighting(
             f"weighting {name!r} (plugin {kinds.owner('weighting', name)!r}) built "
             f"{type(made).__name__}, not a dmtcore Weighting"
         )
+    made.name = name
     return made
