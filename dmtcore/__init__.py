@@ -18,6 +18,7 @@ from dmtcore import old_paths
 from dmtcore.errors import DmtError
 from dmtcore.hooks.kinds import BackboneKind, ConnectionKind, Kinds, Registry, WeightingKind
 from dmtcore.hooks.specs import hookimpl
+from dmtcore.tasks.names import InputSpec
 from dmtcore.tasks.spec import DataRequest, HeadSpec, TaskData, TaskSpec
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "DataRequest",
     "DmtError",
     "HeadSpec",
+    "InputSpec",
     "Kinds",
     "Registry",
     "TaskData",
@@ -35,12 +37,21 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
+# How dmt reads an image file for the store's input (the reader `dmt predict` uses), for
+# plugins that read image files, so that a file trains exactly as it is predicted.
+IMAGE_READING = {
+    "read_image": "read_image",
+    "image_header": "image_header",
+    "ImageConversions": "Conversions",
+}
+
 old_paths.install()  # `import dmtcore.taskspec` and the other flat-layout paths still work
 
 
 def __getattr__(name: str) -> object:
     """`dmtcore.open_store` and `dmtcore.ModelStore`, the Python API of the commands, and
-    `dmtcore.Weighting`, the base of loss weightings, load on first use, so that a plugin
+    `dmtcore.Weighting`, the base of loss weightings, and the image reader (IMAGE_READING)
+    load on first use, so that a plugin
     importing `dmtcore` pays nothing for them."""
     if name in ("open_store", "ModelStore"):
         from dmtcore import api
@@ -50,4 +61,8 @@ def __getattr__(name: str) -> object:
         from dmtcore.train.weighting import Weighting
 
         return Weighting
+    if name in IMAGE_READING:
+        from dmtcore.inference import predict
+
+        return getattr(predict, IMAGE_READING[name])
     raise AttributeError(f"module 'dmtcore' has no attribute {name!r}")

@@ -15,24 +15,33 @@ start-up (no folder is known then): the CLI turns `--from-folder` into a recipe,
 builds the spec and completes the recipe (classes, split, seed) so that the manifest records
 exactly how the task's data was made; eval and remove-task rebuild the task from it. The
 held-out split uses its own seed, never the training seed, so it does not move between runs.
-Images are read on every access (nothing preloaded) and resized to the store's size
-(default 3×32×32).
+Images are read on every access (nothing preloaded) by `dmt predict`'s own reader
+(`dmtcore.inference.predict.read_image`), so a file trains as `dmt predict` reads it: colour to
+grey by luminance or grey to colour by repeating, resized bilinearly (antialiased) to the
+store's size (default 3×32×32). When the task's data is loaded, one line on stderr says what
+its images get, judged from their headers (at most `HEADERS_READ` of them), e.g.
+"task 'pets': 60 images converted to the store's 1×8×8: colour → grey; 20×24 → 8×8 (bilinear,
+antialiased); values 0–255 → 0–1".
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dmtcore import DataRequest, TaskData, TaskSpec, hookimpl
+from dmtcore import DataRequest, InputSpec, TaskData, TaskSpec, hookimpl
 from dmtcore.errors import DataError
 
 RECIPE_KIND = "imagefolder"
 NATIVE_SHAPE = (3, 32, 32)
 VAL_FRACTION = 0.2
 SPLIT_SEED = 20170821
+# Image headers read for the conversion line, spread evenly over a larger folder (a header is
+# a small read: well under a second for all of them).
+HEADERS_READ = 1000
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 LAYOUT = (
     "give a directory with one sub-folder of images per class (DIR/<class>/*.png or .jpg), "
@@ -149,40 +158,64 @@ def scan(recipe: dict[str, Any]) -> Layout:
 
 
 class FolderImages:
-    """Image files read by PIL on every access (a map-style dataset, nothing preloaded),
-    resized to H×W; labels in `targets` (which `--balance` reads without decoding)."""
+    """Image files read on every access (a map-style dataset, nothing preloaded) as `dmt
+    predict` reads them, adapted to the store's input; labels in `targets` (which `--balance`
+    reads without decoding)."""
 
-    def __init__(self, samples: list[tuple[str, int]], height: int, width: int, gray: bool):
+    def __init__(self, samples: list[tuple[str, int]], input_spec: InputSpec, task: str = ""):
         self.paths = [path for path, _ in samples]
         self.targets = [label for _, label in samples]
-        self.size = (width, height)
-        self.mode = "L" if gray else "RGB"
+        self.input_spec = input_spec
+        self.task = task  # names the task in a message about an unreadable file
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        import numpy as np
-        import torch
-        from PIL import Image
+        from dmtcore import read_image
 
-        with Image.open(self.paths[index]) as image:
-            image.draft(self.mode, self.size)  # JPEGs decode at a reduced scale when they can
-            image = image.convert(self.mode).resize(self.size, Image.Resampling.BILINEAR)
-        array = np.array(image, dtype=np.uint8)
-        pixels = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-        return torch.from_numpy(pixels).float().div_(255.0), self.targets[index]
+        path = self.paths[index]
+        what = f"task {self.task!r}: image {path!r}" if self.task else f"image {path!r}"
+        return read_image(Path(path), self.input_spec, what)[0], self.targets[index]
 
 
-def _factory(layout: Layout):
+def conversion_line(name: str, layout: Layout, input_spec: InputSpec) -> str | None:
+    """What the task's images get to fit the store's input, in one line (None: nothing), judged
+    from the headers of at most `HEADERS_READ` of them, spread evenly over every split."""
+    from dmtcore import ImageConversions as Conversions
+    from dmtcore import image_header
+
+    paths = [path for samples in layout.splits.values() for path, _ in samples]
+    step = max(1, -(-len(paths) // HEADERS_READ))
+    read = paths[::step]
+    conversions = Conversions()
+    for path in read:
+        header = image_header(Path(path))
+        if header is not None:
+            conversions.add(1, *header, input_spec)
+    sampled = f" (from {len(read)} of its {len(paths)} images)" if len(read) < len(paths) else ""
+    return conversions.line(f"task {name!r}", sampled)
+
+
+def _say(line: str) -> None:
+    """A note on stderr, from the main process only (as the CLI's notes are)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(line, file=sys.stderr, flush=True)
+
+
+def _factory(name: str, layout: Layout):
+    said: list[str] = []  # the conversion line is said once per task built (once a command)
+
     def datasets(request: DataRequest) -> TaskData:
-        spec = request.input_spec
-        height, width = (spec.height, spec.width) if spec else NATIVE_SHAPE[1:]
-        gray = spec is not None and spec.channels == 1
+        spec = request.input_spec or InputSpec(*NATIVE_SHAPE)
+        if not said:
+            said.append(name)
+            line = conversion_line(name, layout, spec)
+            if line is not None:
+                _say(line)
         return TaskData(
             **{
-                split: FolderImages(samples, height, width, gray)
-                for split, samples in layout.splits.items()
+                split: FolderImages(samples, spec, name) for split, samples in layout.splits.items()
             },
             deterministic=True,
         )
@@ -212,7 +245,7 @@ def build(name: str, recipe: dict[str, Any]) -> TaskSpec:
         output="binary" if len(layout.classes) == 2 else "multiclass",
         num_outputs=len(layout.classes),
         class_names=layout.classes,
-        datasets=_factory(layout),
+        datasets=_factory(name, layout),
         recipe=complete,
     )
 

@@ -191,9 +191,9 @@ def test_every_unambiguous_layout_predicts_like_n_by_c_by_h_by_w(
             "N×C×H×W: (3, 1, 8, 8) for 3 images, (1, 3, 8, 8) for one colour image",
         ),
         (
-            (5, 16, 16),
-            "has shape (5, 16, 16); the store takes 1×8×8 images: expected H×W, C×H×W, "
-            "N×C×H×W, H×W×C or N×H×W×C with C 1 or 3, N×8×8 (gray images)",
+            (64,),  # any H×W is resized (5×16×16 is 5 gray images): only layouts are refused
+            "has shape (64,); expected H×W, C×H×W, N×C×H×W, H×W×C or N×H×W×C with C 1 or 3, "
+            "N×H×W (gray images), of any H×W (resized to 8×8)",
         ),
         (
             (2, 5, 8, 7),

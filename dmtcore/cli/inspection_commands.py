@@ -147,14 +147,21 @@ def predict(
     batches (arrays are memory-mapped) so memory stays flat on large inputs.
 
     \b
-    Arrays (.npy), read the one way that fits the store's input:
+    Arrays (.npy), read the one way their shape allows:
       H×W or C×H×W        one image
       N×C×H×W             N images
       H×W×C, N×H×W×C      channels last (when the channels cannot be first)
-      N×H×W               N gray images, for a 1-channel store of that H×W
+      N×H×W               N gray images, for a 1-channel store
     C is the store's channel count, or 1 (repeated), or 3 for a 1-channel
-    store (luminance); images of another H×W are resized. A shape that fits
-    no layout, or two (3×H×W for a 1-channel store), is refused.
+    store (luminance). A shape that fits no layout, or two (3×H×W for a
+    1-channel store), is refused, whatever its H×W.
+
+    Every input, image or array, is converted the same way to the store's C×H×W: colour to
+    grey by luminance or grey to colour by repeating, any other H×W resized bilinearly
+    (antialiased; a JPEG of twice the size or more is first decoded at 1/2, 1/4 or 1/8
+    scale). One line on stderr says what was converted, e.g. 'input: 3 images converted to
+    the store's 1×8×8: colour → grey; 64×64 → 8×8 (bilinear, antialiased); values 0–255 →
+    0–1'.
 
     Values: 8-bit images and uint8 arrays are divided by 255, 16-bit images and uint16
     arrays by 65535; everything else must already be in [0, 1] (float arrays of 0–255
@@ -162,26 +169,28 @@ def predict(
 
     Pixel-level tasks predict a map per image at the store's input size: --json gives the
     arrays (class ids H×W with per-pixel probabilities, depth H×W, normals 3×H×W); --out DIR
-    writes them as PNG and .npy files, batch by batch."""
+    writes them as PNG and .npy files, batch by batch. --json puts each list of numbers (a
+    probability vector, a row of a map) on one line."""
     from dmtcore.api import open_store
+    from dmtcore.inference.predict import conversions_noted, json_text
 
     api = open_store(store, plugins=plugins)
-    payload = api.predict(
-        inputs, tasks=task_names, device=device, batch_size=batch_size, out=out_dir
-    )
+    with conversions_noted() as conversions:
+        payload = api.predict(
+            inputs, tasks=task_names, device=device, batch_size=batch_size, out=out_dir
+        )
+    line = conversions.line()
+    if line is not None:
+        echo_progress(line)  # a note, on stderr even under --json
+    if as_json:
+        click.echo(json_text(payload))
+        return
     if out_dir is not None:
         rows = payload["rows"]  # {"input": ..., task: prediction or file, ...} per input
         names = list(rows[0])[1:] if rows else list(dict.fromkeys(task_names))
-        emit(
-            as_json,
-            payload,
-            lambda: (
-                print_table([tuple(r.values()) for r in rows], ("input", *names)),
-                click.echo(
-                    f"wrote {len(rows)} input(s) into {out_dir} "
-                    f"(see {Path(payload['predictions']).name})"
-                ),
-            ),
+        print_table([tuple(r.values()) for r in rows], ("input", *names))
+        click.echo(
+            f"wrote {len(rows)} input(s) into {out_dir} (see {Path(payload['predictions']).name})"
         )
         return
     result = payload["tasks"]
@@ -190,11 +199,7 @@ def predict(
         {"input": label, **{t: _shown_prediction(result[t]["prediction"][i]) for t in names}}
         for i, label in enumerate(payload["inputs"])
     ]
-    emit(
-        as_json,
-        payload,
-        lambda: print_table([tuple(r.values()) for r in rows], ("input", *names)),
-    )
+    print_table([tuple(r.values()) for r in rows], ("input", *names))
 
 
 def _shown_prediction(value: Any) -> Any:

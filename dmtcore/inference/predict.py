@@ -2,15 +2,21 @@
 
 Every input goes through one decoding function per format (`open_npy` + `decode_array` for
 arrays, `decode_image` for encoded images) that validates it and brings it to float32 in the
-model's scale, raising `DataError` naming the input. `dmt predict` and the registered pyfunc
-model share them, so both read the same input the same way.
+model's scale, raising `DataError` naming the input. `dmt predict`, the registered pyfunc
+model and the `imagefolder` plugin's training images (`read_image`) share them, so every
+path reads the same pixels the same way.
 
 Scale: 8-bit images and uint8 arrays are divided by 255, 16-bit images and uint16 arrays by
 65535; float images and float, bool or other integer arrays are taken as they are, and an
 array must then be in [0, 1]: raw 0–16 or 0–255 floats would give confident wrong answers.
 
-Layouts (`array_layout`): an array is read the one way that fits the store's input, and
-refused, naming its shape, when no way or more than one way fits.
+Layouts (`array_layout`): an array is read the one way its shape allows, whatever its height
+and width, and refused, naming its shape, when no way or more than one way fits.
+
+Conversions: every image of any format is brought to the store's input by `adapt_images`:
+colour → grey by luminance, grey → colour by repeating, any other height × width resized
+bilinearly (antialiased). What was done is counted in `Conversions` (`conversions_noted`), so
+that a command can say it in one line.
 """
 
 from __future__ import annotations
@@ -18,10 +24,15 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import json
 import re
 import struct
 import warnings
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,14 +54,147 @@ VALID_ARRAYS = "expected a .npy file written by numpy.save holding images as num
 # Floats may stray this far outside [0, 1] (rounding in the user's own conversion).
 VALUE_SLACK = 1e-3
 
+# How `adapt_images` resizes, said in the conversion line.
+RESIZING = "bilinear, antialiased"
+# Distinct source sizes named one by one in a conversion line; more are given as a range.
+SIZES_NAMED = 3
+# Pillow modes of one band (the rest are colour, read as RGB).
+GREY_MODES = ("1", "L", "LA", "La", "I", "F")
+
+
+@dataclass
+class Conversions:
+    """What was done to a command's images to bring them to the store's input: per kind of
+    change (channels, size, value range), how many images had it. `line` says it in one line,
+    or None when every image was taken as it is."""
+
+    input_spec: InputSpec | None = None
+    images: int = 0
+    converted: int = 0
+    channels: Counter[str] = field(default_factory=Counter)
+    sizes: Counter[tuple[int, int]] = field(default_factory=Counter)
+    values: Counter[int] = field(default_factory=Counter)
+
+    def add(
+        self,
+        count: int,
+        channels: int,
+        size: tuple[int, int],
+        full_range: int | None,
+        input_spec: InputSpec,
+    ) -> None:
+        """`count` images of `channels` channels and `size` (H, W), whose values were divided
+        by `full_range` (None: taken as they are), adapted to `input_spec`."""
+        self.input_spec = input_spec
+        self.images += count
+        changed = False
+        if channels != input_spec.channels:
+            self.channels[_channel_change(channels, input_spec.channels)] += count
+            changed = True
+        if tuple(size) != (input_spec.height, input_spec.width):
+            self.sizes[(int(size[0]), int(size[1]))] += count
+            changed = True
+        if full_range:
+            self.values[full_range] += count
+            changed = True
+        if changed:
+            self.converted += count
+
+    def line(self, prefix: str = "input", suffix: str = "") -> str | None:
+        """E.g. 'input: 3 images converted to the store's 1×8×8: colour → grey; 64×64 → 8×8
+        (bilinear, antialiased); values 0–255 → 0–1'. A change that only some of the converted
+        images had is followed by how many ('for 2')."""
+        if not self.converted or self.input_spec is None:
+            return None
+        spec, done = self.input_spec, self.converted
+
+        def times(count: int) -> str:
+            return "" if count == done else f" for {count}"
+
+        parts = [f"{change}{times(count)}" for change, count in self.channels.items()]
+        if self.sizes:
+            target = f"{spec.height}×{spec.width}"
+            ordered = sorted(self.sizes, key=lambda s: (s[0] * s[1], s))
+            if len(ordered) <= SIZES_NAMED:
+                sizes = ", ".join(
+                    f"{h}×{w} → {target}{times(self.sizes[(h, w)])}" for h, w in ordered
+                )
+            else:
+                (h0, w0), (h1, w1) = ordered[0], ordered[-1]
+                sizes = (
+                    f"{len(ordered)} sizes from {h0}×{w0} to {h1}×{w1} → {target}"
+                    f"{times(sum(self.sizes.values()))}"
+                )
+            parts.append(f"{sizes} ({RESIZING})")
+        parts += [
+            f"values 0–{full_range} → 0–1{times(count)}"
+            for full_range, count in sorted(self.values.items())
+        ]
+        counted = (
+            f"{done} of {self.images} images"
+            if done < self.images
+            else f"{done} image{'s' if done != 1 else ''}"
+        )
+        store = f"{spec.channels}×{spec.height}×{spec.width}"
+        return f"{prefix}: {counted} converted to the store's {store}: {'; '.join(parts)}{suffix}"
+
+
+def _channel_change(channels: int, target: int) -> str:
+    if channels == 3 and target == 1:
+        return "colour → grey"
+    if channels == 1:
+        return "grey → colour" if target == 3 else f"grey → {target} channels"
+    return f"{channels} → {target} channels"
+
+
+_noted: ContextVar[Conversions | None] = ContextVar("dmt_conversions", default=None)
+
+
+@contextmanager
+def conversions_noted() -> Iterator[Conversions]:
+    """Count the conversions of every input read inside the block (by `iter_batches`,
+    `decode_images`, `decode_array` or `read_image`), e.g. to say them once per command."""
+    conversions = Conversions()
+    token = _noted.set(conversions)
+    try:
+        yield conversions
+    finally:
+        _noted.reset(token)
+
+
+def _note(
+    count: int,
+    channels: int,
+    size: tuple[int, int],
+    full_range: int | None,
+    input_spec: InputSpec,
+) -> None:
+    noted = _noted.get()
+    if noted is not None:
+        noted.add(count, channels, size, full_range, input_spec)
+
+
+_NUMBER = r"(?:-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?|NaN|-?Infinity|true|false|null)"
+# An indented JSON list of numbers only; a literal newline never occurs inside a JSON string,
+# so a match is never text inside one.
+_NUMBER_LIST = re.compile(rf"\[\n\s*({_NUMBER}(?:,\n\s*{_NUMBER})*)\n\s*\]")
+_ITEM_BREAK = re.compile(r",\n\s*")
+
+
+def json_text(payload: Any) -> str:
+    """`payload` as indented JSON (as every --json prints it), with each list of numbers (a
+    probability vector, a row of a map) on one line: the same document for `json.loads`."""
+    text = json.dumps(payload, indent=2, default=str)
+    return _NUMBER_LIST.sub(lambda m: "[" + ", ".join(_ITEM_BREAK.split(m.group(1))) + "]", text)
+
 
 def iter_batches(
     paths: Sequence[Path], input_spec: InputSpec, batch_size: int = 256
 ) -> Iterator[tuple[torch.Tensor, list[str]]]:
     """Images (PNG, JPEG, ...) and .npy arrays (see `array_layout`), decoded and adapted to
-    the store's input spec, in batches of at most `batch_size`, with one label per image.
-    Arrays are memory-mapped and read a batch at a time, so memory stays flat however many
-    images there are."""
+    the store's input spec (every format the same way, see `adapt_images`), in batches of at
+    most `batch_size`, with one label per image. Arrays are memory-mapped and read a batch at
+    a time, so memory stays flat however many images there are."""
     pending: list[torch.Tensor] = []
     labels: list[str] = []
 
@@ -73,8 +217,7 @@ def iter_batches(
                     yield torch.cat(pending), labels
                     pending, labels = [], []
         else:
-            image = decode_image(path, input_spec.channels, str(path))
-            pending.append(adapt_images(image, input_spec))
+            pending.append(read_image(path, input_spec, f"input {str(path)!r}"))
             labels.append(str(path))
             if full():
                 yield torch.cat(pending), labels
@@ -118,15 +261,17 @@ def accepted_channels(input_spec: InputSpec) -> tuple[int, ...]:
 
 
 def array_layout(array: np.ndarray, input_spec: InputSpec, what: str) -> np.ndarray:
-    """`array` as an N×C×H×W view, read the only way that fits the store's input: H×W or
-    C×H×W is one image, N×C×H×W a batch; channels-last H×W×C and N×H×W×C when the channels
-    cannot be first; N×H×W (N gray images) for a 1-channel store of that very H×W. A shape
-    that fits no way, or two ways (3×H×W for a 1-channel store: 3 images or one colour
-    image?), is refused naming the shape and the layouts this store takes: guessing would
-    give one wrong answer instead of N right ones."""
+    """`array` as an N×C×H×W view, read the only way its shape allows, whatever its H×W (every
+    image is then resized the same way): H×W or C×H×W is one image, N×C×H×W a batch;
+    channels-last H×W×C and N×H×W×C when the channels cannot be first; for a 1-channel store,
+    any other N×H×W is N gray images. C is a count in `accepted_channels`. A shape that fits no
+    way, or two ways (3×H×W for a 1-channel store: 3 images or one colour image?), is refused
+    naming the shape and the layouts this store takes: guessing would give one wrong answer
+    instead of N right ones. Rows of exactly C·H·W numbers (N×(C·H·W)) are refused as
+    flattened images rather than read as one wide image."""
     shape, counts = tuple(array.shape), accepted_channels(input_spec)
     side = (input_spec.height, input_spec.width)
-    gray_batch = input_spec.channels == 1 and array.ndim == 3 and shape[1:] == side
+    gray_store = input_spec.channels == 1
     if array.ndim == 2:
         if shape[1] == input_spec.channels * side[0] * side[1] and shape != side:
             raise DataError(
@@ -136,18 +281,19 @@ def array_layout(array: np.ndarray, input_spec: InputSpec, what: str) -> np.ndar
             )
         return array.reshape(1, 1, *shape)
     if array.ndim == 3:
-        if gray_batch and shape[0] == 3:
+        if gray_store and shape[0] == 3:
+            h, w = shape[1:]
             raise DataError(
-                f"{what} has shape {shape}: 3 gray {side[0]}×{side[1]} images or one 3-channel "
-                f"image? Save it as N×C×H×W: (3, 1, {side[0]}, {side[1]}) for 3 images, "
-                f"(1, 3, {side[0]}, {side[1]}) for one colour image"
+                f"{what} has shape {shape}: 3 gray {h}×{w} images or one 3-channel image? "
+                f"Save it as N×C×H×W: (3, 1, {h}, {w}) for 3 images, (1, 3, {h}, {w}) for one "
+                "colour image"
             )
         if shape[0] in counts:
             return array[None]
-        if gray_batch:
-            return array[:, None]
         if shape[2] in counts:
             return array.transpose(2, 0, 1)[None]
+        if gray_store:
+            return array[:, None]
     if array.ndim == 4:
         if shape[1] in counts:
             return array
@@ -160,14 +306,22 @@ def _layouts_taken(ndim: int, shape: tuple[int, ...], input_spec: InputSpec) -> 
     """What the store takes, said so that the user sees which dimension is wrong."""
     counts = " or ".join(map(str, accepted_channels(input_spec)))
     c, h, w = input_spec.channels, input_spec.height, input_spec.width
-    gray = f", N×{h}×{w} (gray images)" if c == 1 else ""
-    layouts = f"H×W, C×H×W, N×C×H×W, H×W×C or N×H×W×C with C {counts}{gray}"
+    gray = ", N×H×W (gray images)" if c == 1 else ""
+    layouts = (
+        f"H×W, C×H×W, N×C×H×W, H×W×C or N×H×W×C with C {counts}{gray}, of any H×W "
+        f"(resized to {h}×{w})"
+    )
     if ndim == 4:
         return (
             f"images have {shape[1]} channels; the store takes {c} ({counts} are accepted, "
             f"channels first or last): expected {layouts}"
         )
-    return f"the store takes {c}×{h}×{w} images: expected {layouts}"
+    if ndim == 3:
+        return (
+            f"neither its first nor its last dimension is a channel count the store takes "
+            f"({counts}): expected {layouts}"
+        )
+    return f"expected {layouts}"
 
 
 def decode_array(array: np.ndarray, input_spec: InputSpec, what: str) -> torch.Tensor:
@@ -179,13 +333,19 @@ def decode_array(array: np.ndarray, input_spec: InputSpec, what: str) -> torch.T
     if array.ndim in (3, 4):
         _check_not_empty(array.shape, what)
     values = np.array(array, dtype=np.float32)
+    full_range = None
     if array.dtype.kind == "u" and array.dtype.itemsize <= 2:
-        values /= np.float32(2 ** (8 * array.dtype.itemsize) - 1)
+        full_range = 2 ** (8 * array.dtype.itemsize) - 1
+        values /= np.float32(full_range)
     images = torch.from_numpy(values)
     if not torch.isfinite(images).all():
         raise DataError(f"{what} has NaN or infinite values")
     _check_range(values, array.dtype, what)
-    return adapt_images(images, input_spec)
+    adapted = adapt_images(images, input_spec)
+    if array.ndim in (3, 4):
+        channels = array.shape[1] if array.ndim == 4 else 1
+        _note(len(array), channels, tuple(array.shape[-2:]), full_range, input_spec)
+    return adapted
 
 
 def _check_range(values: np.ndarray, dtype: np.dtype, what: str) -> None:
@@ -236,55 +396,103 @@ def _check_not_empty(shape: tuple[int, ...], what: str) -> None:
         )
 
 
-def decode_image(source: Path | io.BytesIO, channels: int, label: str) -> torch.Tensor:
-    """One encoded image (a file, or bytes in a BytesIO) as a 1×C×H×W float batch in [0, 1]
-    (C is `channels`, or 1 for a one-band image of more than 8 bits), scaled by its bit depth,
-    refusing anything above a sane pixel count before decoding it (decompression bombs)."""
+def read_image(
+    source: Path | io.BytesIO, input_spec: InputSpec, what: str | None = None
+) -> torch.Tensor:
+    """One encoded image (a file, or bytes in a BytesIO) as a 1×C×H×W batch adapted to the
+    store's input spec, the conversion counted (see `conversions_noted`). `what` names it in
+    messages, e.g. "input 'x.png'" (by default "image 'PATH'")."""
+    what = what or f"image {str(source)!r}"
+    image, full_range, size = decode_image(source, what, (input_spec.height, input_spec.width))
+    adapted = adapt_images(image, input_spec)
+    _note(1, image.shape[1], size, full_range, input_spec)
+    return adapted
+
+
+def decode_image(
+    source: Path | io.BytesIO, what: str, size: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, int | None, tuple[int, int]]:
+    """One encoded image as a 1×C×H×W float batch in [0, 1] (C is 1 for a one-band image,
+    else 3: RGB), the full range its values were divided by (255 for 8 bits, 65535 for 16;
+    None for float and 1-bit pixels, taken as they are) and its own (H, W). Anything above a
+    sane pixel count is refused before it is decoded (decompression bombs). With `size`
+    (H, W), a JPEG at least twice as large is decoded at 1/2, 1/4 or 1/8 scale, never below
+    `size` (JPEG's own downscaling, many times faster for photos); otherwise the batch has
+    the image's own size."""
     from PIL import Image, UnidentifiedImageError
 
-    _check_declared_size(source, label)
+    _check_declared_size(source, what)
     Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as image:
-                array = _pixels(image, channels, label)
+                original = (image.height, image.width)
+                if size is not None:
+                    image.draft(None, (size[1], size[0]))
+                array, full_range = _pixels(image, what)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         found = re.search(r"\((\d+) pixels\)", str(exc))
-        size = f"{found.group(1)} pixels" if found else "too large"
-        raise DataError(
-            f"input {label!r} is {size}, above the limit of {MAX_IMAGE_PIXELS}"
-        ) from exc
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"input {label!r} is not a readable image: {exc}") from exc
+        pixels = f"{found.group(1)} pixels" if found else "too large"
+        raise DataError(f"{what} is {pixels}, above the limit of {MAX_IMAGE_PIXELS}") from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:  # ValueError: e.g. LAB
+        raise DataError(f"{what} is not a readable image: {exc}") from exc
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-    return torch.from_numpy(np.array(array, dtype=np.float32, order="C"))[None]
+    tensor = torch.from_numpy(np.array(array, dtype=np.float32, order="C"))[None]
+    return tensor, full_range, original
 
 
-def _pixels(image: Any, channels: int, label: str) -> np.ndarray:
-    """H×W or H×W×C float32 in [0, 1], possibly read-only (Pillow's memory). Converting a 16-bit
-    or 32-bit image to 8 bits would clip rather than scale it (a 16-bit PNG would read as
-    white), so those are scaled here."""
+def image_header(path: Path) -> tuple[int, tuple[int, int], int | None] | None:
+    """(channels, (H, W), full range) of an image file as `decode_image` would read it, from
+    its header alone (nothing decoded); None when Pillow cannot open it (reading it says why)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as image:
+                channels, full_range = _source(image.mode)
+                return channels, (image.height, image.width), full_range
+    except Exception:  # any failure is the reader's to report, naming the file
+        return None
+
+
+def _source(mode: str) -> tuple[int, int | None]:
+    """(channels, full range) that `_pixels` gives an image of Pillow `mode`."""
+    if mode.startswith("I;16") or mode == "I":
+        return 1, 65535
+    if mode in ("F", "1"):
+        return 1, None
+    return (1 if mode in GREY_MODES else 3), 255
+
+
+def _pixels(image: Any, what: str) -> tuple[np.ndarray, int | None]:
+    """H×W (one band) or H×W×3 (RGB) float32 in [0, 1], possibly read-only (Pillow's memory),
+    and the range divided by (see `_source`). Converting a 16-bit or 32-bit image to 8 bits
+    would clip rather than scale it (a 16-bit PNG would read as white), so those are scaled
+    here. Colour becomes grey later, in `adapt_images`, as it does for arrays."""
+    channels, full_range = _source(image.mode)
     if image.mode.startswith("I;16"):
-        return np.asarray(image, dtype=np.float32) / np.float32(65535)
+        return np.asarray(image, dtype=np.float32) / np.float32(65535), full_range
     if image.mode == "I":
         values = np.asarray(image)
         low, high = int(values.min()), int(values.max())
         if low < 0 or high > 65535:
             raise DataError(
-                f"input {label!r} has 32-bit integer pixels from {low} to {high}; expected "
+                f"{what} has 32-bit integer pixels from {low} to {high}; expected "
                 "0 to 65535 (16-bit)"
             )
-        return values.astype(np.float32) / np.float32(65535)
+        return values.astype(np.float32) / np.float32(65535), full_range
     if image.mode == "F":
         values = np.asarray(image, dtype=np.float32)
         if not np.isfinite(values).all():
-            raise DataError(f"input {label!r} has NaN or infinite values")
-        return values
-    return np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 255
+            raise DataError(f"{what} has NaN or infinite values")
+        return values, full_range
+    rgb = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32)
+    return rgb / 255, full_range
 
 
-def _check_declared_size(source: Path | io.BytesIO, label: str) -> None:
+def _check_declared_size(source: Path | io.BytesIO, what: str) -> None:
     """Name an empty PNG for what it is: Pillow refuses one as 'cannot identify image file'."""
     if isinstance(source, Path):
         with source.open("rb") as file:
@@ -295,7 +503,7 @@ def _check_declared_size(source: Path | io.BytesIO, label: str) -> None:
         width, height = struct.unpack(">II", head[16:24])
         if width == 0 or height == 0:
             raise DataError(
-                f"input {label!r} is a PNG of {width}×{height} pixels; an image needs at least 1×1"
+                f"{what} is a PNG of {width}×{height} pixels; an image needs at least 1×1"
             )
 
 
@@ -320,7 +528,7 @@ def decode_images(values: Sequence[Any], input_spec: InputSpec) -> torch.Tensor:
             raise DataError(
                 f"{label} is a {type(value).__name__}; expected a path, bytes or base64 text"
             )
-        batches.append(adapt_images(decode_image(source, input_spec.channels, label), input_spec))
+        batches.append(read_image(source, input_spec, f"input {label!r}"))
     if not batches:
         raise DataError("no images given")
     return torch.cat(batches)
