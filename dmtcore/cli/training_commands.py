@@ -313,9 +313,11 @@ def _epoch_printer(epochs: int) -> object:
             loss = ", ".join(f"{v:.4f}" for v in report.train_loss.values())
             mark = " *" if report.is_best else ""
             self.seconds.append(report.seconds)
+            # The run's own epochs: remove-task may take each task's recorded ones.
+            total = run.params.get("epochs") or epochs
             click.echo(
                 f"epoch {report.epoch}: loss {loss}; val {'; '.join(parts)} "
-                f"({duration(report.seconds)}{self.time_left(epochs - report.epoch)}){mark}",
+                f"({duration(report.seconds)}{self.time_left(total - report.epoch)}){mark}",
                 err=True,
             )
 
