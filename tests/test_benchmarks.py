@@ -66,7 +66,7 @@ def test_growth_cost_quick(tmp_path: Path) -> None:
             assert positive(row[key]), (key, row)
     assert all(r["cache_mb"] > 0 for r in rows if r["path"] in ("cold", "cache"))
     # the store was grown through add-task: at k = 2 the first column's features are read
-    assert "(1 of them read from the features kept by earlier operations, " in stdout
+    assert "1 computed now, 1 read from the features kept in the store (" in stdout
 
 
 @pytest.mark.slow
@@ -126,10 +126,24 @@ def test_speed_options_quick(tmp_path: Path) -> None:
 def test_peer_libmtl_dmt_side_quick(tmp_path: Path) -> None:
     """The dmt side alone: --no-peer makes no LibMTL venv and downloads nothing."""
     stdout, data = run_benchmark("peer_libmtl.py", tmp_path, "--no-peer")
-    (row,) = data["rows"]
-    assert row["side"] == "dmt" and positive(row["cpu_s"]) and 0 < row["mean_accuracy"] <= 1
     assert data["peer_skipped"] == "--no-peer" and "LibMTL side skipped" in stdout
-    assert [r["joint_mode"] for r in data["raw"]["dmt"]] == ["one-pass"]
+    assert list(data["groups"]) == ["digits"] and data["methods"] == ["equal", "pcgrad"]
+    digits = data["groups"]["digits"]
+    tasks = ["digits.class", "digits.even", "digits.large", "digits.prime"]
+    assert sorted(digits["baseline"]) == tasks  # each task alone: the Δm reference
+    assert all(0 < digits["baseline"][t]["metrics"]["accuracy"] <= 1 for t in tasks)
+    rows = digits["rows"]
+    assert [(r["method"], r["libmtl_method"]) for r in rows] == [
+        ("equal", "EW"),
+        ("pcgrad", "PCGrad"),
+    ]
+    for row in rows:  # a finite Δm and a CPU time per method on dmt's side, none on LibMTL's
+        assert math.isfinite(row["dmt_delta_m"]) and positive(row["dmt_cpu_s"])
+        assert row["libmtl_delta_m"] is None and row["ratio_cpu"] is None
+        assert all(0 < row["dmt_primary"][t] <= 1 for t in tasks)
+        (run,) = digits["raw"][f"{row['method']}/dmt"]
+        assert run["joint_mode"] == "one-pass" and run["delta_m"] == row["dmt_delta_m"]
+    assert "equal / EW" in stdout and "pcgrad / PCGrad" in stdout and "Δm" in stdout
 
 
 def test_benchmark_cuda_without_gpu_fails_clearly(tmp_path: Path) -> None:
@@ -159,8 +173,8 @@ def test_growth_cost_dense_quick(tmp_path: Path) -> None:
     assert all(r["cache_location"] == "memory" for r in cached.values())
     assert "scenes 3x16x16 (dmt-cnn spatial=true)" in stdout
     assert "scenes k=2 cache: 3256320 bytes (3.1 MiB) of float16 in memory," in stdout
-    said = "add-task said: feature cache: 2 frozen columns computed once (1 of them read from"
-    assert said in stdout and "MB), 3.1 MB of float16" in stdout
+    said = "add-task said: feature cache: 2 frozen columns for all epochs: 1 computed now, 1 read"
+    assert said in stdout and "MB read); it holds 3.1 MB of float16" in stdout
 
 
 @pytest.mark.slow
