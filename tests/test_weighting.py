@@ -329,6 +329,24 @@ def test_every_method_trains_a_digits_group(host, tmp_path, name) -> None:
     assert result.summary["settings"]["weighting"] == name
 
 
+@pytest.mark.parametrize("name", ["dwa", "gradnorm", "pcgrad", "aligned-mtl"])
+def test_every_method_trains_the_dense_group(host, tmp_path, name) -> None:
+    """Segmentation + normals + depth at 16×16 for one epoch (uncertainty: the test below)."""
+    from dmtcore.operations import init_store, train_tasks
+    from dmtcore.tasks.names import InputSpec
+    from dmtcore.train.loop import TrainSettings
+
+    tasks = ["scenes.segmentation", "scenes.normals", "scenes.depth"]
+    store = tmp_path / "s"
+    init_store(store, host, input_spec=InputSpec(3, 16, 16), backbone_options={"spatial": True})
+    settings = TrainSettings(epochs=1, weighting=name)
+    result = train_tasks(store, tasks, host, settings, notify=lambda m: None)
+    assert result.metrics["scenes.segmentation"]["miou"] > 0.1
+    assert math.isfinite(result.metrics["scenes.normals"]["mean_angle"])
+    weights = result.summary["weighting"]["weights"]
+    assert set(weights) == set(tasks) and all(math.isfinite(w) for w in weights.values())
+
+
 def test_dense_group_with_uncertainty_reports_delta_m_and_logs_weights(
     run_cli, new_store_dir, tmp_path
 ) -> None:
