@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from dmtcore.errors import DmtError, InvalidValueError, TrackingError, first_line
+from dmtcore.errors import DmtError, TrackingError, first_line
 from dmtcore.hooks.runinfo import EpochReport, RunInfo, RunResult
 from dmtcore.hooks.specs import hookimpl
 from dmtcore.runtime.progress import Stage
@@ -58,20 +58,38 @@ def system_info() -> dict[str, str]:
 
 
 def default_tracking_uri(store: Path) -> str:
-    """The embedded tracking store: a SQLite database inside the dmt store, never the cwd.
+    """The embedded tracking store: a SQLite database inside the dmt store, never the cwd."""
+    return sqlite_uri(Path(store).resolve() / DATABASE)
 
-    SQLAlchemy reads '?' in a SQLite URI as the start of a query and decodes '%41', and MLflow
-    creates the parent directory of the undecoded path, so neither quoting nor the raw path can
-    keep the database of a store named 'a?b' inside it: such a path is refused instead."""
-    path = Path(store).resolve() / DATABASE
-    found = sorted(set(UNSAFE_IN_SQLITE_URI) & set(str(path)))
-    if found:
-        raise InvalidValueError(
-            f"the store path {str(path.parent)!r} contains {found[0]!r}, which an MLflow SQLite "
-            "URI cannot hold: the embedded tracking database needs a path without '?' or '%'; "
-            "rename the store, pass --tracking-uri URI, or --no-tracking"
-        )
-    return f"sqlite:///{path}"
+
+def sqlite_uri(database: Path) -> str:
+    """An SQLAlchemy URI of the SQLite file at the absolute path `database`: 'sqlite:///PATH',
+    exactly, for a path without '?' or '%'.
+
+    SQLAlchemy reads '?' as the start of a query and decodes '%XX' in the path, so those are
+    quoted ('%3F', '%25'); but MLflow creates the parent directory of the path *as written in
+    the URI*, which would make a stray 'a%3Fb' beside a store named 'a?b'. So from the first
+    component holding one of them on, the '/' are quoted too ('%2F'): the parent MLflow sees is
+    then the last ancestor free of them, which exists (or is the store's own), while SQLAlchemy
+    decodes the whole path back to the store's database."""
+    text = str(database)
+    first = min((text.index(c) for c in UNSAFE_IN_SQLITE_URI if c in text), default=None)
+    if first is None:
+        return f"sqlite:///{text}"
+    cut = text.rindex("/", 0, first) + 1  # where the first component holding one starts
+    tail = text[cut:].replace("%", "%25").replace("?", "%3F").replace("/", "%2F")
+    return f"sqlite:///{text[:cut]}{tail}"
+
+
+def artifact_location(directory: Path) -> str:
+    """The artifact location of the embedded store's experiments: the plain path, as before,
+    for a path without '?' or '%'; its file: URI for one with them. MLflow's local artifact
+    repository decodes '%XX' in a plain path (the artifacts of a store named 'x%41y' would go
+    to 'xAy') and its downloads split a plain path at '?' (`dmt pull` of a store named 'a?b'
+    would read 'a'), while both decode a file: URI back to the path."""
+    if set(UNSAFE_IN_SQLITE_URI) & set(str(directory)):
+        return Path(directory).as_uri()
+    return str(directory)
 
 
 def ensure_embedded_database(store: Path, notify: Callable[[str], None]) -> None:
@@ -114,8 +132,8 @@ def _create_database(store: Path, target: Path) -> None:
     folder = Path(tempfile.mkdtemp(prefix="mlflow-db-", dir=store / "tmp"))
     try:
         made = folder / DATABASE
-        uri = f"sqlite:///{made}"
-        artifacts = str(store / ARTIFACTS)  # a plain path: MLflow does not decode file: URIs
+        uri = sqlite_uri(made)
+        artifacts = artifact_location(store / ARTIFACTS)
         reported_call(uri, lambda: SqlAlchemyStore(uri, artifacts).engine.dispose())
         with contextlib.suppress(FileExistsError):  # another process was first: use theirs
             os.link(made, target)
@@ -235,10 +253,10 @@ class MlflowTracker:
             name, location = run.store_name, None
             experiment = None
             if self.embedded:
-                # A plain path: MLflow does not decode a file: URI, so 'a?b' would become 'a%3Fb'
-                # beside the store. Experiments of earlier releases hold the URI form.
+                # A plain path (see `artifact_location`). Experiments of earlier releases hold
+                # the URI form.
                 artifacts = Path(run.store_path).resolve() / ARTIFACTS
-                location = str(artifacts)
+                location = artifact_location(artifacts)
                 experiment = self.client.get_experiment_by_name(name)
                 if experiment is not None and experiment.artifact_location not in (
                     location,

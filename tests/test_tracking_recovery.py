@@ -109,18 +109,6 @@ def test_a_killed_commands_run_is_marked_killed_by_the_next_writer(
     assert "ended without reporting" in statuses["KILLED"]
 
 
-@pytest.mark.parametrize("name", ["a?b", "x%41y"])
-def test_a_store_path_a_sqlite_uri_cannot_hold_is_refused_at_once(
-    name: str, tmp_path: Path, run_cli
-) -> None:
-    start = time.monotonic()
-    result = run_cli("add-task", "digits.even", "--store", tmp_path / name, *QUICK, expect=11)
-
-    assert time.monotonic() - start < 30
-    assert f"contains {name[1]!r}, which an MLflow SQLite URI cannot hold" in result.stderr
-    assert list(tmp_path.iterdir()) == []  # no store, no database beside it
-
-
 def test_embedded_tracking_writes_nothing_beside_a_store_with_a_space(
     store_copy: Path, tmp_path: Path, mlflow_template: Path, run_cli
 ) -> None:

@@ -13,6 +13,11 @@ array must then be in [0, 1]: raw 0–16 or 0–255 floats would give confident 
 Layouts (`array_layout`): an array is read the one way its shape allows, whatever its height
 and width, and refused, naming its shape, when no way or more than one way fits.
 
+Size: one limit for every format, `MAX_IMAGE_PIXELS` per image (H × W), checked before any
+pixel is decoded or copied: from an image's header (Pillow's decompression-bomb guard, and a
+PNG's IHDR) and from a .npy file's header, so a 9000 × 9000 array is refused as its PNG is,
+without the gigabytes that reading it would take.
+
 Conversions: every image of any format is brought to the store's input by `adapt_images`:
 colour → grey by luminance, grey → colour by repeating, any other height × width resized
 bilinearly (antialiased). What was done is counted in `Conversions` (`conversions_noted`), so
@@ -25,7 +30,9 @@ import base64
 import binascii
 import io
 import json
+import os
 import re
+import stat
 import struct
 import warnings
 from collections import Counter
@@ -46,7 +53,9 @@ from dmtcore.runtime import interrupts
 from dmtcore.tasks.data import adapt_images
 from dmtcore.tasks.names import InputSpec
 
-MAX_IMAGE_PIXELS = 50_000_000  # far above any sane input, far below a decompression bomb
+# Pixels (H × W) per image, for every input format: far above any sane input, far below a
+# decompression bomb (one image of this size takes 200 MB as float32).
+MAX_IMAGE_PIXELS = 50_000_000
 NPY_MAGIC = b"\x93NUMPY"
 ZIP_MAGIC = b"PK\x03\x04"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -202,10 +211,9 @@ def iter_batches(
         return sum(len(b) for b in pending) >= batch_size
 
     for path in map(Path, paths):
-        if not path.is_file():
-            raise DataError(f"input {str(path)!r} does not exist")
+        _check_regular_file(path, f"input {str(path)!r}")
         if path.suffix.lower() in (".npy", ".npz"):
-            array = array_layout(open_npy(path), input_spec, f"input {str(path)!r}")
+            array = array_layout(open_npy(path, input_spec), input_spec, f"input {str(path)!r}")
             single = len(array) == 1
             for start in range(0, len(array), batch_size):
                 chunk = array[start : start + batch_size]
@@ -226,22 +234,93 @@ def iter_batches(
         yield torch.cat(pending), labels
 
 
-def open_npy(path: Path) -> np.ndarray:
+# What a path that is not a regular file is, said instead of reading it (a FIFO would block).
+FILE_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _check_regular_file(path: Path, what: str) -> None:
+    """Refuse, naming what it is, an input that is not a regular file, before it is opened:
+    reading a named pipe would wait for a writer forever, and a device may never end."""
+    try:
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        if path.is_symlink():
+            raise DataError(
+                f"{what} is a symbolic link to {os.readlink(path)!r}, which does not exist"
+            ) from None
+        raise DataError(f"{what} does not exist") from None
+    except OSError as exc:
+        raise DataError(f"{what} cannot be read: {exc.strerror}") from exc
+    if stat.S_ISREG(mode):
+        return
+    kind = next((name for is_kind, name in FILE_KINDS if is_kind(mode)), "not a regular file")
+    raise DataError(
+        f"{what} is {kind}, not a file; give image files (PNG, JPEG, ...) or .npy arrays"
+    )
+
+
+def _too_many_pixels(what: str, size: tuple[int, int] | None, pixels: int | None = None) -> str:
+    """The message for an image of `size` (H, W) above `MAX_IMAGE_PIXELS`."""
+    pixels = pixels if size is None else int(size[0]) * int(size[1])
+    found = f"is {pixels} pixels" if pixels is not None else "is too large"
+    dims = f": {size[0]}×{size[1]} (H×W) per image" if size is not None else ""
+    return (
+        f"{what} {found}, above the limit of {MAX_IMAGE_PIXELS} pixels per image for every "
+        f"input format (images and .npy arrays alike){dims}; downscale it"
+    )
+
+
+def _check_pixels(size: tuple[int, ...], what: str) -> None:
+    """Refuse images of (H, W) `size` above `MAX_IMAGE_PIXELS`, before their values are read."""
+    height, width = (int(n) for n in size)
+    if height * width > MAX_IMAGE_PIXELS:
+        raise DataError(_too_many_pixels(what, (height, width)))
+
+
+def open_npy(path: Path, input_spec: InputSpec | None = None) -> np.ndarray:
     """A .npy file as it is stored, memory-mapped rather than read, after checking what it
     is: numpy's own errors for an empty file, an .npz archive or a pickle are not about the
-    user's file, and an empty dimension would only fail later, inside torch."""
+    user's file, and an empty dimension would only fail later, inside torch. Its header is
+    checked before anything is mapped: the dtype, and with `input_spec` the pixels per image
+    of the layout the store would read (`array_layout`), so that a header declaring huge
+    images is refused whatever the file holds."""
     what = f"input {str(path)!r}"
     with path.open("rb") as file:
         magic = file.read(len(NPY_MAGIC))
-    if not magic:
-        raise DataError(f"{what} is empty; {VALID_ARRAYS}")
-    if magic.startswith(ZIP_MAGIC):
-        raise DataError(
-            f"{what} is an .npz archive (numpy.savez), not a .npy array; "
-            "save each array with numpy.save"
-        )
-    if magic != NPY_MAGIC:
-        raise DataError(f"{what} is not a .npy file (no NUMPY header); {VALID_ARRAYS}")
+        if not magic:
+            raise DataError(f"{what} is empty; {VALID_ARRAYS}")
+        if magic.startswith(ZIP_MAGIC):
+            raise DataError(
+                f"{what} is an .npz archive (numpy.savez), not a .npy array; "
+                "save each array with numpy.save"
+            )
+        if magic != NPY_MAGIC:
+            raise DataError(f"{what} is not a .npy file (no NUMPY header); {VALID_ARRAYS}")
+        file.seek(0)
+        header = _npy_header(file, what)
+    if header is not None:
+        shape, dtype = header
+        _check_dtype(dtype, what)
+        if len(shape) in (3, 4) and shape[0] == 0:
+            raise DataError(f"{what} holds no images")
+        _check_not_empty(shape, what)
+        if input_spec is not None:
+            # A stand-in of the declared shape with no data (every stride 0): the layout is
+            # found from the shape alone, as it will be for the mapped array.
+            try:
+                stand_in = np.broadcast_to(np.zeros((), np.uint8), shape)
+            except ValueError as exc:  # more elements than any array can have
+                raise DataError(
+                    f"{what} is not a readable .npy array: its header declares shape {shape} "
+                    f"({exc})"
+                ) from exc
+            _check_pixels(array_layout(stand_in, input_spec, what).shape[-2:], what)
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -251,6 +330,28 @@ def open_npy(path: Path) -> np.ndarray:
         raise DataError(f"{what} holds no images")
     _check_not_empty(array.shape, what)
     return array
+
+
+def _npy_header(file: Any, what: str) -> tuple[tuple[int, ...], np.dtype] | None:
+    """(shape, dtype) from the header of the .npy file open at its start, nothing else read;
+    None for a format version that numpy reads only for structured dtypes (3.0: `np.load`
+    then says what it is). A pickle (object dtype) is refused here: dmt never unpickles."""
+    try:
+        version = np.lib.format.read_magic(file)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(file)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(file)
+        else:
+            return None
+    except (ValueError, OSError, EOFError) as exc:
+        raise DataError(f"{what} is not a readable .npy array: {exc}") from exc
+    if dtype.hasobject:
+        raise DataError(
+            f"{what} is not a readable .npy array: it holds Python objects (dtype {dtype}), "
+            f"which dmt never unpickles; {VALID_ARRAYS}"
+        )
+    return tuple(int(n) for n in shape), dtype
 
 
 def accepted_channels(input_spec: InputSpec) -> tuple[int, ...]:
@@ -332,6 +433,7 @@ def decode_array(array: np.ndarray, input_spec: InputSpec, what: str) -> torch.T
     _check_dtype(array.dtype, what)
     if array.ndim in (3, 4):
         _check_not_empty(array.shape, what)
+        _check_pixels(array.shape[-2:], what)  # before the values are copied
     values = np.array(array, dtype=np.float32)
     full_range = None
     if array.dtype.kind == "u" and array.dtype.itemsize <= 2:
@@ -433,8 +535,8 @@ def decode_image(
                 array, full_range = _pixels(image, what)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         found = re.search(r"\((\d+) pixels\)", str(exc))
-        pixels = f"{found.group(1)} pixels" if found else "too large"
-        raise DataError(f"{what} is {pixels}, above the limit of {MAX_IMAGE_PIXELS}") from exc
+        pixels = int(found.group(1)) if found else None
+        raise DataError(_too_many_pixels(what, None, pixels)) from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:  # ValueError: e.g. LAB
         raise DataError(f"{what} is not a readable image: {exc}") from exc
     array = array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
@@ -493,7 +595,8 @@ def _pixels(image: Any, what: str) -> tuple[np.ndarray, int | None]:
 
 
 def _check_declared_size(source: Path | io.BytesIO, what: str) -> None:
-    """Name an empty PNG for what it is: Pillow refuses one as 'cannot identify image file'."""
+    """Name an empty PNG for what it is (Pillow refuses one as 'cannot identify image file'),
+    and refuse one above the pixel limit naming its size (Pillow's guard says only the count)."""
     if isinstance(source, Path):
         with source.open("rb") as file:
             head = file.read(24)
@@ -505,6 +608,7 @@ def _check_declared_size(source: Path | io.BytesIO, what: str) -> None:
             raise DataError(
                 f"{what} is a PNG of {width}×{height} pixels; an image needs at least 1×1"
             )
+        _check_pixels((height, width), what)
 
 
 def decode_images(values: Sequence[Any], input_spec: InputSpec) -> torch.Tensor:

@@ -189,6 +189,8 @@ class Store:
         current = self.current_version()
         known = isinstance(version, int) and 1 <= version <= current
         if not (known and self._is_file(self.version_path(version))):
+            if known and version == current:  # CURRENT names it: the store is damaged
+                raise StoreError(self._missing_current(current))
             listing = ", ".join(str(v) for v in self.versions()) or "none"
             raise UnknownNameError(
                 f"store {str(self.path)!r} has no version {_shorten(version)}; versions: {listing}"
@@ -201,6 +203,29 @@ class Store:
             raise StoreError(f"{path} is damaged: {exc}") from exc
         except RecursionError as exc:
             raise StoreError(f"{path} is damaged: its JSON is nested too deeply") from exc
+
+    def _missing_current(self, current: int) -> str:
+        """Why the version CURRENT names cannot be read, the versions that can, and the way
+        out: `dmt rollback N` reads only version N, so it leaves the missing one behind."""
+        path = self.version_path(current)
+        what = "is not a regular file" if os.path.lexists(path) else "is missing"
+        existing = self.versions()
+        store = str(self.path)
+        if existing:
+            remedy = (
+                f"versions that exist: {', '.join(map(str, existing))}; run 'dmt verify --store "
+                f"{store}' to see every problem, and 'dmt rollback {existing[-1]} --store {store}' "
+                f"to make version {existing[-1]} current again"
+            )
+        else:
+            remedy = (
+                f"no version has a manifest; run 'dmt verify --store {store}', and restore "
+                "versions/ from a backup"
+            )
+        return (
+            f"store {store!r} is damaged: {CURRENT} names version {current}, but "
+            f"{path.relative_to(self.path)} {what}; {remedy}"
+        )
 
     def versions(self) -> list[int]:
         """Committed versions, oldest first (files newer than CURRENT are unfinished writes)."""
@@ -341,6 +366,8 @@ class Store:
         if not self.exists(self.path):
             return
         current = self.current_version()
+        if not self._is_file(self.version_path(current)):
+            return  # CURRENT names a missing manifest: damaged, never guess what is unused
         referenced: set[str] = set()
         for entry in _plain_files(self.path / "versions"):
             match = VERSION_FILE.match(entry.name)

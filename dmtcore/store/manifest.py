@@ -324,6 +324,23 @@ BACKBONE = Record(
     },
 )
 
+# The settings a task trained with (dmtcore.operations.task_settings), reused where it
+# trains again.
+TRAINING = Record(
+    {
+        "epochs": Integer(1),
+        "batch_size": Integer(1),
+        "lr": Number(finite=True),
+        "optimizer": Text(),
+        "balance": Boolean(),
+        "precision": Text(),
+        "connection_lr_mult": Nullable(Number(finite=True)),
+        "bn_recalibration": Nullable(Boolean()),
+        "weighting": Text(),
+        "weighting_options": MapOf(Anything()),
+    }
+)
+
 TASK = Record(
     {
         "name": TASK_NAME,
@@ -352,7 +369,7 @@ TASK = Record(
     {
         "recipe": MapOf(Anything()),
         "data_seed": Integer(0, 2**32 - 1),
-        "training": MapOf(Anything()),
+        "training": TRAINING,
     },
 )
 
@@ -378,7 +395,7 @@ OPERATION = Record(
         # how a group trained: one pass per batch, taking turns, or a single task
         "joint_mode": Nullable(Text(("single", "one-pass", "turns"))),
         # the settings each retrained task used (remove-task: its own, or the command's)
-        "task_settings": MapOf(MapOf(Anything()), key=TASK_NAME),
+        "task_settings": MapOf(TRAINING, key=TASK_NAME),
         # how the group's losses became each step: the method, its options, and each task's
         # mean weight in the last epoch (empty for equal weights or a single task)
         "weighting": Record(
