@@ -132,7 +132,7 @@ def test_the_disk_cache_holds_its_space_while_training_and_gives_it_back(
     used: list[int] = []
 
     def notify(message: str) -> None:
-        if message.startswith("feature cache: 2 frozen columns computed once"):
+        if message.startswith("feature cache: 2 frozen columns "):
             used.append(shutil.disk_usage(small_disk).used)
 
     settings = TrainSettings(epochs=1, batch_size=64, feature_cache="disk")
@@ -157,7 +157,7 @@ def test_two_processes_sharing_a_small_disk_never_die_by_sigbus(
     seen = []
     for line in a.stderr:
         seen.append(line)
-        if line.startswith("feature cache: 2 frozen columns computed once"):
+        if line.startswith("feature cache: 2 frozen columns "):
             break
     a.send_signal(signal.SIGSTOP)
     try:
