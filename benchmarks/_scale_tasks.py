@@ -114,30 +114,20 @@ DENSE_TASKS = (
 
 @hookimpl
 def dmt_register_tasks(registry: Any) -> None:
-    for name, description, attribute, classes in IMAGE_TASKS:
-        registry.add_task(
-            TaskSpec(
-                name=name,
-                description=description,
-                input_shape=NATIVE_SHAPE,
-                output="binary" if len(classes) == 2 else "multiclass",
-                num_outputs=len(classes),
-                class_names=classes,
-                datasets=_factory(attribute),
+    for tasks, dense in ((IMAGE_TASKS, False), (DENSE_TASKS, True)):
+        for name, description, attribute, classes in tasks:
+            image_output = "binary" if len(classes) == 2 else "multiclass"
+            registry.add_task(
+                TaskSpec(
+                    name=name,
+                    description=description,
+                    input_shape=NATIVE_SHAPE,
+                    output="segmentation" if dense else image_output,
+                    num_outputs=len(classes),
+                    class_names=classes,
+                    datasets=_factory(attribute),
+                )
             )
-        )
-    for name, description, attribute, classes in DENSE_TASKS:
-        registry.add_task(
-            TaskSpec(
-                name=name,
-                description=description,
-                input_shape=NATIVE_SHAPE,
-                output="segmentation",
-                num_outputs=len(classes),
-                class_names=classes,
-                datasets=_factory(attribute),
-            )
-        )
 
 
 def _timing(event: str, **fields: Any) -> None:

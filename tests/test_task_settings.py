@@ -15,22 +15,16 @@ def manifest(store: Path, version: int) -> dict:
     return json.loads((store / "versions" / f"v{version:06d}.json").read_text())
 
 
+def add_prime(run_cli, store: Path, *options: str) -> None:
+    """digits.prime onto the digits store, one epoch in batches of 12."""
+    run_cli("add-task", "digits.prime", "--store", store, "--epochs", "1", "--batch-size", "12",
+            *options, "--no-tracking")  # fmt: skip
+
+
 def test_remove_task_retrains_each_task_with_its_own_settings(run_cli, store_copy) -> None:
     """digits.prime trained with batch size 12 and lr 0.003: removing digits.class
     reconnects it with those, and digits.even with its own 64 and 0.001."""
-    run_cli(
-        "add-task",
-        "digits.prime",
-        "--store",
-        store_copy,
-        "--epochs",
-        "1",
-        "--batch-size",
-        "12",
-        "--lr",
-        "0.003",
-        "--no-tracking",
-    )
+    add_prime(run_cli, store_copy, "--lr", "0.003")
     added = manifest(store_copy, 4)
     training = {t["name"]: t["training"] for t in added["tasks"]}
     assert training["digits.prime"]["batch_size"] == 12
@@ -55,17 +49,7 @@ def test_remove_task_retrains_each_task_with_its_own_settings(run_cli, store_cop
 
 
 def test_the_command_line_wins_for_every_task(run_cli, store_copy) -> None:
-    run_cli(
-        "add-task",
-        "digits.prime",
-        "--store",
-        store_copy,
-        "--epochs",
-        "1",
-        "--batch-size",
-        "12",
-        "--no-tracking",
-    )
+    add_prime(run_cli, store_copy)
     result = run_cli(
         "remove-task",
         "digits.class",
