@@ -101,24 +101,18 @@ def backward(
             shared.append(j)
         elif reached:  # one task's own parameter: its gradient alone
             param.grad = reached[0].clone()
-    rows = []
-    for grads in per_task:
-        rows.append(
-            torch.cat(
-                [
-                    (grads[j] if grads[j] is not None else torch.zeros_like(params[j])).reshape(-1)
-                    for j in shared
-                ]
-            )
-            if shared
-            else torch.zeros(0, device=losses[names[0]].device)
+
+    def flat(grads: tuple[torch.Tensor | None, ...]) -> torch.Tensor:
+        """A task's gradient over the shared parameters, as one vector (zeros where unused)."""
+        pieces = [grads[j] if grads[j] is not None else torch.zeros_like(params[j]) for j in shared]
+        return (
+            torch.cat([piece.reshape(-1) for piece in pieces]) if pieces else params[0].new_zeros(0)
         )
-    combined = weighting.combine(losses, torch.stack(rows))
-    offset = 0
-    for j in shared:
-        size = params[j].numel()
-        params[j].grad = combined[offset : offset + size].view_as(params[j]).clone()
-        offset += size
+
+    combined = weighting.combine(losses, torch.stack([flat(grads) for grads in per_task]))
+    sizes = [params[j].numel() for j in shared]
+    for j, piece in zip(shared, combined.split(sizes), strict=True):
+        params[j].grad = piece.view_as(params[j]).clone()
 
 
 def make_weighting(
