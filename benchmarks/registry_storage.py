@@ -15,6 +15,10 @@ once however many names it has), split into blobs, mlflow.db and mlartifacts, an
 `off`. Every registry version publishes the whole store (two models: arrays and images), so
 copies grow with versions × columns; links should grow by one column per task.
 
+Three ratios to `off`: without the kept features (`features/`, the same cache in every
+variant), with them (every file under the store), and counting every file once per name, as a
+copy that does not keep hard links would (`rsync` without -H, zip, `cp -r` without -a; `du -l`).
+
     python benchmarks/registry_storage.py [--quick] [--epochs 2] [--json out.json]
 """
 
@@ -44,9 +48,12 @@ PARTS = ("blobs", "mlflow.db", "mlartifacts")
 KEPT = "features"  # dmtcore.store.kept_features: not part of the total
 
 
-def disk_bytes(path: Path, seen: set[tuple[int, int]] | None = None) -> int:
+def disk_bytes(
+    path: Path, seen: set[tuple[int, int]] | None = None, every_name: bool = False
+) -> int:
     """Bytes allocated under `path` (files and directories), each inode counted once like
-    `du`: a hard link to a file already counted adds nothing."""
+    `du`: a hard link to a file already counted adds nothing; with `every_name`, once per
+    name, like `du -l` (what a copy that does not keep hard links writes)."""
     seen = set() if seen is None else seen
     entries = [path]
     for root, dirs, files in os.walk(path):
@@ -54,7 +61,7 @@ def disk_bytes(path: Path, seen: set[tuple[int, int]] | None = None) -> int:
     total = 0
     for entry in entries:
         info = os.lstat(entry)
-        if (info.st_dev, info.st_ino) not in seen:
+        if every_name or (info.st_dev, info.st_ino) not in seen:
             seen.add((info.st_dev, info.st_ino))
             total += info.st_blocks * 512
     return total
@@ -68,7 +75,9 @@ def breakdown(store: Path) -> dict[str, int]:
     seen: set[tuple[int, int]] = set()
     parts = {part: disk_bytes(store / part, seen) for part in PARTS if (store / part).exists()}
     cache = disk_bytes(store / KEPT, set()) if (store / KEPT).exists() else 0
-    return {"total": disk_bytes(store) - cache, **parts, KEPT: cache}
+    whole = disk_bytes(store)
+    every_name = disk_bytes(store, every_name=True)
+    return {"total": whole - cache, **parts, KEPT: cache, "whole": whole, "every_name": every_name}
 
 
 def grow(stores: dict[str, Path], template: Path, task: str, settings: Any) -> None:
@@ -125,10 +134,15 @@ def main() -> None:
                         "variant": variant,
                         **sizes[variant],
                         "ratio": sizes[variant]["total"] / sizes["off"]["total"],
+                        "ratio_whole": sizes[variant]["whole"] / sizes["off"]["whole"],
+                        "ratio_every_name": (
+                            sizes[variant]["every_name"] / sizes["off"]["every_name"]
+                        ),
                     }
                 )
     headers = ["tasks", "variant", "total MB", *(f"{p} MB" for p in PARTS), "÷ off", "target",
-               "kept features MB (not in total)"]  # fmt: skip
+               "kept features MB (not in total)", "÷ off, with features",
+               "÷ off, every name"]  # fmt: skip
     table = common.table(
         headers,
         [
@@ -140,6 +154,8 @@ def main() -> None:
                 common.fmt(r["ratio"]),
                 common.verdict(r["ratio"], 1.5) if r["variant"] != "off" else "",
                 common.fmt(megabytes(r[KEPT])),
+                common.fmt(r["ratio_whole"]),
+                common.fmt(r["ratio_every_name"]),
             ]
             for r in rows
         ],
