@@ -119,8 +119,6 @@ class ModelStore:
         self.observers = list(observers)
         self.verbose = verbose
         self._host: Any = None
-        self._tracked_uri: str | None = None
-        self._tracker_attached = False
 
     @property
     def host(self) -> Any:
@@ -149,8 +147,6 @@ class ModelStore:
         frozen); several names are added one after another, each its own version, and
         `each` hears every record as soon as its version is committed. Returns `dmt add-task
         --json`'s record, a list of them for several names."""
-        from dmtcore.operations import add_task
-
         started = time.perf_counter()
         many = not isinstance(names, str)
         names = list(names) if many else [names]
@@ -158,33 +154,35 @@ class ModelStore:
             raise InvalidValueError(f"give one or more distinct tasks to add, got {names}")
         if from_folder is not None and len(names) != 1:
             raise InvalidValueError(f"from_folder makes one task, got {len(names)}: {names}")
-        settings, data = split_options(options)
-        if from_folder is not None:
-            self.task_from_folder(names[0], from_folder)
-        for name in names:
-            self.host.kinds.task(name)  # an unknown name fails before anything is touched
-        uri = self._attach_tracker()
-        records = []
-        for name in names:
-            result = add_task(
-                self.path, name, self.host, settings, data, self.notify, init_from=init_from
-            )
-            records.append(
-                {
-                    "store": str(self.path),
-                    "version": result.version,
-                    "task": name,
-                    "metrics": result.metrics[name],
-                    "best_epoch": result.summary["best_epoch"],
-                    "init_from": result.summary["init_from"],
-                    "seconds": round(time.perf_counter() - started, 2),
-                    "tracking_uri": uri,
-                }
-            )
-            if each is not None:
-                each(records[-1])
-            started = time.perf_counter()
-        return records if many else records[0]
+        with self._tracking() as uri:  # before torch loads: MLflow loads meanwhile
+            from dmtcore.operations import add_task
+
+            settings, data = split_options(options)
+            if from_folder is not None:
+                self.task_from_folder(names[0], from_folder)
+            for name in names:
+                self.host.kinds.task(name)  # an unknown name fails before anything is touched
+            records = []
+            for name in names:
+                result = add_task(
+                    self.path, name, self.host, settings, data, self.notify, init_from=init_from
+                )
+                records.append(
+                    {
+                        "store": str(self.path),
+                        "version": result.version,
+                        "task": name,
+                        "metrics": result.metrics[name],
+                        "best_epoch": result.summary["best_epoch"],
+                        "init_from": result.summary["init_from"],
+                        "seconds": round(time.perf_counter() - started, 2),
+                        "tracking_uri": uri,
+                    }
+                )
+                if each is not None:
+                    each(records[-1])
+                started = time.perf_counter()
+            return records if many else records[0]
 
     @_quietly
     def train(
@@ -201,47 +199,47 @@ class ModelStore:
         weightings`). `compare_with`: a store holding the same tasks (trained alone, say),
         whose recorded metrics the record's `delta_m` (percent) is measured against. Returns
         `dmt train --json`'s record."""
-        from dmtcore.operations import baseline_metrics, train_tasks
-
         started = time.perf_counter()
         names = list(names)
-        settings, data = split_options(options)
-        for task, folder in (from_folders or {}).items():
-            if task not in names:
-                raise InvalidValueError(
-                    f"invalid from_folders entry {task!r}: it must be one of the tasks to train "
-                    f"({', '.join(names)})"
-                )
-            self.task_from_folder(task, folder)
-        for name in names:
-            self.host.kinds.task(name)
-        if connection is not None:
-            self.host.kinds.connection(connection)
-        baseline = None if compare_with is None else baseline_metrics(Path(compare_with), names)
-        uri = self._attach_tracker()
-        result = train_tasks(
-            self.path,
-            names,
-            self.host,
-            settings,
-            data,
-            connection,
-            self.notify,
-            baseline=baseline,
-        )
-        delta = result.summary.get("delta_m")
-        return {
-            "store": str(self.path),
-            "version": result.version,
-            "tasks": names,
-            "metrics": result.metrics,
-            "best_epoch": result.summary["best_epoch"],
-            "weighting": result.summary["weighting"],
-            "delta_m": delta["value"] if delta else None,
-            "compared_with": delta["baseline"] if delta else None,
-            "seconds": round(time.perf_counter() - started, 2),
-            "tracking_uri": uri,
-        }
+        with self._tracking() as uri:  # before torch loads: MLflow loads meanwhile
+            from dmtcore.operations import baseline_metrics, train_tasks
+
+            settings, data = split_options(options)
+            for task, folder in (from_folders or {}).items():
+                if task not in names:
+                    raise InvalidValueError(
+                        f"invalid from_folders entry {task!r}: it must be one of the tasks to train "
+                        f"({', '.join(names)})"
+                    )
+                self.task_from_folder(task, folder)
+            for name in names:
+                self.host.kinds.task(name)
+            if connection is not None:
+                self.host.kinds.connection(connection)
+            baseline = None if compare_with is None else baseline_metrics(Path(compare_with), names)
+            result = train_tasks(
+                self.path,
+                names,
+                self.host,
+                settings,
+                data,
+                connection,
+                self.notify,
+                baseline=baseline,
+            )
+            delta = result.summary.get("delta_m")
+            return {
+                "store": str(self.path),
+                "version": result.version,
+                "tasks": names,
+                "metrics": result.metrics,
+                "best_epoch": result.summary["best_epoch"],
+                "weighting": result.summary["weighting"],
+                "delta_m": delta["value"] if delta else None,
+                "compared_with": delta["baseline"] if delta else None,
+                "seconds": round(time.perf_counter() - started, 2),
+                "tracking_uri": uri,
+            }
 
     @_quietly
     def remove_task(self, name: str, **options: Any) -> dict[str, Any]:
@@ -250,22 +248,22 @@ class ModelStore:
         Returns `dmt remove-task --json`'s record, with every remaining task's primary
         metric before, right after the cut, and after reconnection, and the settings each
         reconnected task used (`task_settings`)."""
-        from dmtcore.operations import remove_task
-
-        settings, data = split_options({"epochs": 3, **options})
         Store.open(self.path)  # a missing store fails before the plugins load
-        uri = self._attach_tracker()
-        result = remove_task(
-            self.path, name, self.host, settings, data, self.notify, given=set(options)
-        )
-        return {
-            "store": str(self.path),
-            "version": result.version,
-            "removed": name,
-            "report": result.summary["report"],
-            "task_settings": result.summary.get("task_settings", {}),
-            "tracking_uri": uri,
-        }
+        with self._tracking() as uri:  # before torch loads: MLflow loads meanwhile
+            from dmtcore.operations import remove_task
+
+            settings, data = split_options({"epochs": 3, **options})
+            result = remove_task(
+                self.path, name, self.host, settings, data, self.notify, given=set(options)
+            )
+            return {
+                "store": str(self.path),
+                "version": result.version,
+                "removed": name,
+                "report": result.summary["report"],
+                "task_settings": result.summary.get("task_settings", {}),
+                "tracking_uri": uri,
+            }
 
     def init(
         self,
@@ -601,23 +599,36 @@ class ModelStore:
             return None, f"the {operation} is committed, but publishing it failed: {exc}; {how}"
         return publication_record(published, uri), None
 
-    def _attach_tracker(self) -> str | None:
-        """Log operations to MLflow from now on (unless tracking is off); the URI, or None.
-        Under torchrun only rank 0 reports."""
+    @contextlib.contextmanager
+    def _tracking(self) -> Iterator[str | None]:
+        """Log the operations run inside to MLflow (unless tracking is off); yields the URI,
+        or None. Called first, before torch loads: the tracker's process
+        (`dmt_registry.tracking_process`) imports MLflow meanwhile. Under torchrun only rank
+        0 reports."""
         from dmtcore.runtime.distributed import current_world
 
         if not self.tracking or not current_world().is_main:
-            return None
-        if not self._tracker_attached:
-            from dmt_registry.tracking import MlflowTracker
+            yield None
+            return
+        from dmt_registry.tracking_process import TrackingProcess
 
-            uri, embedded = tracking_uri_for(self.path, self.tracking_uri)
-            tracker = MlflowTracker(
-                uri, embedded, register=self.register, notify=self.notify, verbose=self.verbose
-            )
+        uri, embedded = tracking_uri_for(self.path, self.tracking_uri)
+        tracker = TrackingProcess(
+            uri,
+            embedded,
+            register=self.register,
+            notify=self.notify,
+            verbose=self.verbose,
+            store=self.path,
+        )
+        try:
             self.host.register(tracker, "mlflow-tracker")
-            self._tracked_uri, self._tracker_attached = uri, True
-        return self._tracked_uri
+            try:
+                yield uri
+            finally:
+                self.host.unregister(tracker)
+        finally:
+            tracker.close()
 
 
 def list_backbones(

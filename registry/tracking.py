@@ -214,7 +214,9 @@ def _reported(method: Callable[..., None]) -> Callable[..., None]:
 class MlflowTracker:
     """Logs each operation to the experiment named after the store. `notify` hears what it is
     doing (a `Stage` per step that can take seconds); `verbose` keeps MLflow's own log
-    messages, which are otherwise cut to its warnings."""
+    messages, which are otherwise cut to its warnings; `system` says where the run ran (its
+    parameters `system.*`). Commands that train run it in a helper process
+    (`tracking_process`); the registry commands run it in their own."""
 
     def __init__(
         self,
@@ -223,14 +225,32 @@ class MlflowTracker:
         register: bool = True,
         notify: Callable[[str], None] = lambda message: None,
         verbose: bool = False,
+        system: Callable[[], dict[str, str]] = system_info,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.embedded = embedded
         self.register = register
         self.notify = notify
         self.verbose = verbose
+        self.system = system
         self.client: Any = None
         self.run_id: str | None = None
+
+    def warm_up(self, store: Path) -> None:
+        """Open the tracking store before the first run needs it: the helper process does this
+        while the parent still loads torch. A database that is missing or needs repair is left
+        alone, and any failure is left for `dmt_run_started` to meet and report."""
+        database = Path(store) / DATABASE
+        if self.embedded and (not database.is_file() or _open_problem(database) is not None):
+            return
+        with contextlib.suppress(Exception):
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+            from mlflow.tracking import MlflowClient
+
+            logging.getLogger("mlflow").setLevel(logging.INFO if self.verbose else logging.WARNING)
+            client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            client.search_experiments(max_results=1)  # MLflow keeps the store it opened
 
     def _connect(self, run: RunInfo) -> str:
         """The experiment id, created on first use; fails fast when the server does not answer."""
@@ -303,7 +323,7 @@ class MlflowTracker:
             experiment_id, run_name=f"{run.operation} {' '.join(run.tasks)}", tags=tags
         )
         self.run_id = mlflow_run.info.run_id
-        params = {**run.params, **system_info()}
+        params = {**run.params, **self.system()}
         self.client.log_batch(
             self.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()]
         )
@@ -325,12 +345,15 @@ class MlflowTracker:
                 or tags.get("dmt.host", host) != host
             ):
                 continue
-            self.client.set_tag(
-                abandoned.info.run_id,
-                "dmt.error",
-                "the process ended without reporting (killed); marked by the next writer",
-            )
-            self.client.set_terminated(abandoned.info.run_id, "KILLED")
+            self.mark_killed(abandoned.info.run_id, "marked by the next writer")
+
+    def mark_killed(self, run_id: str, by: str) -> None:
+        """End run `run_id` as KILLED: its process ended without reporting; `by` says who
+        noticed."""
+        self.client.set_tag(
+            run_id, "dmt.error", f"the process ended without reporting (killed); {by}"
+        )
+        self.client.set_terminated(run_id, "KILLED")
 
     @hookimpl
     @_reported
@@ -393,8 +416,12 @@ class MlflowTracker:
         self.client.log_artifact(self.run_id, str(result.manifest_path), artifact_path="manifest")
         self._log_relations(result)
         for task, image in (run.extra.get("previews") or {}).items():
-            # input / truth / prediction of the first validation images of each dense task
-            self.client.log_image(self.run_id, image, artifact_file=f"previews/{task}.png")
+            # input / truth / prediction of the first validation images of each dense task: a
+            # PIL image, or the PNG file `tracking_process` made of one (named after the task)
+            if isinstance(image, str | Path):
+                self.client.log_artifact(self.run_id, str(image), artifact_path="previews")
+            else:
+                self.client.log_image(self.run_id, image, artifact_file=f"previews/{task}.png")
         if self.register:
             from dmt_registry.publish import register
             from dmtcore.store.directory import Store

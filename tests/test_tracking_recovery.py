@@ -89,24 +89,51 @@ def test_killing_the_first_tracked_command_never_breaks_tracking(store_copy: Pat
 
 
 @pytest.mark.slow
-def test_a_killed_commands_run_is_marked_killed_by_the_next_writer(
-    store_copy: Path, mlflow_template: Path, run_cli
+def test_a_killed_commands_run_is_marked_killed_by_its_tracking_process(
+    store_copy: Path, mlflow_template: Path
 ) -> None:
+    """SIGKILL mid-training (no cleanup, no `finally`): the tracking process, which outlives
+    the command, sees its input end and ends the run as KILLED at once."""
     shutil.copy(mlflow_template, store_copy / "mlflow.db")
     env = {**os.environ, "DMT_CRASH_AT": "step:2"}
     args = [sys.executable, "-m", "dmtcore", "add-task", "digits.prime", "--store",
             str(store_copy), *QUICK, "--no-register"]  # fmt: skip
     killed = subprocess.run(args, env=env, capture_output=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL
-    assert [r.info.status for r in runs(store_copy / "mlflow.db")] == ["RUNNING"]
 
+    deadline = time.monotonic() + 60
+    while (found := runs(store_copy / "mlflow.db")) and found[0].info.status == "RUNNING":
+        assert time.monotonic() < deadline, "the killed command's run is still RUNNING"
+        time.sleep(0.5)
+    assert [r.info.status for r in found] == ["KILLED"]
+    assert "ended without reporting" in found[0].data.tags["dmt.error"]
+    assert "tracking process" in found[0].data.tags["dmt.error"]
+
+
+def test_a_run_left_running_is_marked_killed_by_the_next_writer(
+    store_copy: Path, mlflow_template: Path, run_cli
+) -> None:
+    """A run still RUNNING whose command and tracker are both gone (a power cut) is ended
+    as KILLED by the store's next writer; the new run finishes."""
+    import socket
+
+    from mlflow.tracking import MlflowClient
+
+    shutil.copy(mlflow_template, store_copy / "mlflow.db")
     run_cli("add-task", "digits.prime", "--store", store_copy, *QUICK, "--no-register")
+    client = MlflowClient(tracking_uri=f"sqlite:///{store_copy / 'mlflow.db'}")
+    experiment = runs(store_copy / "mlflow.db")[0].info.experiment_id
+    tags = {"dmt.store": str(store_copy.resolve()), "dmt.operation": "add-task",
+            "dmt.host": socket.gethostname()}  # fmt: skip
+    client.create_run(experiment, tags=tags)  # RUNNING, as a power cut leaves it
 
-    statuses = {
-        r.info.status: r.data.tags.get("dmt.error", "") for r in runs(store_copy / "mlflow.db")
-    }
-    assert set(statuses) == {"KILLED", "FINISHED"}
-    assert "ended without reporting" in statuses["KILLED"]
+    run_cli("add-task", "digits.loop", "--store", store_copy, *QUICK, "--no-register")
+
+    statuses = sorted(
+        (r.info.status, r.data.tags.get("dmt.error", "")) for r in runs(store_copy / "mlflow.db")
+    )
+    assert [s for s, _ in statuses] == ["FINISHED", "FINISHED", "KILLED"]
+    assert "marked by the next writer" in statuses[-1][1]
 
 
 def test_embedded_tracking_writes_nothing_beside_a_store_with_a_space(

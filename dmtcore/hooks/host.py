@@ -82,6 +82,10 @@ class PluginHost:
         """Add an observer (e.g. the MLflow tracker) after start-up; it only gets lifecycle hooks."""
         self.manager.register(plugin, name=name)
 
+    def unregister(self, plugin: object) -> None:
+        """Remove an observer `register` added (the MLflow tracker, when its operation ends)."""
+        self.manager.unregister(plugin)
+
 
 def autoload_disabled_by_env() -> bool:
     return os.environ.get(DISABLE_AUTOLOAD_ENV, "").strip().lower() not in ("", "0", "false", "no")
