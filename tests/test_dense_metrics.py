@@ -11,7 +11,15 @@ import pytest
 import torch
 
 from dmtcore.tasks.dense_labels import dense_targets
-from dmtcore.tasks.metrics import LOSSES, MetricState, berhu, cosine, depth_l1, pixel_cross_entropy
+from dmtcore.tasks.metrics import (
+    LOSSES,
+    MetricState,
+    berhu,
+    cosine,
+    depth_l1,
+    normals_l1,
+    pixel_cross_entropy,
+)
 from dmtcore.tasks.spec import (
     DEFAULT_METRICS,
     DENSE_KINDS,
@@ -190,12 +198,14 @@ def dense_loss_cases():
         ("depth_l1", depth, truth, (0, 0, 0, 0)),
         ("berhu", depth, truth, (0, 0, 0, 0)),
         ("cosine", normals, unit, (0, slice(None), 1, 4)),
+        ("normals_l1", normals, unit, (0, slice(None), 1, 4)),
     ]
 
 
-@pytest.mark.parametrize(
-    "case", range(4), ids=["pixel_cross_entropy", "depth_l1", "berhu", "cosine"]
-)
+LOSS_CASES = ["pixel_cross_entropy", "depth_l1", "berhu", "cosine", "normals_l1"]
+
+
+@pytest.mark.parametrize("case", range(len(LOSS_CASES)), ids=LOSS_CASES)
 def test_a_loss_ignores_predictions_at_unlabelled_pixels(case: int) -> None:
     name, outputs, labels, unlabelled = dense_loss_cases()[case]
     loss = LOSSES[name]
@@ -204,9 +214,7 @@ def test_a_loss_ignores_predictions_at_unlabelled_pixels(case: int) -> None:
     assert torch.equal(loss(changed, labels), loss(outputs, labels)), name
 
 
-@pytest.mark.parametrize(
-    "case", range(4), ids=["pixel_cross_entropy", "depth_l1", "berhu", "cosine"]
-)
+@pytest.mark.parametrize("case", range(len(LOSS_CASES)), ids=LOSS_CASES)
 def test_a_batch_without_labelled_pixels_gives_zero_loss_and_zero_gradient(case: int) -> None:
     name, outputs, labels, _ = dense_loss_cases()[case]
     empty = torch.full_like(labels, IGNORE_LABEL) if name == "pixel_cross_entropy" else labels * 0
@@ -236,6 +244,23 @@ def test_losses_match_their_formulas_over_labelled_pixels() -> None:
     angles = numpy_angles(normals, unit)
     expected_cosine = float(np.mean(1 - np.cos(np.radians(angles))))
     assert cosine(normals, unit).item() == pytest.approx(expected_cosine, rel=1e-5)
+
+
+def test_normals_l1_is_the_mean_component_error_of_the_normalised_prediction() -> None:
+    """By hand: (2, 0, 0) normalises to (1, 0, 0), 2 off (0, 1, 0) over 3 components; (0, 0, 5)
+    is exact; the all-zero pixel is not counted: (2 + 0) / 6."""
+    outputs = torch.tensor([[2.0, 0.0, 0.0], [0.0, 0.0, 5.0], [9.0, 9.0, 9.0]]).T.reshape(
+        1, 3, 1, 3
+    )
+    truth = torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 0.0]]).T.reshape(1, 3, 1, 3)
+    assert normals_l1(outputs, truth).item() == pytest.approx(1 / 3, rel=1e-6)
+    normals, unit = normals_batch()  # and against numpy on the shared batch
+    p = normals.double().permute(0, 2, 3, 1).reshape(-1, 3).numpy()
+    t = unit.double().permute(0, 2, 3, 1).reshape(-1, 3).numpy()
+    keep = np.abs(t).sum(1) > 0
+    p = p[keep] / np.linalg.norm(p[keep], axis=1, keepdims=True)
+    expected = float(np.abs(p - t[keep]).mean())
+    assert normals_l1(normals, unit).item() == pytest.approx(expected, rel=1e-5)
 
 
 # -- directions and the best-epoch score -----------------------------------------------------

@@ -23,7 +23,14 @@ from typing import Any
 
 from dmtcore.errors import StoreError
 from dmtcore.tasks.names import MAX_INPUT_CHANNELS, MAX_INPUT_SIDE, TASK_NAME_PATTERN
-from dmtcore.tasks.spec import DENSE_KINDS, FIXED_OUTPUTS, HEAD_KINDS, LOSS_NAMES, OUTPUT_KINDS
+from dmtcore.tasks.spec import (
+    DENSE_KINDS,
+    FIXED_OUTPUTS,
+    HEAD_KINDS,
+    IGNORE_LABEL_RANGE,
+    LOSS_NAMES,
+    OUTPUT_KINDS,
+)
 
 # Format 2 (issue 14) adds pixel-level tasks: the output kinds segmentation/depth/normals, the
 # 'dense' head, their losses and metrics, and spatial column options. Format 1 manifests (every
@@ -365,11 +372,14 @@ TASK = Record(
         "relations": ListOf(MapOf(Number(finite=True), key=TASK_NAME)),
     },
     # data_seed: the seed the task's dataset factory got when it was trained (absent: 0);
-    # training: the settings it trained with, reused where it trains again (absent: none kept)
+    # training: the settings it trained with, reused where it trains again (absent: none kept);
+    # ignore_label: the label value a segmentation task's data marks unlabelled pixels with
+    # (absent: -1, as in every store written before it existed)
     {
         "recipe": MapOf(Anything()),
         "data_seed": Integer(0, 2**32 - 1),
         "training": TRAINING,
+        "ignore_label": Integer(*IGNORE_LABEL_RANGE),
     },
 )
 
@@ -512,6 +522,11 @@ def _check_outputs(data: dict[str, Any]) -> Iterator[str]:
             yield f"{at}.head.kind {head['kind']!r} does not fit a {kind} task"
         if kind in DENSE_KINDS and data["format"] < 2:
             yield f"{at}.output.kind {kind!r} needs manifest format 2, got {data['format']}"
+        ignore = task.get("ignore_label")
+        if ignore is not None and kind != "segmentation":
+            yield f"{at}.ignore_label is for segmentation tasks only, got one for a {kind} task"
+        if ignore is not None and kind == "segmentation" and 0 <= ignore < size:
+            yield f"{at}.ignore_label {ignore} is a class id (0..{size - 1}); it must be another value"
         if head["kind"] == "mlp" and not head["hidden"]:
             yield f"{at}.head.hidden must list at least one width for an 'mlp' head"
         if task["primary_metric"] not in task["metrics"]:

@@ -5,6 +5,10 @@ A dense label is checked like an image: vectorised min/max and finiteness passes
 batch, each failure one line naming where, the value and what is valid. Targets are resized
 with nearest-neighbour (never averaged), so class ids stay ids, an unlabelled pixel never
 blends into a labelled one, and a normal stays a unit vector.
+
+A segmentation task's declared ignore value (`TaskSpec.ignore_label`: -1, 255, ...) is what
+its data is checked against; the targets handed on mark those pixels with `IGNORE_LABEL`, so
+the loss and the metrics have one convention whatever the dataset's.
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ def _check_class_map(origin: str, spec: TaskSpec, labels: torch.Tensor, which: s
             f"{origin}: segmentation labels in {which} have dtype {labels.dtype}; valid: an "
             "integer dtype (torch.long) of class ids"
         )
-    labelled = labels[labels != IGNORE_LABEL]
+    labelled = labels[labels != spec.ignore_label]
     if not labelled.numel():
         return
     low, high = (int(v) for v in labelled.aminmax())
@@ -79,7 +83,8 @@ def _check_class_map(origin: str, spec: TaskSpec, labels: torch.Tensor, which: s
         bad = low if low < 0 else high
         raise DataError(
             f"{origin}: {which} has segmentation class id {bad}; valid: 0..{spec.num_outputs - 1}"
-            f", or {IGNORE_LABEL} for unlabelled pixels"
+            f", or {spec.ignore_label} for unlabelled pixels (the ignore value the task "
+            "declares; a dataset marking them otherwise, e.g. 255, needs a task declaring it)"
         )
 
 
@@ -114,6 +119,8 @@ def dense_targets(spec: TaskSpec, labels: torch.Tensor, size: tuple[int, int]) -
     N×H×W (long), depth N×1×H×W, unit normals N×3×H×W."""
     if spec.output == "segmentation":
         labels = labels.long()
+        if spec.ignore_label != IGNORE_LABEL:
+            labels = labels.masked_fill(labels == spec.ignore_label, IGNORE_LABEL)
         if tuple(labels.shape[-2:]) != size:
             labels = F.interpolate(labels[:, None].float(), size=size, mode="nearest")[:, 0]
             labels = labels.long()
@@ -140,7 +147,7 @@ def has_labelled_pixels(kind: str, targets: torch.Tensor) -> bool:
 
 def no_labelled_pixels(origin: str) -> DataError:
     return DataError(
-        f"{origin}: the whole split has no labelled pixel (every label is {IGNORE_LABEL}, "
-        "depth 0 or an all-zero normal), so nothing can be learned or measured; label some "
-        "pixels"
+        f"{origin}: the whole split has no labelled pixel (every label is the task's ignore "
+        "value, depth 0 or an all-zero normal), so nothing can be learned or measured; label "
+        "some pixels"
     )

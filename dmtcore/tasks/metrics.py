@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from dmtcore.errors import InvalidValueError
+from dmtcore.errors import DataError, InvalidValueError
 from dmtcore.tasks.names import unknown_name
 from dmtcore.tasks.spec import (
     DEFAULT_METRICS,
@@ -79,6 +79,17 @@ def cosine(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return 1.0 - (predicted * truth).sum(1).mean()
 
 
+def normals_l1(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between the normalised prediction and the unit truth, over the
+    3 components of every labelled pixel: the L1 normals loss of Vandenhende et al.'s
+    Multi-Task-Learning-PyTorch (`NormalsLoss(normalize=True, norm=1)`, which sums |p − t| over
+    the labelled components and divides by their count)."""
+    predicted, truth = _valid_normals(outputs, targets)
+    if not truth.numel():
+        return outputs.sum() * 0.0
+    return (predicted - truth).abs().mean()
+
+
 LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "cross_entropy": F.cross_entropy,
     "bce_with_logits": F.binary_cross_entropy_with_logits,
@@ -88,6 +99,7 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "depth_l1": depth_l1,
     "berhu": berhu,
     "cosine": cosine,
+    "normals_l1": normals_l1,
 }
 
 
@@ -170,6 +182,14 @@ class MetricState:
 
 def _segmentation_sums(logits: torch.Tensor, labels: torch.Tensor, k: int) -> dict[str, Any]:
     valid = labels != IGNORE_LABEL
+    if bool(valid.any()):
+        low, high = (int(v) for v in labels[valid].aminmax())
+        if low < 0 or high >= k:  # checked data never gets here; a direct caller's might
+            raise DataError(
+                f"segmentation labels hold {low if low < 0 else high}; valid: class ids "
+                f"0..{k - 1}, or {IGNORE_LABEL} for unlabelled pixels (the targets' mark; "
+                "dmt's label check turns a task's declared ignore value into it)"
+            )
     pairs = labels[valid] * k + logits.argmax(1)[valid]
     return {"confusion": torch.bincount(pairs, minlength=k * k).view(k, k)}
 

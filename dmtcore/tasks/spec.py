@@ -22,9 +22,12 @@ IMAGE_KINDS: tuple[str, ...] = ("binary", "multiclass", "multilabel", "regressio
 # Pixel-level kinds: one output map per image, at the store's input size (NDDR-CNN §4).
 DENSE_KINDS: tuple[str, ...] = ("segmentation", "depth", "normals")
 OUTPUT_KINDS: tuple[str, ...] = IMAGE_KINDS + DENSE_KINDS
-# Unlabelled pixels of a segmentation mask (the NYUv2 convention of MTAN and LibMTL). Depth
-# marks them with 0, normals with an all-zero vector.
+# Unlabelled pixels of a segmentation mask (the NYUv2 convention of MTAN and LibMTL): the
+# default of `TaskSpec.ignore_label`, and the value every declared one becomes in the targets
+# the loss and metrics take. Depth marks them with 0, normals with an all-zero vector.
 IGNORE_LABEL = -1
+# A declared ignore value must fit the int32 labels of any dataset (and the manifest).
+IGNORE_LABEL_RANGE = (-(2**31), 2**31 - 1)
 # Output channels fixed by the kind; the others are the plugin's to give.
 FIXED_OUTPUTS = {"binary": 2, "depth": 1, "normals": 3}
 
@@ -55,7 +58,7 @@ LOSSES_BY_KIND = {
     "regression": ("mse", "l1"),
     "segmentation": ("pixel_cross_entropy",),
     "depth": ("depth_l1", "berhu"),
-    "normals": ("cosine",),
+    "normals": ("cosine", "normals_l1"),
 }
 METRICS_BY_KIND = {
     "binary": ("accuracy", "balanced_accuracy"),
@@ -169,8 +172,13 @@ class TaskSpec:
     regression and segmentation tasks must give it.
 
     Pixel-level kinds (`DENSE_KINDS`) label every pixel: segmentation an H×W integer map of
-    class ids (`IGNORE_LABEL` for unlabelled pixels), depth a 1×H×W float map (0 where there
+    class ids (`ignore_label` for unlabelled pixels), depth a 1×H×W float map (0 where there
     is no ground truth), normals a 3×H×W map of unit vectors (all-zero where there is none).
+
+    `ignore_label` is the value a segmentation task's data marks unlabelled pixels with:
+    `IGNORE_LABEL` (-1) unless the plugin declares another (255 in many preprocessed copies).
+    It must not be a class id; any other label value outside 0..num_outputs-1 is refused as
+    bad data. Other kinds have none (their "no ground truth" is fixed by the kind).
 
     `recipe` is for tasks that no plugin registers by name, such as an image folder given on
     the command line: a JSON-able description from which a plugin's `dmt_task_from_recipe`
@@ -193,6 +201,7 @@ class TaskSpec:
     # Optional, for `dmt tasks`: one of DATA_STATES, or a function of the --data-dir that
     # returns one by looking for files, never loading them (it runs for every listed task).
     data_status: str | Callable[[Path], str] | None = field(default=None, repr=False, compare=False)
+    ignore_label: int | None = None  # segmentation only; None: IGNORE_LABEL
 
     def __post_init__(self) -> None:
         validate_task_name(self.name)
@@ -229,6 +238,7 @@ class TaskSpec:
                 f"task {self.name!r}: datasets must be a callable DataRequest -> TaskData"
             )
         self._resolve_head()
+        self._resolve_ignore_label()
         if self.loss is None:
             object.__setattr__(self, "loss", DEFAULT_LOSS[self.output])
         if self.metrics is None:
@@ -293,6 +303,31 @@ class TaskSpec:
                 f"valid: {valid}"
             )
 
+    def _resolve_ignore_label(self) -> None:
+        value = self.ignore_label
+        if self.output != "segmentation":
+            if value is not None:
+                raise InvalidValueError(
+                    f"task {self.name!r}: only segmentation tasks declare an ignore_label, got "
+                    f"{value!r} for a {self.output} task (depth marks pixels without ground "
+                    "truth with 0, normals with an all-zero vector)"
+                )
+            return
+        if value is None:
+            value = IGNORE_LABEL
+        low, high = IGNORE_LABEL_RANGE
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise InvalidValueError(
+                f"task {self.name!r}: ignore_label must be an integer from {low} to {high}, "
+                f"got {value!r}"
+            )
+        if 0 <= value < self.num_outputs:
+            raise InvalidValueError(
+                f"task {self.name!r}: ignore_label {value} is a class id (valid class ids: "
+                f"0..{self.num_outputs - 1}); declare a value outside them, e.g. -1 or 255"
+            )
+        object.__setattr__(self, "ignore_label", int(value))
+
     def describe(self) -> dict[str, Any]:
         """The part of the spec a store keeps, so the task can be used without its plugin."""
         return {
@@ -306,4 +341,10 @@ class TaskSpec:
             "class_names": list(self.class_names) if self.class_names else None,
             # Only tasks built from a recipe carry one; manifests without it stay as they were.
             **({"recipe": self.recipe} if self.recipe is not None else {}),
+            # Likewise only a segmentation task declaring another value than -1 (absent: -1).
+            **(
+                {"ignore_label": self.ignore_label}
+                if self.ignore_label not in (None, IGNORE_LABEL)
+                else {}
+            ),
         }
