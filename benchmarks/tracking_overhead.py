@@ -3,7 +3,9 @@
 Adds a task (default `digits.even`) to a store holding another (`digits.class`), in two ways,
 each with its variants measured side by side and interleaved (the order rotates every repeat):
 
-In-process (the engine's own cost, imports already paid), after one warm-up of each mode:
+In-process (the tracker's own cost, imports already paid: the tracker runs in this process,
+where a command runs it in its helper process, `dmt_registry.tracking_process`), after one
+warm-up of each mode:
 
     off        --no-tracking
     tracking   runs, params, per-epoch metrics, gate time series, artifacts (--no-register)
@@ -13,10 +15,11 @@ Each run gets a fresh copy of the same store and of a migrated SQLite tracking d
 run pays MLflow's schema migration. Prints medians of wall and CPU seconds, their ratios to
 `off`, and the time spent inside the tracking hooks (per epoch, and once per run).
 
-Whole command (`--command`, what a user pays): `dmt add-task TASK --epochs N` in a fresh process,
-default (tracking and registry) vs `--no-tracking`, each on a fresh copy of a store whose first
-task was added with tracking (so its MLflow database exists, as it would); plus the CPU seconds
-of importing what tracking imports (mlflow) on top of torch and dmt, in a fresh process.
+Whole command (`--command`, what a user pays, the helper process included): `dmt add-task TASK
+--epochs N` in a fresh process, default (tracking and registry) vs `--no-tracking`, each on a
+fresh copy of a store whose first task was added with tracking (so its MLflow database exists,
+as it would); plus the CPU seconds of importing what tracking imports (mlflow) on top of torch
+and dmt, in a fresh process.
 
 CPU seconds are the process's own (every thread: `time.process_time`) plus every child process
 that ended meanwhile (`RUSAGE_CHILDREN`), so work pushed into a background thread or a child
