@@ -68,8 +68,13 @@ def open_store(
 
 
 # MLflow draws a "Downloading artifacts" bar while it copies local files into a model (it
-# reads like network access); unless `verbose`, it is off while a call runs.
-QUIET_ENVIRONMENT = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+# reads like network access), and with a tracking server it prints "View run ... at: URL" to
+# stdout when a run ends (which broke `--json` output); unless `verbose`, both are off while a
+# call runs.
+QUIET_ENVIRONMENT = {
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
 
 
 @contextlib.contextmanager

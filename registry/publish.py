@@ -548,9 +548,15 @@ def pull(model_uri: str, tracking_uri: str, destination: Path, registry: Any) ->
         if destination.exists():
             destination.rmdir()
         shutil.move(str(snapshot), str(destination))
-    with contextlib.suppress(Exception):  # where it came from, for `dmt history`: never fatal
-        publications.record_pulled(
-            destination, lineage.origin(client, version, tracking_uri, model_uri)
+    try:  # where it came from, for `dmt history`: never fatal to a verified pull
+        origin = lineage.origin(client, version, tracking_uri, model_uri)
+        publications.record_pulled(destination, origin)
+    except Exception as exc:
+        import sys
+
+        print(
+            f"warning: could not record where {model_uri} came from: {first_line(exc)}",
+            file=sys.stderr,
         )
     return Store.open(destination)
 

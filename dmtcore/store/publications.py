@@ -36,7 +36,8 @@ def read(store_path: Path) -> dict[str, Any]:
 
 
 def _write(store_path: Path, record: dict[str, Any]) -> None:
-    store = Store.open(store_path)
+    store = Store.open(Path(store_path).resolve())
+    (store.path / "tmp").mkdir(exist_ok=True)  # a store pulled from a server comes without it
     store.write_file(store.path / FILE, (json.dumps(record, indent=2) + "\n").encode())
 
 
