@@ -68,8 +68,13 @@ def open_store(
 
 
 # MLflow draws a "Downloading artifacts" bar while it copies local files into a model (it
-# reads like network access); unless `verbose`, it is off while a call runs.
-QUIET_ENVIRONMENT = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+# reads like network access), and with a tracking server it prints "View run ... at: URL" to
+# stdout when a run ends (which broke `--json` output); unless `verbose`, both are off while a
+# call runs.
+QUIET_ENVIRONMENT = {
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
 
 
 @contextlib.contextmanager
@@ -119,6 +124,7 @@ class ModelStore:
         self.observers = list(observers)
         self.verbose = verbose
         self._host: Any = None
+        self._tracker: Any = None  # the tracking process of the call in progress, if any
 
     @property
     def host(self) -> Any:
@@ -167,6 +173,7 @@ class ModelStore:
                 result = add_task(
                     self.path, name, self.host, settings, data, self.notify, init_from=init_from
                 )
+                self._raise_if_publish_refused(result.version)
                 records.append(
                     {
                         "store": str(self.path),
@@ -227,6 +234,7 @@ class ModelStore:
                 self.notify,
                 baseline=baseline,
             )
+            self._raise_if_publish_refused(result.version)
             delta = result.summary.get("delta_m")
             return {
                 "store": str(self.path),
@@ -256,6 +264,7 @@ class ModelStore:
             result = remove_task(
                 self.path, name, self.host, settings, data, self.notify, given=set(options)
             )
+            self._raise_if_publish_refused(result.version)
             return {
                 "store": str(self.path),
                 "version": result.version,
@@ -338,6 +347,8 @@ class ModelStore:
             }
             for t in manifest["tasks"]
         ]
+        from dmtcore.store import publications
+
         return {
             "store": str(self.path),
             "name": manifest["name"],
@@ -347,11 +358,30 @@ class ModelStore:
             "backbone": manifest["backbone"],
             "connection": manifest["connection"],
             "tasks": tasks,
+            "publish_pending": publications.read(self.path)["pending"],
         }
 
     def history(self) -> list[dict[str, Any]]:
-        """Every version, newest first (`dmt history --json`)."""
-        return Store.open(self.path).history()
+        """Every version, newest first (`dmt history --json`), with where it came from as far
+        as the store knows: `published_as` (the registry version it was published as),
+        `pending` (its publish was refused or failed), and for a pulled store's first version
+        `pulled_from` (model URI, server, and the registry lineage before it)."""
+        from dmtcore.store import publications
+
+        known = publications.read(self.path)
+        pending = known["pending"] or {}
+        origin = known["pulled_from"] or {}
+        entries = Store.open(self.path).history()
+        for entry in entries:
+            published = known["published"].get(str(entry["version"]))
+            entry["published_as"] = (
+                f"models:/{published['model']}/{published['version']}" if published else None
+            )
+            entry["pending"] = pending.get("store_version") == entry["version"]
+            entry["pulled_from"] = (
+                origin if origin.get("store_version") == entry["version"] else None
+            )
+        return entries
 
     def verify(self, every_version: bool = False) -> dict[str, Any]:
         """Every problem of the store: manifests, weight files and their checksums, and
@@ -507,14 +537,17 @@ class ModelStore:
         return {**result.as_dict(), "plot": str(plot) if plot is not None else None, **summary}
 
     @_quietly
-    def register_version(self) -> dict[str, Any]:
-        """Publish the current version to the Model Registry (after `register=False` or a
-        failed publish); a state registered before is not registered again: the alias
-        'current' moves to its registry version. Returns `dmt register --json`'s record."""
+    def register_version(self, force: bool = False) -> dict[str, Any]:
+        """Publish the current version to the Model Registry (after `register=False`, or a
+        publish that failed or is pending); a state registered before is not registered again:
+        the alias 'current' moves to its registry version. A store whose lineage does not hold
+        the registry's current version (someone else published meanwhile) is refused unless
+        `force`. Returns `dmt register --json`'s record."""
         from dmt_registry.publish import publish_current
 
         uri, embedded = tracking_uri_for(self.path, self.tracking_uri)
-        return publication_record(publish_current(self.path, uri, embedded, "register"), uri)
+        published = publish_current(self.path, uri, embedded, "register", force)
+        return publication_record(published, uri)
 
     def promote(
         self,
@@ -599,6 +632,19 @@ class ModelStore:
             return None, f"the {operation} is committed, but publishing it failed: {exc}; {how}"
         return publication_record(published, uri), None
 
+    def _raise_if_publish_refused(self, version: int) -> None:
+        """The server refused to publish committed `version` (a fork, a permission): say so,
+        with the error's exit code; the commit stands and the publish is pending."""
+        refused = getattr(self._tracker, "refused", None)
+        if refused is None:
+            return
+        self._tracker.refused = None
+        raise type(refused)(
+            f"version {version} is committed in {str(self.path)!r} but not published: "
+            f"{refused}; the publish is pending ('dmt status' shows it, 'dmt register' "
+            "publishes it)"
+        )
+
     @contextlib.contextmanager
     def _tracking(self) -> Iterator[str | None]:
         """Log the operations run inside to MLflow (unless tracking is off); yields the URI,
@@ -623,10 +669,12 @@ class ModelStore:
         )
         try:
             self.host.register(tracker, "mlflow-tracker")
+            self._tracker = tracker
             try:
                 yield uri
             finally:
                 self.host.unregister(tracker)
+                self._tracker = None
         finally:
             tracker.close()
 

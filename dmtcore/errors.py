@@ -25,6 +25,11 @@ class ConflictError(DmtError):
     exit_code = 4
 
 
+class ForkError(ConflictError):
+    """A publish whose store does not descend from the registered model's `current` version:
+    another publisher moved it (the lineage forked), so `current` is left where it is."""
+
+
 class StoreError(DmtError):
     """A path that is not a store, or a store that cannot be read or written."""
 
@@ -59,6 +64,10 @@ class TrackingError(DmtError):
     """The MLflow tracking server is unreachable or refused a request."""
 
     exit_code = 10
+
+
+class AccessRefusedError(TrackingError):
+    """The MLflow server refused the credentials (HTTP 401) or the permission (HTTP 403)."""
 
 
 class InvalidValueError(DmtError):

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dmt_registry import artifact_links
+from dmt_registry import artifact_links, lineage
 from dmtcore.errors import (
     ConflictError,
     DmtError,
@@ -39,6 +39,7 @@ from dmtcore.errors import (
     UnknownNameError,
     first_line,
 )
+from dmtcore.store import publications
 from dmtcore.store.directory import CURRENT, Store
 from dmtcore.store.manifest import weight_refs
 
@@ -205,33 +206,44 @@ def register(client: Any, store: Store, version: int, run_id: str) -> str:
 
 
 def publish_version(
-    client: Any, store: Store, version: int, start_run: Callable[[], str]
+    client: Any, store: Store, version: int, start_run: Callable[[], str], force: bool = False
 ) -> Publication:
     """Point `current` at the registry version of store `version`'s state, creating it (in the
-    run `start_run` returns, called only then) when that state was never published."""
+    run `start_run` returns, called only then) when that state was never published. Refused
+    (ForkError, `current` unchanged) when `current` is not in the store's lineage, unless
+    `force` (see `lineage`)."""
     manifest = store.manifest(version)
     if not manifest["tasks"] or manifest["input_spec"] is None:
         raise StoreError(f"store version {version} has no tasks: nothing to register")
     check_model_name(client, manifest)
     name = model_name(manifest)
-    previous = alias_target(client, name)
+    seen = lineage.survey(client, store, version)
+    previous = seen.current
     existing = find_registered(client, manifest)
+    if not force:
+        lineage.refuse_fork(seen, store, version, existing and str(existing.version))
     if existing is not None:
         number = str(existing.version)
         if previous != number:
-            client.set_registered_model_alias(name, CURRENT_ALIAS, number)
+            lineage.move_current(client, seen, store, version, number, force)
         recorded = existing.tags.get("dmt.store_version", "")
         recorded_version = int(recorded) if recorded.isdigit() else None
         moved = previous != number
         return Publication(name, number, version, recorded_version, False, moved, previous)
-    number = _create_version(client, store, version, start_run())
+
+    def claim(number: str) -> None:
+        lineage.claim_current(client, seen, store, version, number, force)
+
+    number = _create_version(client, store, version, start_run(), claim)
     return Publication(name, number, version, version, True, True, previous)
 
 
-def _create_version(client: Any, store: Store, version: int, run_id: str) -> str:
+def _create_version(
+    client: Any, store: Store, version: int, run_id: str, claim: Callable[[str], None]
+) -> str:
     """Log store `version` as two pyfuncs into run `run_id` (arrays: `model`, registered;
-    encoded images: `model-images`), register the first, tag it, describe it, point `current`
-    at it. Where the run's artifacts are local files, the logged weights become hard links to
+    encoded images: `model-images`), register the first, tag it, describe it, and let `claim`
+    point `current` at it (or yield to a rival publish, see `lineage`). Where the run's artifacts are local files, the logged weights become hard links to
     the store's blobs and the images model's files links to the array model's identical ones
     (`artifact_links`): one copy on disk per column, however many versions name it."""
     manifest = store.manifest(version)
@@ -266,6 +278,8 @@ def _create_version(client: Any, store: Store, version: int, run_id: str) -> str
         "dmt.state": state_fingerprint(manifest),
         "dmt.parent_version": str(_parent_version(client, store, manifest)),
         "dmt.images_model": images_uri,
+        lineage.CLAIM: "claiming",  # until `claim` moved current to it, or yielded
+        **lineage.publisher_tags(),
     }
     if operation["name"] in ("add-task", "remove-task", "train"):
         key = "dmt.task_removed" if operation["name"] == "remove-task" else "dmt.task_added"
@@ -274,7 +288,7 @@ def _create_version(client: Any, store: Store, version: int, run_id: str) -> str
     registered = client.create_model_version(
         name, source, run_id=run_id, tags=tags, description=describe(manifest)
     )
-    client.set_registered_model_alias(name, CURRENT_ALIAS, registered.version)
+    claim(str(registered.version))
     return str(registered.version)
 
 
@@ -339,9 +353,12 @@ def connect(uri: str, store: Path | None = None) -> Any:
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
-def publish_current(store_path: Path, uri: str, embedded: bool, operation: str) -> Publication:
+def publish_current(
+    store_path: Path, uri: str, embedded: bool, operation: str, force: bool = False
+) -> Publication:
     """Publish the store's current version as `dmt register` and `dmt rollback` do: reuse the
-    registry version of its state, or log it in a run of its own (named after `operation`)."""
+    registry version of its state, or log it in a run of its own (named after `operation`).
+    The store records the outcome (publications.json): published, or pending and why."""
     from dmt_registry.tracking import MlflowTracker, reported_call
     from dmtcore.hooks.runinfo import RunInfo
 
@@ -364,11 +381,16 @@ def publish_current(store_path: Path, uri: str, embedded: bool, operation: str) 
     try:
         client = reported_call(uri, lambda: connect(uri, store_path if embedded else None))
         published = reported_call(
-            uri, lambda: publish_version(client, store, manifest["version"], start_run)
+            uri, lambda: publish_version(client, store, manifest["version"], start_run, force)
         )
     except BaseException as exc:
+        if isinstance(exc, DmtError) and operation != "register":  # a commit not published
+            lineage.note_pending(store_path, manifest["version"], uri, exc)
         tracker.dmt_run_failed(run=run, error=exc)
         raise
+    lineage.note_published(
+        store_path, published.store_version, published.model, published.version, uri
+    )
     if tracker.run_id is not None:
         reported_call(uri, lambda: tracker.client.set_terminated(tracker.run_id, "FINISHED"))
     return published
@@ -526,6 +548,16 @@ def pull(model_uri: str, tracking_uri: str, destination: Path, registry: Any) ->
         if destination.exists():
             destination.rmdir()
         shutil.move(str(snapshot), str(destination))
+    try:  # where it came from, for `dmt history`: never fatal to a verified pull
+        origin = lineage.origin(client, version, tracking_uri, model_uri)
+        publications.record_pulled(destination, origin)
+    except Exception as exc:
+        import sys
+
+        print(
+            f"warning: could not record where {model_uri} came from: {first_line(exc)}",
+            file=sys.stderr,
+        )
     return Store.open(destination)
 
 

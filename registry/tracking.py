@@ -190,13 +190,18 @@ def _holds_records(database: Path) -> bool:
 
 def reported_call(uri: str, call: Callable[[], Any]) -> Any:
     """Run MLflow calls; any failure of MLflow's own becomes one TrackingError naming the URI."""
+    from dmt_registry.access import refused_error, safe_uri
+
     try:
         return call()
     except DmtError:
         raise
     except Exception as exc:
+        refused = refused_error(exc, uri)  # HTTP 401 / 403: say who was refused what
+        if refused is not None:
+            raise refused from exc
         raise TrackingError(
-            f"MLflow at {uri!r} failed: {type(exc).__name__}: {first_line(exc)}; "
+            f"MLflow at {safe_uri(uri)!r} failed: {type(exc).__name__}: {first_line(exc)}; "
             "pass --no-tracking to train without it"
         ) from exc
 
@@ -235,6 +240,8 @@ class MlflowTracker:
         self.system = system
         self.client: Any = None
         self.run_id: str | None = None
+        # A publish the server refused after the commit (ForkError, AccessRefusedError).
+        self.refused: DmtError | None = None
 
     def warm_up(self, store: Path) -> None:
         """Open the tracking store before the first run needs it: the helper process does this
@@ -292,8 +299,13 @@ class MlflowTracker:
                 return experiment.experiment_id
             return self.client.create_experiment(name, artifact_location=location)
         except Exception as exc:
+            from dmt_registry.access import refused_error, safe_uri
+
+            refused = refused_error(exc, self.tracking_uri)
+            if refused is not None:
+                raise refused from exc
             raise TrackingError(
-                f"cannot use MLflow tracking at {self.tracking_uri!r}: {type(exc).__name__}: "
+                f"cannot use MLflow tracking at {safe_uri(self.tracking_uri)!r}: {type(exc).__name__}: "
                 f"{first_line(exc)}; start the server, fix --tracking-uri, or pass --no-tracking"
             ) from exc
 
@@ -305,10 +317,13 @@ class MlflowTracker:
 
         experiment_id = self._connect(run)
         if self.register:  # refuse a conflicting model name before any training
-            from dmt_registry.publish import check_model_name
+            from dmt_registry.access import check_can_publish
+            from dmt_registry.publish import check_model_name, model_name
             from dmtcore.store.directory import Store
 
-            check_model_name(self.client, Store.open(run.store_path).manifest())
+            manifest = Store.open(run.store_path).manifest()
+            check_model_name(self.client, manifest)
+            check_can_publish(self.client, self.tracking_uri, model_name(manifest))
         tags = {
             "dmt.operation": run.operation,
             "dmt.tasks": ",".join(run.tasks),
@@ -423,13 +438,40 @@ class MlflowTracker:
             else:
                 self.client.log_image(self.run_id, image, artifact_file=f"previews/{task}.png")
         if self.register:
-            from dmt_registry.publish import register
-            from dmtcore.store.directory import Store
-
             self.notify(Stage(f"registering version {result.version} in the MLflow Model Registry"))
-            version = register(self.client, Store.open(run.store_path), result.version, self.run_id)
+            version = self._publish_or_keep_pending(run, result.version)
+            if version is None:
+                return  # refused: the commit stands, the publish is pending (see `refused`)
             self.client.set_tag(self.run_id, "dmt.registered_version", version)
         self.client.set_terminated(self.run_id, "FINISHED")
+
+    def _publish_or_keep_pending(self, run: RunInfo, version: int) -> str | None:
+        """Register committed store `version`; the registry version, or None when the server
+        refused it (a fork, a permission): then the store marks the publish pending for
+        `dmt register`, the run ends FINISHED with tag dmt.publish_pending, and `refused` holds
+        the error for the caller to report. Other failures stay pending and are raised."""
+        from dmt_registry import lineage
+        from dmt_registry.access import refused_error
+        from dmt_registry.publish import model_name, register
+        from dmtcore.errors import AccessRefusedError, ForkError
+        from dmtcore.store.directory import Store
+
+        store = Store.open(run.store_path)
+        try:
+            number = register(self.client, store, version, self.run_id)
+        except Exception as exc:
+            error = exc if isinstance(exc, DmtError) else refused_error(exc, self.tracking_uri)
+            lineage.note_pending(run.store_path, version, self.tracking_uri, error or exc)
+            if not isinstance(error, ForkError | AccessRefusedError):
+                raise
+            self.refused = error
+            with contextlib.suppress(Exception):  # the run may be refused too: the error stands
+                self.client.set_tag(self.run_id, "dmt.publish_pending", first_line(error, 4000))
+                self.client.set_terminated(self.run_id, "FINISHED")
+            return None
+        name = model_name(store.manifest(version))
+        lineage.note_published(run.store_path, version, name, number, self.tracking_uri)
+        return number
 
     def _log_relations(self, result: RunResult) -> None:
         """The final relation matrices of every stage, as JSON and as a heatmap PNG (drawn with

@@ -49,7 +49,8 @@ from dmtcore.runtime.progress import Stage
 MODULE = "dmt_registry.tracking_process"
 # What the tracker imports at a run's start, and what publishing imports at its end: the child
 # imports the first set before the first message, the second while the parent trains.
-FIRST_IMPORTS = ("mlflow.tracking", "mlflow.entities", "mlflow.store.tracking.sqlalchemy_store")
+FIRST_IMPORTS = ("mlflow.tracking", "mlflow.entities")
+DATABASE_STORE = "mlflow.store.tracking.sqlalchemy_store"  # for a database URI, not a server
 PUBLISH_IMPORTS = ("mlflow.pyfunc", "mlflow.models", "mlflow.types")
 ENDED = object()  # the child's answers ended (it exited)
 
@@ -98,6 +99,9 @@ class TrackingProcess:
         self.notify = notify
         self.run_open = False
         self.started_runs = 0
+        # A publish the server refused after the commit (a fork, a permission), as the
+        # tracker reports it: the caller raises it with the version (`ModelStore`).
+        self.refused: DmtError | None = None
         self._pending_error: DmtError | None = None
         self._previews: tempfile.TemporaryDirectory[str] | None = None
         config = {
@@ -207,6 +211,8 @@ class TrackingProcess:
             if answer["done"] == hook:
                 if answer.get("error"):
                     raise _raised(answer["error"])
+                if answer.get("refused"):  # the publish was refused; the commit stands
+                    self.refused = _raised(answer["refused"])
                 return
             if answer.get("error"):  # an epoch's, answered before this hook's
                 self._pending_error = self._pending_error or _raised(answer["error"])
@@ -293,7 +299,8 @@ def serve(config: dict[str, Any], inbox: IO[bytes], answers: IO[bytes]) -> None:
         messages.put(None)
 
     threading.Thread(target=read, daemon=True).start()
-    for name in FIRST_IMPORTS:
+    remote = config["tracking_uri"].split(":", 1)[0] in ("http", "https", "databricks")
+    for name in FIRST_IMPORTS if remote else (*FIRST_IMPORTS, DATABASE_STORE):
         importlib.import_module(name)
     tracker = MlflowTracker(
         config["tracking_uri"],
@@ -328,6 +335,10 @@ def serve(config: dict[str, Any], inbox: IO[bytes], answers: IO[bytes]) -> None:
                 run.extra["previews"] = message["previews"]
                 tracker.dmt_run_finished(run=run, result=result)
                 run = None
+                if tracker.refused is not None:
+                    refused, tracker.refused = tracker.refused, None
+                    answer({"done": hook, "refused": _error_record(refused)})
+                    continue
             elif hook == "run_failed":
                 error = message["error"]
                 failure = (

@@ -32,12 +32,69 @@ def mlflow_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def tracked_store(store_copy: Path, mlflow_template: Path, run_cli) -> tuple[Path, str]:
+def tracked_store(request, store_copy: Path, mlflow_template: Path, run_cli) -> tuple[Path, str]:
     """The digits store (version 3) with a fresh embedded registry, its current version
-    registered once: models:/store/1. Returns the store and its tracking URI."""
+    registered once: models:/store/1. Returns the store and its tracking URI.
+
+    Parametrized indirectly with "team" (`@pytest.mark.parametrize("tracked_store", ["sqlite",
+    "team"], indirect=True)`), the registry is the session's PostgreSQL-backed, authenticated
+    server instead (see `team_registry`): MLFLOW_TRACKING_URI and the user's credentials are
+    set for the test, as a team member would set them."""
+    if getattr(request, "param", "sqlite") == "team":
+        server = request.getfixturevalue("team_registry")
+        run_cli("register", "--store", store_copy)
+        return store_copy, server.url
     shutil.copy(mlflow_template, store_copy / "mlflow.db")
     run_cli("register", "--store", store_copy)
     return store_copy, f"sqlite:///{store_copy / 'mlflow.db'}"
+
+
+BOTH_BACKENDS = pytest.mark.parametrize("tracked_store", ["sqlite", "team"], indirect=True)
+# Set (CI sets it, see .ci/run) to make the team-server tests fail, not skip, without PostgreSQL.
+REQUIRE_TEAM_SERVER = "DMT_REQUIRE_TEAM_SERVER"
+TEAM_USER = ("alice", "alice-password-0")
+
+
+@pytest.fixture(scope="session")
+def team_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    """PostgreSQL (installed with apt-get on a fresh Debian run as root) and `mlflow server
+    --app-name basic-auth` on it with proxied artifacts, started once per session on loopback
+    (tests/team_server.py). Without PostgreSQL the tests that use it are skipped with the
+    reason, or fail when CI or DMT_REQUIRE_TEAM_SERVER is set."""
+    from tests import team_server as team
+
+    folder = tmp_path_factory.mktemp("team")
+    try:
+        context = team.team_server(folder)
+        server = context.__enter__()
+    except team.Unavailable as exc:
+        if os.environ.get("CI") or os.environ.get(REQUIRE_TEAM_SERVER):
+            pytest.fail(f"the team-server tests need PostgreSQL and mlflow server: {exc}")
+        pytest.skip(f"no PostgreSQL for the team-server tests: {exc}")
+    team.add_user(server, *TEAM_USER)
+    try:
+        yield server
+    finally:
+        context.__exit__(None, None, None)
+
+
+@pytest.fixture
+def team_registry(team_server, monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """The team server as user alice (MLFLOW_TRACKING_URI and her credentials in the
+    environment); every registered model is deleted afterwards, so each test starts from an
+    empty registry whose versions count from 1 (the experiments and runs stay)."""
+    from tests import team_server as team
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", team_server.url)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", TEAM_USER[0])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", TEAM_USER[1])
+    yield team_server
+    from mlflow.tracking import MlflowClient
+
+    with team.admin_credentials(team_server):
+        admin = MlflowClient(tracking_uri=team_server.url, registry_uri=team_server.url)
+        for model in admin.search_registered_models():
+            admin.delete_registered_model(model.name)
 
 
 @pytest.fixture

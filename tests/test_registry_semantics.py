@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import fingerprint
+from tests.conftest import BOTH_BACKENDS, fingerprint
 
 
 def client(uri: str):
@@ -30,6 +30,7 @@ def registry_state(uri: str) -> tuple[list[tuple[int, str]], dict[str, str]]:
     return versions, {alias: str(version) for alias, version in aliases.items()}
 
 
+@BOTH_BACKENDS
 def test_register_twice_keeps_one_registry_version(tracked_store, run_cli) -> None:
     store, uri = tracked_store
     again = run_cli("register", "--store", store, "--json")
@@ -39,6 +40,7 @@ def test_register_twice_keeps_one_registry_version(tracked_store, run_cli) -> No
     assert "already registered as models:/store/1" in human and "already points at it" in human
 
 
+@BOTH_BACKENDS
 def test_rollback_publishes_and_reuses_the_registry_version_of_its_state(
     tracked_store, run_cli, tmp_path: Path
 ) -> None:
@@ -58,6 +60,7 @@ def test_rollback_publishes_and_reuses_the_registry_version_of_its_state(
     assert [t["name"] for t in status["tasks"]] == ["digits.class", "digits.even"]
 
 
+@BOTH_BACKENDS
 def test_promote_takes_a_registry_version_or_a_store_version(tracked_store, run_cli) -> None:
     store, uri = tracked_store
     run_cli("rollback", "2", "--store", store)  # store v4 = registry 2
@@ -86,6 +89,7 @@ def test_promote_to_the_managed_alias_current_is_refused(tracked_store, run_cli,
     assert fingerprint(store) == before and registry_state(uri) == registry_before
 
 
+@BOTH_BACKENDS
 def test_serving_an_unknown_task_answers_dmts_one_line(tracked_store, monkeypatch) -> None:
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException

@@ -47,17 +47,24 @@ def describe_publication(published: dict[str, Any]) -> str:
 @cli.command()
 @store_option
 @tracking_uri_option
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Move 'current' even if someone else published a version this store does not hold.",
+)
 @json_option
-def register(store: Path, tracking_uri: str | None, as_json: bool) -> None:
-    """Publish the store's current version to the Model Registry (e.g. after --no-register).
+def register(store: Path, tracking_uri: str | None, force: bool, as_json: bool) -> None:
+    """Publish the store's current version to the Model Registry (e.g. after --no-register,
+    or a publish that is pending).
 
     Logs it in a run of its own, tags it, and points the alias 'current' at it. A version whose
     state is already registered (registered before, or rolled back to) is not registered twice:
-    'current' moves to the existing registry version.
+    'current' moves to the existing registry version. If 'current' is a version this store
+    does not descend from (another publisher's), nothing moves (exit 4) unless --force.
     """
     from dmtcore.api import open_store
 
-    published = open_store(store, tracking_uri=tracking_uri).register_version()
+    published = open_store(store, tracking_uri=tracking_uri).register_version(force=force)
     emit(as_json, published, lambda: click.echo(describe_publication(published)))
 
 

@@ -323,6 +323,12 @@ def status(store: Path, as_json: bool) -> None:
             "sources: how many columns the task reads through its connections, its own "
             "included (dmt connections shows which and how much)"
         )
+        pending = payload["publish_pending"]
+        if pending:
+            click.echo(
+                f"Publish pending: version {pending['store_version']} is not published to "
+                f"{pending['server']} ({pending['reason']}); 'dmt register' publishes it"
+            )
 
     emit(as_json, payload, human)
 
@@ -335,22 +341,41 @@ def history(store: Path, as_json: bool) -> None:
     from dmtcore.api import open_store
 
     entries = open_store(store).history()
-    emit(
-        as_json,
-        entries,
-        lambda: print_table(
+
+    def registry(entry: dict[str, Any]) -> str:
+        if entry["pending"]:
+            return "pending"
+        if entry["pulled_from"]:
+            return f"pulled {entry['published_as']}"
+        return entry["published_as"] or "-"
+
+    def human() -> None:
+        print_table(
             [
                 (
                     e["version"],
                     e["created"],
                     f"{e['operation']['name']} {' '.join(e['operation']['tasks'])}".strip(),
                     ", ".join(e["tasks"]) or "-",
+                    registry(e),
                 )
                 for e in entries
             ],
-            ("version", "created", "operation", "tasks"),
-        ),
-    )
+            ("version", "created", "operation", "tasks", "registry"),
+        )
+        for origin in (e["pulled_from"] for e in entries if e["pulled_from"]):
+            chain = ", ".join(
+                f"{step['version']} ({step['operation']} {step['tasks']}".rstrip()
+                + f" by {step['published_by'] or 'unknown'})"
+                for step in origin["lineage"]
+            )
+            click.echo(
+                f"Version {origin['store_version']} was pulled from {origin['model_uri']} "
+                f"(models:/{origin['model']}/{origin['version']}) at {origin['server']} on "
+                f"{origin['pulled_at']}; its registry lineage: {chain}"
+            )
+
+    emit(as_json, entries, human)
 
 
 @cli.command()

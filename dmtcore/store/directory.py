@@ -7,6 +7,8 @@
     <store>/tmp/                 partial writes; whatever a crash leaves here is removed next time
     <store>/features/            frozen columns' features kept across operations (a cache within
                                  a budget, see dmtcore.store.kept_features; deleting it loses nothing)
+    <store>/publications.json    where a pulled store came from, what was published (see
+                                 dmtcore.store.publications)
     <store>/writer.lock          flock'ed by the writer, holding its PID, command and start time
 
 A crash at any point before CURRENT is replaced leaves the previous version untouched; readers
@@ -61,6 +63,7 @@ LAYOUT = {
     "mlflow.db": stat.S_ISREG,
     "mlartifacts": stat.S_ISDIR,
     "features": stat.S_ISDIR,  # frozen columns' features kept across operations
+    "publications.json": stat.S_ISREG,  # what was published or pulled (store.publications)
 }
 
 
