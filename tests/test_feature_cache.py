@@ -60,7 +60,8 @@ def test_given_features_give_the_same_outputs_as_computing_them(store_copy: Path
 def test_stacked_sources_train_exactly_as_listed_ones(store_copy: Path, host) -> None:
     """The cache hands its sources over stacked (sources × batch × shape), and ttc contracts
     that stack instead of stacking a list: the same logits and gradients, bit for bit, while
-    training; its validation contracts too, within float rounding of the per-source sum."""
+    training, and the per-source sum where BatchNorm is recalibrated (train mode, no gradients);
+    its validation contracts too, within float rounding of the per-source sum."""
     from dmtcore.model.connections import StackedSources
 
     model = grown_model(store_copy, host)
@@ -80,6 +81,9 @@ def test_stacked_sources_train_exactly_as_listed_ones(store_copy: Path, host) ->
     for given in (keep, stacked):
         model.load_state_dict(state)  # the same BatchNorm statistics for both
         model.train_mode()
+        with torch.no_grad():  # as BatchNorm recalibration runs it
+            recalibrating = model(x, ["digits.prime"], given)["digits.prime"]
+        model.load_state_dict(state)
         torch.manual_seed(0)
         model.zero_grad(set_to_none=True)
         logits = model(x, ["digits.prime"], given)["digits.prime"]
@@ -88,9 +92,11 @@ def test_stacked_sources_train_exactly_as_listed_ones(store_copy: Path, host) ->
         model.eval()
         with torch.no_grad():
             evaluated = model(x, ["digits.prime"], given)["digits.prime"]
-        results.append((logits.detach(), grads, evaluated))
-    (listed, listed_grads, listed_eval), (fast, fast_grads, fast_eval) = results
-    assert torch.equal(fast, listed)
+        results.append((logits.detach(), grads, evaluated, recalibrating))
+    (listed, listed_grads, listed_eval, listed_recal), (fast, fast_grads, fast_eval, fast_recal) = (
+        results
+    )
+    assert torch.equal(fast, listed) and torch.equal(fast_recal, listed_recal)
     assert len(fast_grads) == len(listed_grads) > 0
     assert all(torch.equal(a, b) for a, b in zip(fast_grads, listed_grads, strict=True))
     torch.testing.assert_close(fast_eval, listed_eval, rtol=1e-5, atol=1e-6)
