@@ -297,7 +297,8 @@ def main() -> None:
                             row[f"{key}_cpu_verdict"] = common.verdict(row[f"{key}_cpu"], target)
                     rows.append(row)
     headers = ["dataset", "k", "path", "whole", "cpu", "target", "",
-               "epoch≥2", "cpu", "target", "", "epoch 1", "theory", "cache MB", "single s"]  # fmt: skip
+               "epoch≥2", "cpu", "target", "", "epoch 1", "cpu", "theory", "cache MB",
+               "single s"]  # fmt: skip
 
     def verdict(row: dict[str, Any], key: str) -> str:
         if f"{key}_verdict" not in row:
@@ -307,7 +308,8 @@ def main() -> None:
     text_rows = [
         [r["dataset"], r["k"], r["path"], r["whole"], r["whole_cpu"], r.get("whole_target"),
          verdict(r, "whole"), r["later_epochs"], r["later_epochs_cpu"],
-         r.get("later_epochs_target"), verdict(r, "later_epochs"), r["epoch1"], r["theory"],
+         r.get("later_epochs_target"), verdict(r, "later_epochs"), r["epoch1"], r["epoch1_cpu"],
+         r["theory"],
          r["cache_mb"] if r["path"] in ("cold", "cache") else None, r["single_seconds"]]
         for r in rows
     ]  # fmt: skip

@@ -57,6 +57,51 @@ def test_given_features_give_the_same_outputs_as_computing_them(store_copy: Path
     torch.testing.assert_close(approx, computed, rtol=1e-2, atol=1e-2)
 
 
+def test_stacked_sources_train_exactly_as_listed_ones(store_copy: Path, host) -> None:
+    """The cache hands its sources over stacked (sources × batch × shape), and ttc contracts
+    that stack instead of stacking a list: the same logits and gradients, bit for bit, while
+    training, and the per-source sum where BatchNorm is recalibrated (train mode, no gradients);
+    its validation contracts too, within float rounding of the per-source sum."""
+    from dmtcore.model.connections import StackedSources
+
+    model = grown_model(store_copy, host)
+    x = images()
+    sources = model.frozen_sources(["digits.prime"])
+    with torch.no_grad():
+        keep = {name: [] for name in sources}
+        model.eval()
+        model(x, ["digits.prime"], keep=keep)
+    stacked = StackedSources(
+        sources, [torch.stack(stage) for stage in zip(*keep.values(), strict=True)]
+    )
+    assert list(stacked) == sources
+    assert torch.equal(stacked["digits.even"][2], keep["digits.even"][2])
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    results = []
+    for given in (keep, stacked):
+        model.load_state_dict(state)  # the same BatchNorm statistics for both
+        model.train_mode()
+        with torch.no_grad():  # as BatchNorm recalibration runs it
+            recalibrating = model(x, ["digits.prime"], given)["digits.prime"]
+        model.load_state_dict(state)
+        torch.manual_seed(0)
+        model.zero_grad(set_to_none=True)
+        logits = model(x, ["digits.prime"], given)["digits.prime"]
+        logits.square().sum().backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        model.eval()
+        with torch.no_grad():
+            evaluated = model(x, ["digits.prime"], given)["digits.prime"]
+        results.append((logits.detach(), grads, evaluated, recalibrating))
+    (listed, listed_grads, listed_eval, listed_recal), (fast, fast_grads, fast_eval, fast_recal) = (
+        results
+    )
+    assert torch.equal(fast, listed) and torch.equal(fast_recal, listed_recal)
+    assert len(fast_grads) == len(listed_grads) > 0
+    assert all(torch.equal(a, b) for a, b in zip(fast_grads, listed_grads, strict=True))
+    torch.testing.assert_close(fast_eval, listed_eval, rtol=1e-5, atol=1e-6)
+
+
 def _train(store: Path, host, tmp_path: Path, name: str, **options) -> tuple:
     copy = tmp_path / name
     shutil.copytree(store, copy)

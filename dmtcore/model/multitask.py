@@ -12,7 +12,7 @@ dots, which module keys may not, and slots make weight files independent of what
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +24,12 @@ from dmtcore.errors import InvalidValueError
 from dmtcore.hooks.kinds import BackboneKind, ConnectionKind, split_head_fusion
 from dmtcore.model.backbones import Column, InputNormalization
 from dmtcore.model.backbones.pretrained import adapt_to_column
-from dmtcore.model.connections import ParamGroup, TransferConnection
+from dmtcore.model.connections import (
+    ParamGroup,
+    SourceList,
+    StackedSources,
+    TransferConnection,
+)
 from dmtcore.model.heads import build_head
 from dmtcore.tasks.names import InputSpec
 from dmtcore.tasks.spec import HeadSpec
@@ -353,15 +358,17 @@ class MultiTaskModel(nn.Module):
         self,
         x: torch.Tensor,
         tasks: Sequence[str] | None = None,
-        given: dict[str, list[torch.Tensor]] | None = None,
+        given: Mapping[str, list[torch.Tensor]] | None = None,
         keep: dict[str, list[torch.Tensor]] | None = None,
     ) -> dict[str, torch.Tensor]:
         """Logits of the requested tasks (all by default), computing each needed column once.
 
         `given` supplies the stage outputs that connections read (`read_shapes`: all but the
         last stage's, or all with head fusion) of some tasks for this batch, so their columns
-        are not run: the feature cache of training. `keep` names tasks whose such outputs to
-        append to its lists, to fill that cache."""
+        are not run: the feature cache of training. Given as `StackedSources` (the cache's
+        own layout), a connection reading exactly those sources besides its own gets them as
+        the one stack (`SourceList`). `keep` names tasks whose such outputs to append to its
+        lists, to fill that cache."""
         wanted = list(self.tasks) if tasks is None else list(tasks)
         given = given or {}
         if self.normalize is not None:
@@ -372,13 +379,14 @@ class MultiTaskModel(nn.Module):
         frozen = self._frozen_tasks() if torch.is_grad_enabled() else set()
         num_stages = len(self.columns[self.tasks[needed[0]].slot].stages) if needed else 0
         read = num_stages if self.head_fusion else num_stages - 1
+        stacked = given if isinstance(given, StackedSources) else None
         previous: dict[str, torch.Tensor] = {}
         fused: dict[str, list[torch.Tensor]] = {name: [] for name in needed}
         for stage in range(num_stages):
             current: dict[str, torch.Tensor] = {}
             for name in needed:
                 if name in given:
-                    if stage < read:
+                    if stage < read and stacked is None:  # a stack is read where it lies
                         current[name] = given[name][stage]
                     continue
                 task = self.tasks[name]
@@ -387,7 +395,8 @@ class MultiTaskModel(nn.Module):
                         inputs = x
                     else:
                         connections = self.connections[task.slot]
-                        inputs = connections.stages[stage - 1]([previous[s] for s in task.sources])
+                        sources = _sources(task, previous, stacked, stage - 1)
+                        inputs = connections.stages[stage - 1](sources)
                         if connections.shortcut is not None:
                             fused[name].append(inputs)
                             if stage == num_stages - 1:
@@ -396,15 +405,22 @@ class MultiTaskModel(nn.Module):
                 if keep is not None and name in keep and stage < read:
                     keep[name].append(current[name])
             previous = current
-        return {name: self._output(name, previous) for name in wanted}
+        return {name: self._output(name, previous, stacked, read - 1) for name in wanted}
 
-    def _output(self, name: str, last: dict[str, torch.Tensor]) -> torch.Tensor:
-        """A task's head on its last features, fused with its sources' where the store fuses."""
+    def _output(
+        self,
+        name: str,
+        last: dict[str, torch.Tensor],
+        stacked: StackedSources | None = None,
+        stage: int = 0,
+    ) -> torch.Tensor:
+        """A task's head on its last features, fused with its sources' where the store fuses
+        (`stacked`, `stage`: given sources, and the position of the last stage among them)."""
         task = self.tasks[name]
         into_head = self.connections[task.slot].head
         if into_head is None:
             return self.heads[task.slot](last[name])
-        return self.heads[task.slot](into_head([last[s] for s in task.sources]))
+        return self.heads[task.slot](into_head(_sources(task, last, stacked, stage)))
 
     def relation_weights(self) -> dict[str, list[dict[str, float]]]:
         """For every task, per stage boundary, how much it draws from each source."""
@@ -415,6 +431,23 @@ class MultiTaskModel(nn.Module):
                 for c in self.connection_modules(name)
             ]
         return out
+
+
+def _sources(
+    task: TaskSlot,
+    computed: dict[str, torch.Tensor],
+    stacked: StackedSources | None,
+    stage: int,
+) -> list[torch.Tensor]:
+    """A connection's input at `stage`: its sources' outputs in its source order, from those
+    computed in this pass or from the given stack; where the stack holds exactly its other
+    sources, in order, the stack itself comes along (`SourceList`)."""
+    if stacked is None:
+        return [computed[s] for s in task.sources]
+    if [s for s in task.sources if s != task.name] == stacked.sources:
+        position = task.sources.index(task.name)
+        return SourceList(computed[task.name], position, stacked.stages[stage])
+    return [computed[s] if s in computed else stacked.feature(s, stage) for s in task.sources]
 
 
 @contextmanager

@@ -36,6 +36,7 @@ import torch
 from tqdm import tqdm
 
 from dmtcore.errors import InvalidValueError, StoreError
+from dmtcore.model.connections import StackedSources
 from dmtcore.model.multitask import evaluating
 from dmtcore.runtime import interrupts
 
@@ -70,11 +71,12 @@ def check_cache_settings(mode: str, budget_mb: float, dtype: str) -> None:
 @dataclass
 class _Table:
     """The cached features of one split of one trained task: per stage boundary, one tensor of
-    N samples × its frozen sources (in `sources` order) × the stage's feature shape, and whether
+    its frozen sources (in `sources` order) × N samples × the stage's feature shape, and whether
     `fill` has run over the whole split (it always does before training starts). Sources share
     a tensor so that a batch costs one gather and one conversion per stage, however many frozen
     columns it reads: on small inputs, per-tensor work, not bytes, is what a cached epoch spends
-    its time on."""
+    its time on. Sources come first so that a batch's gather is already the stack of sources
+    × batch a connection contracts (`StackedSources`), with no copy into another stack."""
 
     sources: list[str]
     stages: list[torch.Tensor]
@@ -140,7 +142,7 @@ class FeatureCache:
             raise ValueError(f"frozen columns with different stage shapes: {shapes}")
         stage_shapes = next(iter(shapes.values()))
         layout = {
-            key: [(len(splits[key].dataset), len(tasks), *shape) for shape in stage_shapes]
+            key: [(len(tasks), len(splits[key].dataset), *shape) for shape in stage_shapes]
             for key, tasks in sources.items()
             if tasks
         }
@@ -166,11 +168,10 @@ class FeatureCache:
         )
         return cache
 
-    def lookup(
-        self, task: str, split: str, index: torch.Tensor
-    ) -> dict[str, list[torch.Tensor]] | None:
+    def lookup(self, task: str, split: str, index: torch.Tensor) -> StackedSources | None:
         """`given` for `model(x, [task], given=...)`: the frozen sources' cached stage outputs
-        for the batch, or None (compute them) before `fill` has completed the split."""
+        for the batch, stacked (sources × batch × shape, float32), or None (compute them)
+        before `fill` has completed the split."""
         table = self.tables.get((task, split))
         if table is None:
             return None
@@ -179,11 +180,11 @@ class FeatureCache:
             return None
         self.hits += 1
         at = index.to(table.stages[0].device)
-        gathered = [t[at].to(self.device, torch.float32, non_blocking=True) for t in table.stages]
-        return {
-            source: [g[:, position] for g in gathered]
-            for position, source in enumerate(table.sources)
-        }
+        stages = [
+            t.index_select(1, at).to(self.device, torch.float32, non_blocking=True)
+            for t in table.stages
+        ]
+        return StackedSources(table.sources, stages)
 
     @torch.no_grad()
     def fill(
@@ -209,7 +210,7 @@ class FeatureCache:
         table = self.tables.get((task, split))
         if table is None or table.filled:
             return
-        count = table.stages[0].shape[0]
+        count = table.stages[0].shape[1]
         shapes = [(count, *stage.shape[2:]) for stage in table.stages]
         fingerprint = kept.fingerprint(batches) if kept is not None else None
         found = {}
@@ -252,8 +253,8 @@ class FeatureCache:
                     model(batches.fetch(index), run, given or None, outputs)
                 outputs.update(given)
                 for stage, target in enumerate(table.stages):
-                    features = torch.stack([outputs[s][stage] for s in table.sources], dim=1)
-                    target[index.to(target.device)] = features.to(target.device, target.dtype)
+                    features = torch.stack([outputs[s][stage] for s in table.sources])
+                    target[:, start:end] = features.to(target.device, target.dtype)
                 for source, stages in computed.items():
                     for stage, tensor in enumerate(stages):
                         tensor[start:end] = outputs[source][stage].cpu()

@@ -7,6 +7,7 @@ position of task i itself in that list.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -22,6 +23,48 @@ class ParamGroup:
     lr_mult: float = 1.0
     weight_decay: float = 0.0
     task: str | None = None
+
+
+class StackedSources(Mapping[str, list[torch.Tensor]]):
+    """Stage outputs of several source tasks for one batch, held stacked: per stage one tensor
+    of len(sources) × batch × the stage's feature shape, sources in `sources` order (the
+    feature cache keeps them so, and a batch is one gather per stage). As a mapping it is what
+    `MultiTaskModel.forward` takes as `given` (task -> its stage outputs, views into the
+    stacks); the model also hands a stack on whole to a connection that reads exactly these
+    sources (`SourceList.others`), so that no connection copies them into a stack again."""
+
+    def __init__(self, sources: list[str], stages: list[torch.Tensor]) -> None:
+        self.sources = sources
+        self.stages = stages
+        self._position = {name: i for i, name in enumerate(sources)}
+
+    def __getitem__(self, name: str) -> list[torch.Tensor]:
+        position = self._position[name]
+        return [stage[position] for stage in self.stages]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.sources)
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._position
+
+    def feature(self, name: str, stage: int) -> torch.Tensor:
+        return self.stages[stage][self._position[name]]
+
+
+class SourceList(list[torch.Tensor]):
+    """A connection's input (one tensor per source, in the task's source order, its own at
+    `own`) whose other sources also come as one stack (`others`: sources × batch × shape, in
+    source order without the own one). A connection may read `others` instead of stacking the
+    list itself; the list holds views of it, so either way reads the very same numbers."""
+
+    def __init__(self, own: torch.Tensor, position: int, others: torch.Tensor) -> None:
+        super().__init__(others.unbind(0))
+        self.insert(position, own)
+        self.others = others
 
 
 class TransferConnection(nn.Module):

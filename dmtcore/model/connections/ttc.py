@@ -17,7 +17,7 @@ from torch import nn
 from dmtcore.errors import InvalidValueError
 from dmtcore.hooks.kinds import ConnectionKind, Kinds
 from dmtcore.hooks.specs import hookimpl
-from dmtcore.model.connections import TransferConnection, feature_norm
+from dmtcore.model.connections import SourceList, TransferConnection, feature_norm
 
 DEFAULTS = {"init_alpha": 0.1, "lr_mult": 10.0}
 
@@ -48,12 +48,17 @@ class TaskTransferConnection(TransferConnection):
         if not others:
             return self.norm(out)
         alphas = torch.sigmoid(self.beta)
-        if len(others) > 1 and self.beta.requires_grad and torch.is_grad_enabled():
+        given = isinstance(features, SourceList)  # stacked already: the feature cache's
+        validating = given and not self.training
+        if validating or (len(others) > 1 and self.beta.requires_grad and torch.is_grad_enabled()):
             # While this connection trains: one contraction over the stacked sources, forward
             # and backward, instead of a multiply-add and a reduction for β's gradient per
             # source; on small maps these per-source operations were 10-25% of a step (k = 8).
-            # Evaluation keeps the sum below, so stored tasks give the same numbers as ever.
-            return self.norm(out + torch.tensordot(alphas, torch.stack(others), dims=1))
+            # Evaluation keeps the sum below, so stored tasks give the same numbers as ever,
+            # and so does BatchNorm recalibration (train mode, no gradients); the validation
+            # of a task in training, which reads cached sources, contracts (float rounding).
+            stacked = features.others if given else torch.stack(others)
+            return self.norm(out + torch.tensordot(alphas, stacked, dims=1))
         for alpha, h in zip(alphas, others, strict=True):
             out = out + alpha * h
         return self.norm(out)
