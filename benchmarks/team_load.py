@@ -215,6 +215,10 @@ def run(args: argparse.Namespace, folder: Path) -> None:
 
     plugin = folder / "load_tasks.py"
     plugin.write_text(PLUGIN)
+    # dmt answers a server that does not reply within 10 s with an error, which is right for a
+    # user but on a 2-core machine running this whole team times out a loaded server's slow
+    # replies: the workers wait up to a minute (a value the caller set wins).
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
     os.environ["DMT_LOAD_TASKS"] = ",".join(
         name for i in range(args.publishers) for name in task_names(i)
     )
