@@ -154,7 +154,9 @@ class MultiTaskModel(nn.Module):
         self.columns[slot] = column
         self.connections[slot] = TaskConnections(stages, shortcut, into_head)
         size = (self.input_spec.height, self.input_spec.width)
-        self.heads[slot] = build_head(head, column.out_shape, num_outputs, size)
+        self.heads[slot] = build_head(
+            head, column.out_shape, num_outputs, size, column.feature_shapes
+        )
 
     def copy_column(self, source: str, target: str) -> None:
         """Start task `target`'s column from task `source`'s trained one (weights and
@@ -374,6 +376,8 @@ class MultiTaskModel(nn.Module):
         read = num_stages if self.head_fusion else num_stages - 1
         previous: dict[str, torch.Tensor] = {}
         fused: dict[str, list[torch.Tensor]] = {name: [] for name in needed}
+        # Region heads read every stage of their own column (a feature pyramid), not the last.
+        stages_read = {name: [] for name in wanted if self._reads_stages(name)}
         for stage in range(num_stages):
             current: dict[str, torch.Tensor] = {}
             for name in needed:
@@ -393,18 +397,30 @@ class MultiTaskModel(nn.Module):
                             if stage == num_stages - 1:
                                 inputs = connections.shortcut(fused[name])
                     current[name] = self.columns[task.slot].stages[stage](inputs)
+                if name in stages_read:
+                    stages_read[name].append(current[name])
                 if keep is not None and name in keep and stage < read:
                     keep[name].append(current[name])
             previous = current
-        return {name: self._output(name, previous) for name in wanted}
+        return {name: self._output(name, previous, stages_read.get(name)) for name in wanted}
 
-    def _output(self, name: str, last: dict[str, torch.Tensor]) -> torch.Tensor:
-        """A task's head on its last features, fused with its sources' where the store fuses."""
+    def _reads_stages(self, name: str) -> bool:
+        return bool(getattr(self.heads[self.tasks[name].slot], "reads_stages", False))
+
+    def _output(
+        self,
+        name: str,
+        last: dict[str, torch.Tensor],
+        stages: list[torch.Tensor] | None = None,
+    ) -> Any:
+        """A task's head on its last features, fused with its sources' where the store fuses;
+        a region head (`stages` given) on all its stage outputs, the last one fused so."""
         task = self.tasks[name]
         into_head = self.connections[task.slot].head
-        if into_head is None:
-            return self.heads[task.slot](last[name])
-        return self.heads[task.slot](into_head([last[s] for s in task.sources]))
+        features = last[name] if into_head is None else into_head([last[s] for s in task.sources])
+        if stages is not None:
+            return self.heads[task.slot]([*stages[:-1], features])
+        return self.heads[task.slot](features)
 
     def relation_weights(self) -> dict[str, list[dict[str, float]]]:
         """For every task, per stage boundary, how much it draws from each source."""
