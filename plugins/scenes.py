@@ -47,6 +47,15 @@ SPLIT_SEEDS = {"train": 1, "val": 2}
 HALF_VIEW = 0.42  # radians either side of the view axis for an object's centre
 MARGIN = 0.08  # radians of an object's middle that no neighbour may hide
 NOISE = 0.02
+# Region-level tasks: the objects' classes (class id = segmentation class - SPHERE), and their
+# attributes as the renderer draws them: a colour channel at least BRIGHT_CHANNEL (several may
+# be), taller or wider than about half of all objects are, nearer to the camera than about half.
+DETECTION_CLASSES = ("sphere", "box", "cylinder")
+ATTRIBUTE_NAMES = ("red", "green", "blue", "tall", "wide", "near")
+BRIGHT_CHANNEL = 0.55
+TALL_METRES = 1.15
+WIDE_METRES = 0.95
+NEAR_METRES = 4.0
 _CHUNK_PIXELS = 1 << 19
 _EPS = 1e-6
 
@@ -240,7 +249,58 @@ def render_scenes(n: int, height: int, width: int, seed: int) -> dict[str, Any]:
     out["cam_height"] = s["cam_height"]
     out["object_class"] = np.where(s["active"], s["kind"] + 2, -1).astype(np.int64)
     out["object_centre"] = np.einsum("nij,nkj->nki", axes, s["centre"] - origin[:, None])
+    out["object_attributes"] = object_attributes(s, origin)
     return out
+
+
+def object_attributes(s: dict[str, Any], origin: Any) -> Any:
+    """(n, 3, len(ATTRIBUTE_NAMES)) 0/1: what the renderer knows of each object slot (see
+    ATTRIBUTE_NAMES); empty slots are all 0."""
+    import numpy as np
+
+    sphere = s["kind"] == SPHERE - 2
+    height = np.where(sphere, 2 * s["extent"][..., 0], 2 * s["extent"][..., 1])
+    width = 2 * s["extent"][..., 0]
+    distance = np.hypot(
+        s["centre"][..., 0] - origin[:, None, 0], s["centre"][..., 2] - origin[:, None, 2]
+    )
+    values = np.concatenate(
+        [
+            s["object_rgb"] >= BRIGHT_CHANNEL,
+            (height >= TALL_METRES)[..., None],
+            (width >= WIDE_METRES)[..., None],
+            (distance < NEAR_METRES)[..., None],
+        ],
+        axis=-1,
+    )
+    return (values & s["active"][..., None]).astype(np.int64)
+
+
+def object_boxes(instance: Any, object_class: Any, attributes: Any) -> list[dict[str, Any]]:
+    """Per image, the box of every object that shows (its visible pixels' extent: x1, y1 of its
+    first pixel, x2, y2 one past its last, in pixels), its class id among DETECTION_CLASSES and
+    its attributes, as numpy arrays. Exact at the rendered size: the very pixels that show it."""
+    import numpy as np
+
+    labels = []
+    for image, classes, flags in zip(instance, object_class, attributes, strict=True):
+        boxes, ids, attrs = [], [], []
+        for slot in range(MAX_OBJECTS):
+            rows = np.flatnonzero((image == slot).any(axis=1))
+            if classes[slot] < 0 or not rows.size:
+                continue
+            cols = np.flatnonzero((image == slot).any(axis=0))
+            boxes.append([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
+            ids.append(classes[slot] - SPHERE)
+            attrs.append(flags[slot])
+        labels.append(
+            {
+                "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+                "labels": np.asarray(ids, dtype=np.int64),
+                "attributes": np.asarray(attrs, dtype=np.float32).reshape(-1, len(ATTRIBUTE_NAMES)),
+            }
+        )
+    return labels
 
 
 def _render_chunk(
@@ -403,7 +463,41 @@ def generate(split: str, height: int, width: int) -> dict[str, Any]:
         "normals": torch.from_numpy(data["normals"]),
         "has-sphere": torch.from_numpy(data["has_sphere"]),
         "object-count": torch.from_numpy(data["object_count"] - 1),
+        "objects": object_boxes(data["instance"], data["object_class"], data["object_attributes"]),
     }
+
+
+class SceneRegions:
+    """A split's images with one dict of boxes per image (`object_boxes`), as region tasks
+    take them: {boxes, labels} for detection, {boxes, attributes} for box attributes."""
+
+    def __init__(self, images: Any, objects: list[dict[str, Any]], keys: tuple[str, str]) -> None:
+        import torch
+
+        self.images = images
+        self.labels = [{key: torch.from_numpy(o[key]) for key in keys} for o in objects]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
+        return self.images[index], self.labels[index]
+
+
+def region_datasets(keys: tuple[str, str]) -> Any:
+    """The dataset factory of a region task: the scenes' images (the very tensor the other
+    tasks read) and their objects' boxes with `keys` ("boxes" and "labels" or "attributes")."""
+
+    def datasets(request: DataRequest) -> TaskData:
+        spec = request.input_spec
+        height, width = (spec.height, spec.width) if spec else NATIVE_SHAPE[1:]
+        splits = {}
+        for split in SPLIT_SIZES:
+            data = generate(split, height, width)
+            splits[split] = SceneRegions(data["images"], data["objects"], keys)
+        return TaskData(**splits, deterministic=True)
+
+    return datasets
 
 
 def split_datasets(label: str, relabel: Callable[[Any], Any] | None = None) -> Any:
@@ -462,3 +556,28 @@ def dmt_register_tasks(kinds: Any) -> None:
                 data_status="built-in",
             )
         )
+    kinds.add_task(
+        TaskSpec(
+            name="scenes.detection",
+            description="every object's box and shape: sphere, box or cylinder",
+            input_shape=NATIVE_SHAPE,
+            output="detection",
+            num_outputs=len(DETECTION_CLASSES),
+            class_names=DETECTION_CLASSES,
+            datasets=region_datasets(("boxes", "labels")),
+            data_status="built-in",
+        )
+    )
+    kinds.add_task(
+        TaskSpec(
+            name="scenes.attributes",
+            description="each object's attributes: red, green, blue, tall, wide, near",
+            input_shape=NATIVE_SHAPE,
+            output="box-attributes",
+            num_outputs=len(ATTRIBUTE_NAMES),
+            class_names=ATTRIBUTE_NAMES,
+            datasets=region_datasets(("boxes", "attributes")),
+            data_status="built-in",
+            boxes_from="scenes.detection",
+        )
+    )

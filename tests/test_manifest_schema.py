@@ -87,7 +87,7 @@ def out_of_range(manifest: dict[str, Any]) -> list[Mutation]:
     tasks = manifest["tasks"]
     nan = math.nan
     cases: list[Mutation] = [
-        ("set", ("format",), 3),
+        ("set", ("format",), 4),  # 3 is region-level tasks (issue 26)
         ("set", ("name",), ""),
         ("set", ("store_id",), ""),
         ("set", ("model_name",), ""),

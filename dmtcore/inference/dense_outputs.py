@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from dmtcore.errors import StoreError
+from dmtcore.inference.region_outputs import readable_regions
 from dmtcore.tasks.metrics import probabilities
-from dmtcore.tasks.spec import DENSE_KINDS
+from dmtcore.tasks.spec import DENSE_KINDS, REGION_KINDS
 
 UNSAFE_FILE_CHARACTERS = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -34,12 +35,13 @@ def dense_maps(kind: str, logits: torch.Tensor) -> np.ndarray:
     return values.numpy()
 
 
-def readable_outputs(
-    kind: str, logits: torch.Tensor, class_names: list[str] | None
-) -> dict[str, list[Any]]:
+def readable_outputs(kind: str, logits: Any, class_names: list[str] | None) -> dict[str, list[Any]]:
     """A batch's predictions as JSON-able lists: `prediction` per image (class name or index,
-    0/1 labels, values, or a map), and `probabilities` where the task has them (per pixel for
-    segmentation; depth and normal maps are values, not probabilities)."""
+    0/1 labels, values, a map, or a list of boxes), and `probabilities` where the task has them
+    (per pixel for segmentation; depth and normal maps are values, not probabilities; a
+    region task's are inside each box)."""
+    if kind in REGION_KINDS:
+        return readable_regions(kind, logits, class_names)
     if kind in DENSE_KINDS:
         out: dict[str, list[Any]] = {"prediction": dense_maps(kind, logits).tolist()}
         if kind == "segmentation":

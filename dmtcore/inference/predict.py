@@ -48,10 +48,16 @@ import torch
 
 from dmtcore.errors import DataError
 from dmtcore.inference.dense_outputs import PredictionWriter, readable_outputs
+from dmtcore.inference.region_outputs import (
+    boxes_source,
+    check_boxes_sources,
+    region_predictions,
+)
 from dmtcore.model.multitask import MultiTaskModel
 from dmtcore.runtime import interrupts
 from dmtcore.tasks.data import adapt_images
 from dmtcore.tasks.names import InputSpec
+from dmtcore.tasks.spec import REGION_KINDS
 
 # Pixels (H × W) per image, for every input format: far above any sane input, far below a
 # decompression bomb (one image of this size takes 200 MB as float32).
@@ -639,31 +645,46 @@ def decode_images(values: Sequence[Any], input_spec: InputSpec) -> torch.Tensor:
 
 
 def task_outputs(manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """What `predict` needs to know of each stored task's output: kind, size, class names."""
+    """What `predict` needs to know of each stored task's output: kind, size, class names, and
+    for a box-attributes task the detection task whose boxes it describes (`boxes_source`)."""
     return {
         t["name"]: {
             "kind": t["output"]["kind"],
             "size": t["output"]["size"],
             "class_names": t.get("class_names"),
+            **(
+                {"boxes_from": boxes_source(manifest, t)}
+                if t["output"]["kind"] == "box-attributes"
+                else {}
+            ),
         }
         for t in manifest["tasks"]
     }
 
 
 def predict_batches(
-    model: MultiTaskModel, batches: Iterable[torch.Tensor], tasks: Sequence[str]
-) -> Iterator[dict[str, torch.Tensor]]:
+    model: MultiTaskModel,
+    batches: Iterable[torch.Tensor],
+    tasks: Sequence[str],
+    outputs: dict[str, dict[str, Any]] | None = None,
+) -> Iterator[dict[str, Any]]:
     """Every requested task's raw outputs per batch (float32, on the CPU), computing all tasks
-    in one forward pass per batch; Ctrl-C stops at the next batch."""
+    in one forward pass per batch; Ctrl-C stops at the next batch. Region tasks (kinds from
+    `outputs`, `task_outputs(manifest)`) give one dict of boxes per image instead
+    (`region_outputs.region_predictions`); a box-attributes task's detection task runs too."""
     model.eval()
     device = next(model.parameters()).device
+    outputs = outputs or {}
+    sources = check_boxes_sources(list(tasks), outputs) if outputs else {}
+    run = list(dict.fromkeys([*tasks, *sources.values()]))
+    regions = [t for t in tasks if outputs.get(t, {}).get("kind") in REGION_KINDS]
     with torch.inference_mode():
         for batch in batches:
             interrupts.check()
-            yield {
-                name: logits.float().cpu()
-                for name, logits in model(batch.to(device), list(tasks)).items()
-            }
+            raw = model(batch.to(device), run)
+            values: dict[str, Any] = region_predictions(raw, regions, outputs, sources)
+            values.update({name: raw[name].float().cpu() for name in tasks if name not in values})
+            yield {name: values[name] for name in tasks}
 
 
 def predict(
@@ -676,7 +697,7 @@ def predict(
     tasks) and, where the task has them, probabilities (see `readable_outputs`).
     `outputs` is `task_outputs(manifest)`."""
     result: dict[str, dict[str, list[Any]]] = {t: {} for t in tasks}
-    for logits in predict_batches(model, batches, tasks):
+    for logits in predict_batches(model, batches, tasks, outputs):
         for name, values in logits.items():
             spec = outputs[name]
             for key, items in readable_outputs(
@@ -702,6 +723,6 @@ def predict_to_folder(
             pending.append(labels)
             yield images
 
-    for logits in predict_batches(model, batches(), tasks):
+    for logits in predict_batches(model, batches(), tasks, outputs):
         writer.add(logits, pending.pop(0))
     return writer

@@ -2,7 +2,8 @@
 
 A head reads the last stage's features. Flat features (C) feed image-level heads directly;
 spatial ones (C×h×w, from a column with spatial features) are averaged over the map first,
-or, for pixel-level tasks, decoded into full-resolution maps by a `DenseHead`.
+or, for pixel-level tasks, decoded into full-resolution maps by a `DenseHead`. Region-level
+heads (`region_heads`) read several stages through a feature pyramid.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dmtcore.errors import InvalidValueError
+from dmtcore.model.region_heads import build_region_head
 from dmtcore.tasks.spec import HeadSpec
 
 # Atrous rates of the dense head's parallel branches, in feature-map pixels. Deeplab's ASPP
@@ -64,10 +66,15 @@ def build_head(
     feature_shape: tuple[int, ...],
     num_outputs: int,
     output_size: tuple[int, int],
+    stage_shapes: list[tuple[int, ...]] | None = None,
 ) -> nn.Module:
     """`linear`: one layer; `mlp`: hidden layers with ReLU (and dropout), then the output layer;
     both after global average pooling when the features are spatial. `dense`: a `DenseHead`,
-    which needs spatial features."""
+    which needs spatial features. `fcos` and `roi-mlp`: region heads over several of the
+    column's stages (`stage_shapes`, every stage's output shape; see `region_heads`)."""
+    if spec.kind in ("fcos", "roi-mlp"):
+        shapes = list(stage_shapes) if stage_shapes is not None else [tuple(feature_shape)]
+        return build_region_head(spec.kind, spec.hidden, shapes, num_outputs, output_size)
     spatial = len(feature_shape) == 3
     if spec.kind == "dense":
         if not spatial:

@@ -159,7 +159,9 @@ class MultiTaskModel(nn.Module):
         self.columns[slot] = column
         self.connections[slot] = TaskConnections(stages, shortcut, into_head)
         size = (self.input_spec.height, self.input_spec.width)
-        self.heads[slot] = build_head(head, column.out_shape, num_outputs, size)
+        self.heads[slot] = build_head(
+            head, column.out_shape, num_outputs, size, column.feature_shapes
+        )
 
     def copy_column(self, source: str, target: str) -> None:
         """Start task `target`'s column from task `source`'s trained one (weights and
@@ -382,6 +384,8 @@ class MultiTaskModel(nn.Module):
         stacked = given if isinstance(given, StackedSources) else None
         previous: dict[str, torch.Tensor] = {}
         fused: dict[str, list[torch.Tensor]] = {name: [] for name in needed}
+        # Region heads read every stage of their own column (a feature pyramid), not the last.
+        stages_read = {name: [] for name in wanted if self._reads_stages(name)}
         for stage in range(num_stages):
             current: dict[str, torch.Tensor] = {}
             for name in needed:
@@ -402,10 +406,18 @@ class MultiTaskModel(nn.Module):
                             if stage == num_stages - 1:
                                 inputs = connections.shortcut(fused[name])
                     current[name] = self.columns[task.slot].stages[stage](inputs)
+                if name in stages_read:
+                    stages_read[name].append(current[name])
                 if keep is not None and name in keep and stage < read:
                     keep[name].append(current[name])
             previous = current
-        return {name: self._output(name, previous, stacked, read - 1) for name in wanted}
+        return {
+            name: self._output(name, previous, stacked, read - 1, stages_read.get(name))
+            for name in wanted
+        }
+
+    def _reads_stages(self, name: str) -> bool:
+        return bool(getattr(self.heads[self.tasks[name].slot], "reads_stages", False))
 
     def _output(
         self,
@@ -413,14 +425,19 @@ class MultiTaskModel(nn.Module):
         last: dict[str, torch.Tensor],
         stacked: StackedSources | None = None,
         stage: int = 0,
-    ) -> torch.Tensor:
+        stages: list[torch.Tensor] | None = None,
+    ) -> Any:
         """A task's head on its last features, fused with its sources' where the store fuses
-        (`stacked`, `stage`: given sources, and the position of the last stage among them)."""
+        (`stacked`, `stage`: given sources, and the position of the last stage among them); a
+        region head (`stages` given) on all its stage outputs, the last one fused so."""
         task = self.tasks[name]
         into_head = self.connections[task.slot].head
-        if into_head is None:
-            return self.heads[task.slot](last[name])
-        return self.heads[task.slot](into_head(_sources(task, last, stacked, stage)))
+        features = (
+            last[name] if into_head is None else into_head(_sources(task, last, stacked, stage))
+        )
+        if stages is not None:
+            return self.heads[task.slot]([*stages[:-1], features])
+        return self.heads[task.slot](features)
 
     def relation_weights(self) -> dict[str, list[dict[str, float]]]:
         """For every task, per stage boundary, how much it draws from each source."""

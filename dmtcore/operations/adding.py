@@ -129,8 +129,9 @@ def train_tasks(
     created = not Path(path).exists()
     if world.is_main and not Store.exists(path):
         kind = connection or DEFAULT_CONNECTION
-        # Pixel-level tasks need spatial features: the default column in its spatial form.
-        column_options = {"spatial": True} if any(spec.dense for spec in specs) else {}
+        # Pixel- and region-level tasks need spatial features: the default column's spatial form.
+        spatial = any(spec.dense or spec.region for spec in specs)
+        column_options = {"spatial": True} if spatial else {}
         try:
             init_store(path, host, connection=kind, backbone_options=column_options)
         except StoreError:

@@ -21,6 +21,7 @@ from dmtcore.hooks.host import PluginHost
 from dmtcore.runtime.distributed import World
 from dmtcore.tasks.data import Batches, load_splits
 from dmtcore.tasks.names import InputSpec
+from dmtcore.tasks.region_metrics import import_torchmetrics_detection
 from dmtcore.tasks.spec import DataRequest, TaskSpec
 from dmtcore.train.loop import (
     Target,
@@ -52,6 +53,8 @@ def make_target(
     batches are this rank's share; every rank validates on the whole validation split.
     The factory gets `data_seed` (a stored task's, see `recorded_data_seed`), or the
     run's seed for a task trained now; shuffling always follows the run's seed."""
+    if spec.region:  # its metrics' optional packages, before anything is read or trained
+        import_torchmetrics_detection()
     seed = settings.seed if data_seed is None else data_seed
     request = DataRequest(data.data_dir, input_spec, seed, data.download)
     splits = load_splits(spec, request, plugin)

@@ -37,11 +37,11 @@ from typing import Any
 from dmtcore.errors import DmtError, StoreError, StoreLockedError, UnknownNameError
 from dmtcore.runtime.faults import crash_point
 from dmtcore.store.manifest import (
-    FORMAT,
     MAX_VERSION,
     manifest_problems,
     validate_manifest,
     weight_refs,
+    written_format,
 )
 
 CURRENT = "CURRENT"
@@ -446,7 +446,9 @@ class Store:
         version = (previous or 0) + 1
         manifest = {
             **manifest,
-            "format": FORMAT,  # what this release writes, whatever the parent was written as
+            # What this release writes, whatever the parent was written as (3 only with a
+            # region-level task: see written_format).
+            "format": written_format(manifest),
             "version": version,
             "parent": previous,
             "created": now_iso(),

@@ -27,19 +27,33 @@ from dmtcore.tasks.spec import (
     DENSE_KINDS,
     FIXED_OUTPUTS,
     HEAD_KINDS,
+    HEADS_BY_KIND,
     IGNORE_LABEL_RANGE,
     LOSS_NAMES,
+    NAMED_OUTPUT_KINDS,
     OUTPUT_KINDS,
+    REGION_KINDS,
 )
 
 # Format 2 (issue 14) adds pixel-level tasks: the output kinds segmentation/depth/normals, the
 # 'dense' head, their losses and metrics, and spatial column options. Format 1 manifests (every
 # store written before) are read as they are; every new version is written as format 2.
+# Format 3 (issue 26) adds region-level tasks (detection, box-attributes, their 'fcos' and
+# 'roi-mlp' heads, 'boxes_from'); it is written only for a version holding one, so that a
+# store without them stays readable by releases that read format 2.
 FORMAT = 2
-READABLE_FORMATS = (1, 2)
+REGION_FORMAT = 3
+READABLE_FORMATS = (1, 2, 3)
 WEIGHT_PARTS = ("column", "connections", "head")
 MAX_VERSION = 999_999  # version files are named vNNNNNN.json
 SLOT = re.compile(r"^t(\d{1,9})$")
+
+
+def written_format(manifest: dict[str, Any]) -> int:
+    """The format a new version is written as: REGION_FORMAT when it holds a region-level
+    task, else FORMAT."""
+    kinds = {task["output"]["kind"] for task in manifest.get("tasks", ())}
+    return REGION_FORMAT if kinds & set(REGION_KINDS) else FORMAT
 
 
 def new_manifest(
@@ -374,12 +388,14 @@ TASK = Record(
     # data_seed: the seed the task's dataset factory got when it was trained (absent: 0);
     # training: the settings it trained with, reused where it trains again (absent: none kept);
     # ignore_label: the label value a segmentation task's data marks unlabelled pixels with
-    # (absent: -1, as in every store written before it existed)
+    # (absent: -1, as in every store written before it existed); boxes_from: the detection
+    # task whose boxes a box-attributes task describes at predict (absent: the store's one)
     {
         "recipe": MapOf(Anything()),
         "data_seed": Integer(0, 2**32 - 1),
         "training": TRAINING,
         "ignore_label": Integer(*IGNORE_LABEL_RANGE),
+        "boxes_from": TASK_NAME,
     },
 )
 
@@ -515,13 +531,20 @@ def _check_outputs(data: dict[str, Any]) -> Iterator[str]:
         if kind in ("multiclass", "segmentation") and size < 2:
             yield f"{at}.output.size must be at least 2 for a {kind} task, got {size}"
         names = task["class_names"]
-        with_classes = ("binary", "multiclass", "segmentation")
-        if names is not None and kind in with_classes and len(names) != size:
+        if names is not None and kind in NAMED_OUTPUT_KINDS and len(names) != size:
             yield f"{at}.class_names must name {size} classes (output.size), got {len(names)}"
-        if (head["kind"] == "dense") != (kind in DENSE_KINDS):
+        if head["kind"] not in HEADS_BY_KIND[kind]:
             yield f"{at}.head.kind {head['kind']!r} does not fit a {kind} task"
         if kind in DENSE_KINDS and data["format"] < 2:
             yield f"{at}.output.kind {kind!r} needs manifest format 2, got {data['format']}"
+        if kind in REGION_KINDS and data["format"] < REGION_FORMAT:
+            yield (
+                f"{at}.output.kind {kind!r} needs manifest format {REGION_FORMAT}, "
+                f"got {data['format']}"
+            )
+        boxes_from = task.get("boxes_from")
+        if boxes_from is not None and kind != "box-attributes":
+            yield f"{at}.boxes_from is for box-attributes tasks only, got one for a {kind} task"
         ignore = task.get("ignore_label")
         if ignore is not None and kind != "segmentation":
             yield f"{at}.ignore_label is for segmentation tasks only, got one for a {kind} task"

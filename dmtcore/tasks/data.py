@@ -27,6 +27,12 @@ from dmtcore.errors import DataError, DmtError, InvalidValueError, first_line
 from dmtcore.runtime import interrupts
 from dmtcore.tasks.dense_labels import check_dense_labels, check_label_size, dense_targets
 from dmtcore.tasks.names import InputSpec
+from dmtcore.tasks.region_labels import (
+    check_region_labels,
+    collate_regions,
+    region_targets,
+    targets_to,
+)
 from dmtcore.tasks.spec import DataRequest, TaskData, TaskSpec
 
 LUMINANCE = (0.299, 0.587, 0.114)
@@ -279,6 +285,9 @@ def check_batch(
     """Fail, naming the task, plugin, split and batch, if a batch cannot be what the task
     says; returns the per-image shape that later batches must have."""
     shape = check_images(origin, images, which, shape, channels)
+    if spec.region:  # one dict of boxes per image: see dmtcore.tasks.region_labels
+        check_region_labels(origin, spec, raw_labels, images, which)
+        return shape
     labels = check_labels(origin, spec, raw_labels, which)
     if labels.shape[0] != images.shape[0]:
         raise DataError(
@@ -428,6 +437,8 @@ class Batches:
                 _WithIndex(self.dataset),
                 batch_sampler=self.batch_sampler,
                 num_workers=self.workers,
+                # Region labels hold a different number of boxes per image: kept as a list.
+                collate_fn=collate_regions if self.spec.region else None,
                 persistent_workers=self.workers > 0,
                 pin_memory=self.device.type == "cuda",
             )
@@ -529,7 +540,16 @@ class Batches:
         self, images: Any, labels: Any, index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         non_blocking = self.device.type == "cuda"
+        source = tuple(torch.as_tensor(images).shape[-2:])
         images = adapt_images(torch.as_tensor(images), self.input_spec)
+        if self.spec.region:  # boxes follow their image to the store's size
+            size = (self.input_spec.height, self.input_spec.width)
+            targets = region_targets(self.spec, labels, source, size)
+            return (
+                self._formatted(images.to(self.device, non_blocking=non_blocking)),
+                targets_to(targets, self.device, non_blocking),
+                index,
+            )
         return (
             self._formatted(images.to(self.device, non_blocking=non_blocking)),
             labels_for(self.spec, labels, self.input_spec).to(

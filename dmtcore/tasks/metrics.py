@@ -19,12 +19,14 @@ import torch.nn.functional as F
 
 from dmtcore.errors import DataError, InvalidValueError
 from dmtcore.tasks.names import unknown_name
+from dmtcore.tasks.region_metrics import REGION_LOSSES, RegionMetricState
 from dmtcore.tasks.spec import (
     DEFAULT_METRICS,
     DENSE_KINDS,
     IGNORE_LABEL,
     LOSS_NAMES,
     METRIC_NAMES,
+    REGION_KINDS,
     higher_is_better,
 )
 
@@ -90,7 +92,7 @@ def normals_l1(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (predicted - truth).abs().mean()
 
 
-LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+LOSSES: dict[str, Callable[[Any, Any], torch.Tensor]] = {
     "cross_entropy": F.cross_entropy,
     "bce_with_logits": F.binary_cross_entropy_with_logits,
     "mse": F.mse_loss,
@@ -100,10 +102,11 @@ LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
     "berhu": berhu,
     "cosine": cosine,
     "normals_l1": normals_l1,
+    **REGION_LOSSES,  # region heads' outputs and a list of box dicts: see region_metrics
 }
 
 
-def loss_function(name: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def loss_function(name: str) -> Callable[[Any, Any], torch.Tensor]:
     if name not in LOSSES:
         raise unknown_name("loss", name, LOSSES)
     return LOSSES[name]
@@ -153,17 +156,21 @@ def compute_metrics(
 class MetricState:
     """A task's metrics over a split, fed batch by batch. Image-level metrics see the whole
     split at once (balanced accuracy needs every label), as they always did; pixel-level ones
-    keep only sufficient statistics."""
+    keep only sufficient statistics; region-level ones are `RegionMetricState`'s."""
 
     def __init__(self, kind: str, names: list[str], num_outputs: int) -> None:
         self.kind = kind
+        self.regions = RegionMetricState(kind, names, num_outputs) if kind in REGION_KINDS else None
         self.names = list(names)
         self.num_outputs = num_outputs
         self.outputs: list[torch.Tensor] = []
         self.labels: list[torch.Tensor] = []
         self.sums: dict[str, torch.Tensor] = {}
 
-    def update(self, outputs: torch.Tensor, labels: torch.Tensor) -> None:
+    def update(self, outputs: Any, labels: Any) -> None:
+        if self.regions is not None:
+            self.regions.update(outputs, labels)
+            return
         outputs, labels = outputs.float(), labels.to(outputs.device)
         if self.kind not in DENSE_KINDS:
             self.outputs.append(outputs.cpu())
@@ -174,6 +181,8 @@ class MetricState:
             self.sums[key] = self.sums[key] + value if key in self.sums else value
 
     def result(self) -> dict[str, float]:
+        if self.regions is not None:
+            return self.regions.result()
         if self.kind not in DENSE_KINDS:
             return compute_metrics(self.names, torch.cat(self.outputs), torch.cat(self.labels))
         values = DENSE_SUMMARIES[self.kind](self.sums)
@@ -288,7 +297,7 @@ def probabilities(output_kind: str, logits: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-DENSE_METRICS = {m for kind in DENSE_KINDS for m in DEFAULT_METRICS[kind]}
+DENSE_METRICS = {m for kind in DENSE_KINDS + REGION_KINDS for m in DEFAULT_METRICS[kind]}
 assert set(LOSSES) == set(LOSS_NAMES) and set(METRICS) | DENSE_METRICS == set(METRIC_NAMES)
 
 

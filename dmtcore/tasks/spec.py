@@ -16,12 +16,23 @@ from dmtcore.errors import InvalidValueError
 from dmtcore.tasks.names import InputSpec, validate_task_name
 
 OutputKind = Literal[
-    "binary", "multiclass", "multilabel", "regression", "segmentation", "depth", "normals"
+    "binary",
+    "multiclass",
+    "multilabel",
+    "regression",
+    "segmentation",
+    "depth",
+    "normals",
+    "detection",
+    "box-attributes",
 ]
 IMAGE_KINDS: tuple[str, ...] = ("binary", "multiclass", "multilabel", "regression")
 # Pixel-level kinds: one output map per image, at the store's input size (NDDR-CNN §4).
 DENSE_KINDS: tuple[str, ...] = ("segmentation", "depth", "normals")
-OUTPUT_KINDS: tuple[str, ...] = IMAGE_KINDS + DENSE_KINDS
+# Region-level kinds (cross-stitch §6.4): a list of boxes per image. `detection` finds them
+# (xyxy in pixels, a class id each); `box-attributes` gives every box a multi-hot vector.
+REGION_KINDS: tuple[str, ...] = ("detection", "box-attributes")
+OUTPUT_KINDS: tuple[str, ...] = IMAGE_KINDS + DENSE_KINDS + REGION_KINDS
 # Unlabelled pixels of a segmentation mask (the NYUv2 convention of MTAN and LibMTL): the
 # default of `TaskSpec.ignore_label`, and the value every declared one becomes in the targets
 # the loss and metrics take. Depth marks them with 0, normals with an all-zero vector.
@@ -30,6 +41,8 @@ IGNORE_LABEL = -1
 IGNORE_LABEL_RANGE = (-(2**31), 2**31 - 1)
 # Output channels fixed by the kind; the others are the plugin's to give.
 FIXED_OUTPUTS = {"binary": 2, "depth": 1, "normals": 3}
+# Kinds whose class_names name every output (for box-attributes: the attributes).
+NAMED_OUTPUT_KINDS = ("binary", "multiclass", "segmentation", *REGION_KINDS)
 
 DEFAULT_LOSS = {
     "binary": "cross_entropy",
@@ -39,6 +52,8 @@ DEFAULT_LOSS = {
     "segmentation": "pixel_cross_entropy",
     "depth": "depth_l1",
     "normals": "cosine",
+    "detection": "fcos",
+    "box-attributes": "attribute_bce",
 }
 DEFAULT_METRICS = {
     "binary": ("balanced_accuracy", "accuracy"),
@@ -48,9 +63,28 @@ DEFAULT_METRICS = {
     "segmentation": ("miou", "pixel_accuracy"),
     "depth": ("abs_rel", "rmse", "delta1", "abs_err"),
     "normals": ("mean_angle", "median_angle", "within_11_25", "within_22_5", "within_30"),
+    # AP at IoU 0.5 (PASCAL VOC's threshold, the paper's Table 6) and COCO's AP averaged over
+    # IoU 0.5:0.95, both by torchmetrics' MeanAveragePrecision (the `detection` extra).
+    "detection": ("map_50", "map"),
+    "box-attributes": ("attribute_map",),
 }
-HEAD_KINDS = ("linear", "mlp", "dense")
+HEAD_KINDS = ("linear", "mlp", "dense", "fcos", "roi-mlp")
 DENSE_HEAD_WIDTH = 64
+# The heads each output kind may have; the first is its default.
+HEADS_BY_KIND = {
+    **{kind: ("linear", "mlp") for kind in IMAGE_KINDS},
+    **{kind: ("dense",) for kind in DENSE_KINDS},
+    "detection": ("fcos",),
+    "box-attributes": ("roi-mlp",),
+}
+# Region heads' widths. `fcos`: one entry per convolution of each FCOS tower, all equal (the
+# pyramid's channels; FCOS's GroupNorm takes 32 groups, so a multiple of 32). torchvision's
+# default is 4 convolutions for 800-pixel images; on 32..64 pixel images 2 already cover an
+# object at stride 4 (5×5 cells, 20 pixels) and halve the head's cost on a CPU. `roi-mlp`: the
+# width of the attribute head's two fully connected layers (Faster R-CNN's box head).
+FCOS_TOWER = (64, 64)
+FCOS_GROUPS = 32
+ROI_MLP_WIDTH = 128
 # Losses and metrics a kind may use (implemented in dmtcore.tasks.metrics).
 LOSSES_BY_KIND = {
     **{kind: ("cross_entropy",) for kind in ("binary", "multiclass")},
@@ -59,13 +93,15 @@ LOSSES_BY_KIND = {
     "segmentation": ("pixel_cross_entropy",),
     "depth": ("depth_l1", "berhu"),
     "normals": ("cosine", "normals_l1"),
+    "detection": ("fcos",),
+    "box-attributes": ("attribute_bce",),
 }
 METRICS_BY_KIND = {
     "binary": ("accuracy", "balanced_accuracy"),
     "multiclass": ("accuracy", "balanced_accuracy"),
     "multilabel": ("label_accuracy",),
     "regression": ("neg_mae", "neg_rmse"),
-    **{kind: DEFAULT_METRICS[kind] for kind in DENSE_KINDS},
+    **{kind: DEFAULT_METRICS[kind] for kind in DENSE_KINDS + REGION_KINDS},
 }
 LOSS_NAMES = tuple(dict.fromkeys(n for names in LOSSES_BY_KIND.values() for n in names))
 METRIC_NAMES = tuple(dict.fromkeys(n for names in METRICS_BY_KIND.values() for n in names))
@@ -92,7 +128,10 @@ def higher_is_better(metric: str) -> bool:
 class HeadSpec:
     """A declarative head: `linear`, or `mlp` with hidden widths, for image-level tasks; `dense`
     for pixel-level ones (an ASPP-lite decoder of `hidden[0]` channels, upsampled to the
-    input size). Outputs come from the task."""
+    input size); for region-level ones `fcos` (detection: FCOS over a feature pyramid of
+    `hidden[0]` channels on the column's stages) and `roi-mlp` (box attributes: RoI-aligned
+    pyramid features of each box through two fully connected layers of `hidden[0]` units).
+    Outputs come from the task."""
 
     kind: str = "linear"
     hidden: tuple[int, ...] = ()
@@ -103,11 +142,19 @@ class HeadSpec:
             raise InvalidValueError(
                 f"unknown head kind {self.kind!r}; valid: {', '.join(HEAD_KINDS)}"
             )
-        if self.kind == "dense" and not self.hidden:
-            object.__setattr__(self, "hidden", (DENSE_HEAD_WIDTH,))
-        if self.kind == "dense" and len(self.hidden) != 1:
+        defaults = {"dense": (DENSE_HEAD_WIDTH,), "fcos": FCOS_TOWER, "roi-mlp": (ROI_MLP_WIDTH,)}
+        if self.kind in defaults and not self.hidden:
+            object.__setattr__(self, "hidden", defaults[self.kind])
+        if self.kind in ("dense", "roi-mlp") and len(self.hidden) != 1:
+            what = "its decoder's channels" if self.kind == "dense" else "its layers' units"
             raise InvalidValueError(
-                f"a 'dense' head has one width (its decoder's channels), got hidden={self.hidden}"
+                f"a {self.kind!r} head has one width ({what}), got hidden={self.hidden}"
+            )
+        if self.kind == "fcos" and (len(set(self.hidden)) != 1 or self.hidden[0] % FCOS_GROUPS):
+            raise InvalidValueError(
+                f"an 'fcos' head's hidden widths are one per convolution of its towers, all "
+                f"equal and a multiple of {FCOS_GROUPS} (FCOS normalises with GroupNorm of "
+                f"{FCOS_GROUPS} groups), e.g. {FCOS_TOWER}; got hidden={self.hidden}"
             )
         if self.kind == "mlp" and not self.hidden:
             raise InvalidValueError(
@@ -175,6 +222,11 @@ class TaskSpec:
     class ids (`ignore_label` for unlabelled pixels), depth a 1×H×W float map (0 where there
     is no ground truth), normals a 3×H×W map of unit vectors (all-zero where there is none).
 
+    Region-level kinds (`REGION_KINDS`) label boxes: per image a dict of `boxes` (n×4 float,
+    x1, y1, x2, y2 in pixels) with `labels` (n class ids) for detection, or `attributes` (n×A
+    0/1) for box-attributes, whose `boxes_from` names the detection task whose boxes
+    `dmt predict` describes (None: the store's one detection task).
+
     `ignore_label` is the value a segmentation task's data marks unlabelled pixels with:
     `IGNORE_LABEL` (-1) unless the plugin declares another (255 in many preprocessed copies).
     It must not be a class id; any other label value outside 0..num_outputs-1 is refused as
@@ -202,6 +254,9 @@ class TaskSpec:
     # returns one by looking for files, never loading them (it runs for every listed task).
     data_status: str | Callable[[Path], str] | None = field(default=None, repr=False, compare=False)
     ignore_label: int | None = None  # segmentation only; None: IGNORE_LABEL
+    # box-attributes only: the detection task whose boxes `dmt predict` describes (None: the
+    # store's one detection task). Training and eval use the ground-truth boxes.
+    boxes_from: str | None = None
 
     def __post_init__(self) -> None:
         validate_task_name(self.name)
@@ -239,6 +294,13 @@ class TaskSpec:
             )
         self._resolve_head()
         self._resolve_ignore_label()
+        if self.boxes_from is not None:
+            if self.output != "box-attributes":
+                raise InvalidValueError(
+                    f"task {self.name!r}: only box-attributes tasks name a detection task to "
+                    f"take boxes from, got boxes_from={self.boxes_from!r} for a {self.output} task"
+                )
+            validate_task_name(self.boxes_from)
         if self.loss is None:
             object.__setattr__(self, "loss", DEFAULT_LOSS[self.output])
         if self.metrics is None:
@@ -262,10 +324,7 @@ class TaskSpec:
             )
         if self.class_names is not None:
             object.__setattr__(self, "class_names", tuple(str(c) for c in self.class_names))
-            if (
-                self.output in ("binary", "multiclass", "segmentation")
-                and len(self.class_names) != self.num_outputs
-            ):
+            if self.output in NAMED_OUTPUT_KINDS and len(self.class_names) != self.num_outputs:
                 raise InvalidValueError(
                     f"task {self.name!r}: {len(self.class_names)} class names for {self.num_outputs} outputs"
                 )
@@ -287,17 +346,24 @@ class TaskSpec:
         """Whether the task labels every pixel (and needs a column with spatial features)."""
         return self.output in DENSE_KINDS
 
+    @property
+    def region(self) -> bool:
+        """Whether the task's labels are boxes (its head reads a feature pyramid of the
+        column's stages, so it needs a column with spatial features too)."""
+        return self.output in REGION_KINDS
+
     def _resolve_head(self) -> None:
         head = self.head
+        valid_heads = HEADS_BY_KIND[self.output]
         if head is None:
-            head = HeadSpec("dense") if self.dense else HeadSpec()
+            head = HeadSpec(valid_heads[0])
             object.__setattr__(self, "head", head)
         if not isinstance(head, HeadSpec):
             raise InvalidValueError(
                 f"task {self.name!r}: head must be a HeadSpec, got {type(head).__name__}"
             )
-        if (head.kind == "dense") != self.dense:
-            valid = "dense" if self.dense else "linear or mlp"
+        if head.kind not in valid_heads:
+            valid = " or ".join(valid_heads)
             raise InvalidValueError(
                 f"task {self.name!r}: a {self.output} task cannot have a {head.kind!r} head; "
                 f"valid: {valid}"
@@ -347,4 +413,5 @@ class TaskSpec:
                 if self.ignore_label not in (None, IGNORE_LABEL)
                 else {}
             ),
+            **({"boxes_from": self.boxes_from} if self.boxes_from is not None else {}),
         }

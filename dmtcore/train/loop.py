@@ -707,7 +707,7 @@ def _fit(
                 with autocast(device, settings.precision):
                     logits = step_model(images, trained, given)
                     task_losses.update(
-                        {n: losses[n](logits[n].float(), labels[n]) for n in trained}
+                        {n: losses[n](_as_float(logits[n]), labels[n]) for n in trained}
                     )
             optimizer.zero_grad(set_to_none=True)
             backward(weighting, task_losses, trained_params)
@@ -1024,6 +1024,12 @@ def check_compiler(device: torch.device) -> None:
             "--compile on the CPU needs a C++ compiler (g++ or clang++ on PATH, or CXX=...); "
             "install one, or train without --compile"
         )
+
+
+def _as_float(output: Any) -> Any:
+    """Logits in float32 for the loss; a region head's outputs (boxes are computed from them
+    with the labels, in float32: dmtcore.model.region_heads) as they are."""
+    return output.float() if torch.is_tensor(output) else output
 
 
 def _check_finite(task: str, value: float, epoch: int, settings: TrainSettings) -> None:
