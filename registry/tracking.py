@@ -206,12 +206,12 @@ def reported_call(uri: str, call: Callable[[], Any]) -> Any:
         ) from exc
 
 
-def _reported(method: Callable[..., None]) -> Callable[..., None]:
-    """A tracker hook whose MLflow failures are reported by `reported_call`."""
+def _reported(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A tracker method whose MLflow failures are reported by `reported_call`."""
 
     @functools.wraps(method)
-    def wrapper(self: MlflowTracker, *args: Any, **kwargs: Any) -> None:
-        reported_call(self.tracking_uri, lambda: method(self, *args, **kwargs))
+    def wrapper(self: MlflowTracker, *args: Any, **kwargs: Any) -> Any:
+        return reported_call(self.tracking_uri, lambda: method(self, *args, **kwargs))
 
     return wrapper
 
@@ -312,9 +312,13 @@ class MlflowTracker:
     @hookimpl
     @_reported
     def dmt_run_started(self, run: RunInfo) -> None:
-        self.notify(Stage(f"tracking: connecting to MLflow at {self.tracking_uri}"))
-        from mlflow.entities import Param
+        self.open_run(run, self.check_run(run))
 
+    @_reported
+    def check_run(self, run: RunInfo) -> str:
+        """What can refuse an operation before it trains: the server, the store's experiment,
+        the model name and the permission to publish. Returns the experiment id."""
+        self.notify(Stage(f"tracking: connecting to MLflow at {self.tracking_uri}"))
         experiment_id = self._connect(run)
         if self.register:  # refuse a conflicting model name before any training
             from dmt_registry.access import check_can_publish
@@ -324,6 +328,15 @@ class MlflowTracker:
             manifest = Store.open(run.store_path).manifest()
             check_model_name(self.client, manifest)
             check_can_publish(self.client, self.tracking_uri, model_name(manifest))
+        return experiment_id
+
+    @_reported
+    def open_run(self, run: RunInfo, experiment_id: str) -> None:
+        """The operation's run, with its tags and parameters (after ending this store's runs
+        whose writer was killed)."""
+        from mlflow.entities import Param
+
+        self.run_id = None  # a failure here leaves no earlier run to end in its place
         tags = {
             "dmt.operation": run.operation,
             "dmt.tasks": ",".join(run.tasks),

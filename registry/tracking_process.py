@@ -9,8 +9,10 @@ the child imports MLflow on another core while the parent imports torch and load
 then runs the very `MlflowTracker` hooks, which the parent sends it as JSON lines.
 
 What waits for the child:
-- `dmt_run_started` waits for its answer, so a refusal (server down, a model name taken, no
-  permission) still stops the operation before any training, with the same error and exit code;
+- `dmt_run_started` waits for the checks that can refuse an operation (server down, a model
+  name taken, no permission), so a refusal still stops it before any training, with the same
+  error and exit code; the run itself is opened while the parent trains (a failure to open it
+  is raised at the first epoch's end, before anything is committed);
 - `dmt_epoch_end` does not wait: a failure met while logging an epoch is raised at the next
   epoch's end (training stops there and nothing is committed), or, after the last epoch, is a
   warning once the version is committed;
@@ -326,7 +328,18 @@ def serve(config: dict[str, Any], inbox: IO[bytes], answers: IO[bytes]) -> None:
                 run = RunInfo(
                     **{**message["run"], "store_path": Path(message["run"]["store_path"])}
                 )
-                tracker.dmt_run_started(run=run)
+                experiment = tracker.check_run(run)
+                answer({"done": hook})  # nothing refused it: the parent trains meanwhile
+                try:
+                    tracker.open_run(run, experiment)
+                except Exception as exc:  # raised in the parent at the next epoch's end
+                    answer({"done": "open_run", "error": _error_record(exc)})
+                    run = None
+                if config["register"] and not warmed:
+                    for name in PUBLISH_IMPORTS:  # while the parent trains
+                        importlib.import_module(name)
+                    warmed = True
+                continue
             elif hook == "epoch_end":
                 tracker.dmt_epoch_end(run=run, report=EpochReport(**message["report"]))
             elif hook == "run_finished":
@@ -354,10 +367,6 @@ def serve(config: dict[str, Any], inbox: IO[bytes], answers: IO[bytes]) -> None:
             answer({"done": hook, "error": _error_record(exc)})
         else:
             answer({"done": hook})
-        if hook == "run_started" and config["register"] and not warmed:
-            for name in PUBLISH_IMPORTS:  # while the parent trains
-                importlib.import_module(name)
-            warmed = True
 
 
 def main() -> None:
