@@ -2,8 +2,8 @@
 
 Importing MLflow and opening its store costs about 2 CPU seconds, as much as training a small
 task for ten epochs; in the training process those seconds add to every tracked command's wall
-time. Imported in a thread they contend with the training loop for the GIL, and the command
-took longer still (measured: `docs/performance.md`, "dmt and MLflow"). So a tracked operation
+time. Imported in a thread they hold the GIL against the training loop, which slows by as much
+(measured: docs/mlflow.md, "Overhead"). So a tracked operation
 starts `python -m dmt_registry.tracking_process` as its first step, before torch is imported:
 the child imports MLflow on another core while the parent imports torch and loads the data,
 then runs the very `MlflowTracker` hooks, which the parent sends it as JSON lines.
