@@ -6,7 +6,6 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,14 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.team_server import free_port
+from tests.team_server import stop_process as stop
+
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 FAST = ["--epochs", "1", "--batch-size", "64"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_until_up(url: str, process: subprocess.Popen, log: Path, seconds: float = 90) -> None:
@@ -51,16 +47,6 @@ def start(
         )
     wait_until_up(url, process, log)
     return process
-
-
-def stop(process: subprocess.Popen) -> None:
-    """Stop a server by its PID: SIGTERM, then SIGKILL if it lingers."""
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture
