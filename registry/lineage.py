@@ -12,9 +12,9 @@ MLflow has no compare-and-set for aliases, so the move is made safe with what it
 registry version numbers are unique and increase, and a version's tags are written with it.
 Every new version is created tagged `dmt.publish=claiming`; once created, the publisher lists
 the versions again, and yields (tags its own `fork`, leaves `current` alone) if a version it
-did not see before and does not descend from exists below its own number (someone published
-since it looked), or a `claiming` one younger than CLAIM_TIMEOUT_S (someone is publishing right
-now). The lowest-numbered of a group of simultaneous publishers wins; each other one sees it.
+does not descend from exists below its own number that it did not see before, or saw claiming
+and is published now (someone published since it looked), or a `claiming` one younger than
+CLAIM_TIMEOUT_S (someone is publishing right now). The lowest-numbered of a group of simultaneous publishers wins; each other one sees it.
 The guarantee, and its limits, are in docs/mlflow.md (a team's server).
 """
 
@@ -36,8 +36,8 @@ CURRENT = "current"
 
 @dataclass(frozen=True)
 class Survey:
-    """What the registry looked like before a publish: `current` (read first), every version
-    (listed after it), and the registry versions this store version descends from."""
+    """What the registry looked like before a publish: every version (listed first), `current`
+    (read after the listing), and the registry versions this store version descends from."""
 
     name: str
     current: str | None
@@ -59,8 +59,14 @@ def survey(client: Any, store: Store, version: int) -> Survey:
 
     manifest = store.manifest(version)
     name = model_name(manifest)
-    current = alias_target(client, name)  # before the listing: what it shows existed by then
+    # The listing first, then `current`: a version tagged published in the listing had
+    # `current` moved to it before (claim_current moves, then tags), so `current` as read
+    # reflects it; one that was claiming may still win, which `rivals` checks. A `current`
+    # newer than the listing (someone published in between) is listed again, for its tags.
     versions = {str(v.version): v for v in registered_versions(client, name)}
+    current = alias_target(client, name)
+    if current is not None and current not in versions:
+        versions = {str(v.version): v for v in registered_versions(client, name)}
     mine: set[str] = set()
     number: int | None = version
     while number is not None:
@@ -146,7 +152,8 @@ def refuse_fork(seen: Survey, store: Store, version: int, reusing: str | None = 
 def rivals(seen: Survey, versions: dict[str, Any], below: int, now_ms: int) -> list[Any]:
     """The versions below `below` that were published, or are being published (a claim younger
     than CLAIM_TIMEOUT_S at `now_ms`), by someone else since `seen` was taken: any of them
-    means this publish must not move `current`."""
+    means this publish must not move `current`. That includes one `seen` as claiming that has
+    been published since: it moved `current` after this publish looked at it."""
     found = []
     for key, held in sorted(versions.items(), key=lambda kv: int(kv[0])):
         if int(key) >= below or key in seen.mine:
@@ -156,7 +163,11 @@ def rivals(seen: Survey, versions: dict[str, Any], below: int, now_ms: int) -> l
             continue
         new_since = int(key) > seen.newest_seen
         young = (now_ms - (held.creation_timestamp or 0)) < CLAIM_TIMEOUT_S * 1000
-        if new_since or (state == "claiming" and young):
+        was = seen.versions.get(key)
+        published_since = (
+            state == "published" and was is not None and was.tags.get(CLAIM) == "claiming"
+        )
+        if new_since or published_since or (state == "claiming" and young):
             found.append(held)
     return found
 

@@ -312,3 +312,31 @@ def test_team_load_benchmark_quick(team_registry, tmp_path: Path) -> None:
     assert result["publishes"] >= 1 and result["reads"] >= 1
     assert result["errors"] == [] and result["lost_versions"] == []
     assert result["broken_aliases"] == 0 and "Traceback" not in done.stderr
+
+
+def test_a_rival_seen_claiming_and_published_since_blocks_the_move() -> None:
+    """The race the load benchmark caught: B lists the versions while A's is still claiming,
+    A then moves `current` and tags its version published, B creates its own and checks. A's
+    version, seen before but published since, is B's rival: B must not move `current`."""
+    from types import SimpleNamespace
+
+    from dmt_registry.lineage import CLAIM, Survey, rivals
+
+    def version(number: int, state: str, created: int = 0) -> SimpleNamespace:
+        return SimpleNamespace(version=number, tags={CLAIM: state}, creation_timestamp=created)
+
+    now_ms = 10_000_000
+    seen = Survey(
+        "face", "1", {"1": version(1, "published"), "2": version(2, "claiming", now_ms)},
+        frozenset({"1"}),
+    )  # fmt: skip
+    later = {**seen.versions, "2": version(2, "published", now_ms), "3": version(3, "claiming")}
+    assert [v.version for v in rivals(seen, later, 3, now_ms)] == [2]
+    # Published before B looked: `current` (read after the listing) already said so.
+    settled = Survey("face", "2", {"1": version(1, "published"), "2": version(2, "published")},
+                     frozenset({"1", "2"}))  # fmt: skip
+    assert rivals(settled, {**settled.versions, "3": version(3, "claiming")}, 3, now_ms) == []
+    # An old fork that lost long ago is nobody's rival.
+    old = Survey("face", "1", {"1": version(1, "published"), "2": version(2, "fork")},
+                 frozenset({"1"}))  # fmt: skip
+    assert rivals(old, {**old.versions, "3": version(3, "claiming")}, 3, now_ms) == []
