@@ -251,24 +251,25 @@ class MlflowTracker:
         if self.embedded and (not database.is_file() or _open_problem(database) is not None):
             return
         with contextlib.suppress(Exception):
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-            from mlflow.tracking import MlflowClient
-
-            logging.getLogger("mlflow").setLevel(logging.INFO if self.verbose else logging.WARNING)
-            client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+            client_class = self._import_client()
+            client = client_class(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
             client.search_experiments(max_results=1)  # MLflow keeps the store it opened
 
-    def _connect(self, run: RunInfo) -> str:
-        """The experiment id, created on first use; fails fast when the server does not answer."""
-        # A server that is down must be reported in seconds, not after minutes of retries.
+    def _import_client(self) -> Any:
+        """MLflow's client class, imported with dmt's settings: a server that is down is
+        reported in seconds, not after minutes of retries, and MLflow logs its warnings only
+        (no database-migration chatter) unless `dmt -v`."""
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         from mlflow.tracking import MlflowClient
 
         # After the import: mlflow sets its own logger up when first imported.
-        # Its warnings only (no database-migration chatter), unless `dmt -v`.
         logging.getLogger("mlflow").setLevel(logging.INFO if self.verbose else logging.WARNING)
+        return MlflowClient
+
+    def _connect(self, run: RunInfo) -> str:
+        """The experiment id, created on first use; fails fast when the server does not answer."""
+        MlflowClient = self._import_client()
         if self.embedded:
             if not (Path(run.store_path) / DATABASE).exists():
                 self.notify(Stage("tracking: creating the store's MLflow database (first run)"))

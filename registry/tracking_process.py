@@ -135,8 +135,7 @@ class TrackingProcess:
     def dmt_run_started(self, run: RunInfo) -> None:
         from dmt_registry.tracking import system_info
 
-        self.notify(Stage(f"tracking: connecting to MLflow at {self.tracking_uri}"))
-        record = dataclasses.asdict(run)
+        record = dataclasses.asdict(run)  # the child says it connects (`check_run`)
         record["params"] = {**run.params, **system_info()}
         record["extra"] = {}
         self._call("run_started", {"run": record})
@@ -146,9 +145,7 @@ class TrackingProcess:
     @hookimpl
     def dmt_epoch_end(self, run: RunInfo, report: EpochReport) -> None:
         self._drain()
-        if self._pending_error is not None:
-            error, self._pending_error = self._pending_error, None
-            raise error
+        self._raise_pending()
         self._send("epoch_end", {"report": dataclasses.asdict(report)})
 
     @hookimpl
@@ -159,9 +156,7 @@ class TrackingProcess:
             self._call("run_finished", {"result": record, "previews": self._preview_files(run)})
         finally:
             self._discard_previews()
-        if self._pending_error is not None:  # an epoch's logging failed after the last check
-            error, self._pending_error = self._pending_error, None
-            raise error
+        self._raise_pending()  # an epoch's logging that failed after the last check
 
     @hookimpl
     def dmt_run_failed(self, run: RunInfo, error: BaseException) -> None:
@@ -216,8 +211,7 @@ class TrackingProcess:
                 if answer.get("refused"):  # the publish was refused; the commit stands
                     self.refused = _raised(answer["refused"])
                 return
-            if answer.get("error"):  # an epoch's, answered before this hook's
-                self._pending_error = self._pending_error or _raised(answer["error"])
+            self._keep_error(answer)  # an epoch's, answered before this hook's
 
     def _drain(self) -> None:
         """Show the notices and keep the errors of answers that came without waiting."""
@@ -229,8 +223,18 @@ class TrackingProcess:
             if answer is ENDED:
                 self._answers.put(ENDED)  # a later wait must see the end too
                 return
-            if not self._handled(answer) and answer.get("error"):
-                self._pending_error = self._pending_error or _raised(answer["error"])
+            if not self._handled(answer):
+                self._keep_error(answer)
+
+    def _keep_error(self, answer: dict[str, Any]) -> None:
+        """The first error of an answer nobody waited for, to raise at the next check."""
+        if answer.get("error") and self._pending_error is None:
+            self._pending_error = _raised(answer["error"])
+
+    def _raise_pending(self) -> None:
+        if self._pending_error is not None:
+            error, self._pending_error = self._pending_error, None
+            raise error
 
     def _handled(self, answer: dict[str, Any]) -> bool:
         """A notice is shown here, in the caller's thread; True for one."""
