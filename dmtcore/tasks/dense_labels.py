@@ -75,17 +75,24 @@ def _check_class_map(origin: str, spec: TaskSpec, labels: torch.Tensor, which: s
             f"{origin}: segmentation labels in {which} have dtype {labels.dtype}; valid: an "
             "integer dtype (torch.long) of class ids"
         )
-    labelled = labels[labels != spec.ignore_label]
-    if not labelled.numel():
-        return
-    low, high = (int(v) for v in labelled.aminmax())
-    if low < 0 or high >= spec.num_outputs:
-        bad = low if low < 0 else high
+    bad = class_id_out_of_range(labels[labels != spec.ignore_label], spec.num_outputs)
+    if bad is not None:
         raise DataError(
             f"{origin}: {which} has segmentation class id {bad}; valid: 0..{spec.num_outputs - 1}"
             f", or {spec.ignore_label} for unlabelled pixels (the ignore value the task "
             "declares; a dataset marking them otherwise, e.g. 255, needs a task declaring it)"
         )
+
+
+def class_id_out_of_range(ids: torch.Tensor, count: int) -> int | None:
+    """A class id outside 0..count-1 among `ids` (the lowest if one is negative, else the
+    highest), or None: one min/max pass, for every kind whose labels are class ids."""
+    if not ids.numel():
+        return None
+    low, high = (int(v) for v in ids.aminmax())
+    if low < 0:
+        return low
+    return high if high >= count else None
 
 
 def _check_unit_length(origin: str, labels: torch.Tensor, which: str) -> None:

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import default_collate
 
 from dmtcore.errors import DataError
+from dmtcore.tasks.dense_labels import class_id_out_of_range
 from dmtcore.tasks.spec import TaskSpec
 
 # Corners may stray this far (pixels) outside the image: a plugin's own rounding when it
@@ -154,11 +155,8 @@ def _check_class_ids(
             f"{origin}: {where}: class ids have dtype {ids.dtype}; valid: an integer dtype "
             "(torch.int64)"
         )
-    if not ids.numel():
-        return
-    low, high = (int(v) for v in ids.aminmax())
-    if low < 0 or high >= spec.num_outputs:
-        bad = low if low < 0 else high
+    bad = class_id_out_of_range(ids, spec.num_outputs)
+    if bad is not None:
         raise DataError(
             f"{origin}: {where}: class id {bad}; valid: 0..{spec.num_outputs - 1} (the task's "
             f"{spec.num_outputs} classes; there is no background id: boxes are objects)"
