@@ -76,6 +76,44 @@ def test_dense_tables_quick_prints_every_row(tmp_path: Path) -> None:
         assert row["seconds"] > 0 and row["unchanged"], (method, row)
 
 
+def test_detection_table6_quick_prints_every_row(tmp_path: Path) -> None:
+    """Cross-stitch Table 6 on scenes: every method's row, the paper's figures beside ours in
+    %, the hard-sharing baseline with region heads, and the incremental row's detections left
+    bit-identical."""
+    import json
+
+    out = run_example("detection_table6.py", "--quick", "--json", "t6.json", cwd=tmp_path)
+    lines = out.splitlines()
+    assert next(line for line in lines if line.startswith("method")).split() == [
+        "method", "det", "mAP@.5", "det", "mAP", "attr", "mAP", "time"
+    ]  # fmt: skip
+    paper = {
+        line.split("  paper")[0].rstrip(): line.split()[-2:]
+        for line in lines
+        if "  paper  " in line
+    }
+    assert paper == {
+        "single-task": ["44.9", "60.9"],
+        "hard sharing": ["42.7", "54.1"],
+        "cross-stitch/layer": ["45.2", "63.0"],
+    }
+    assert "detection's boxes and scores after attributes was added: bit-identical" in out
+    assert "order by attr mAP, ours:" in out and "order by det mAP@.5, all our rows:" in out
+    results = json.loads((tmp_path / "t6.json").read_text())["results"]
+    assert list(results) == [
+        "single-task", "hard sharing", "cross-stitch/layer", "cross-stitch/chan.", "ttc",
+        "ttc incremental",
+    ]  # fmt: skip
+    for method, row in results.items():
+        map_50, coco, attributes = row["values"]
+        assert 0 <= coco <= map_50 <= 100 and 0 <= attributes <= 100, (method, row)
+        assert attributes > 20, (
+            method,
+            row,
+        )  # in %, not a fraction; each attribute ~half the boxes
+        assert row["seconds"] > 0 and row["unchanged"], (method, row)
+
+
 def _refresh_readme():
     import importlib.util
 

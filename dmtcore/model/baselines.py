@@ -48,7 +48,10 @@ class HardSharingModel(nn.Module):
         self.names = [spec.name for spec in specs]
         size = (input_spec.height, input_spec.width)
         self.heads = nn.ModuleList(
-            build_head(spec.head, self.trunk.out_shape, spec.num_outputs, size) for spec in specs
+            build_head(
+                spec.head, self.trunk.out_shape, spec.num_outputs, size, self.trunk.feature_shapes
+            )
+            for spec in specs
         )
 
     def forward(
@@ -62,10 +65,18 @@ class HardSharingModel(nn.Module):
         here is frozen, so the cache never asks for anything."""
         if self.normalize is not None:
             x = self.normalize(x)
+        stages = []
         for stage in self.trunk.stages:
             x = stage(x)
+            stages.append(x)
         wanted = self.names if tasks is None else list(tasks)
-        return {name: self.heads[self.names.index(name)](x) for name in wanted}
+        return {name: self._output(self.heads[self.names.index(name)], stages) for name in wanted}
+
+    @staticmethod
+    def _output(head: nn.Module, stages: list[torch.Tensor]) -> Any:
+        """A head on the trunk's last features; a region head (a feature pyramid) on all
+        the trunk's stage outputs, as in a column of `MultiTaskModel`."""
+        return head(stages) if getattr(head, "reads_stages", False) else head(stages[-1])
 
     def frozen_sources(self, names: Sequence[str]) -> list[str]:
         return []

@@ -1,0 +1,429 @@
+"""Cross-stitch Table 6 on `scenes`: detection + box attributes, single-task, hard sharing,
+cross-stitch (one unit per layer and per channel), ttc and ttc incremental side by side, with
+the paper's figures beside ours.
+
+The protocol of Misra et al. 2016 (§6, Table 6): object detection and per-object attribute
+prediction, two region-level tasks, every method built from the same column and the same
+heads so that only the sharing differs. Here the data is the offline `scenes` plugin
+(`scenes.detection`: 3 shapes; `scenes.attributes`: 6 attributes per box) instead of
+attribute-PASCAL (20 classes, 64 attributes), the column the spatial `dmt-cnn` instead of
+AlexNet, and the detector FCOS instead of Fast R-CNN (docs/detection.md says why):
+
+    single-task         each task alone: one column, no connections (connection kind `none`)
+    hard sharing        one trunk, a head per task, trained jointly (the paper's MTL-shared)
+    cross-stitch/layer  two columns joined by cross-stitch units with one weight per source
+                        and layer (`granularity=layer`: the paper's choice for this pair)
+    cross-stitch/chan.  the same with one weight per source and channel (the default, which
+                        the paper found unstable for these tasks)
+    ttc                 two columns joined by TTC gates, trained jointly (dmt's own, DMT §4.1)
+    ttc incremental     dmt's way: detection added first, then attributes as a new column
+                        reading the frozen detection column; detection's boxes and scores are
+                        checked bit-identical before and after (the row says so)
+
+The attribute loss is the paper's (binary cross-entropy over foreground boxes, scaled by
+1/A); both tasks' losses weigh 1. Each run keeps its best epoch on the plugin's validation
+split (200 scenes) and is scored on 200 further scenes rendered with another seed
+(`TEST_SEED`). Detection mAP is VOC's AP at IoU 0.5 (Table 6's metric), attribute mAP the
+mean over attributes of AP over the ground-truth boxes; COCO's mAP@[.5:.95] is shown beside.
+
+The paper's figures (Table 6, AlexNet on attribute-PASCAL): one-task, MTL-shared and
+cross-stitch. Its ensemble and split rows have no counterpart here; ttc has no paper figure.
+
+    python examples/detection_table6.py [--epochs 4] [--seeds 0] [--input 3x48x48]
+        [--methods ...] [--json out.json] [--quick]
+    python examples/detection_table6.py --merge seed0.json seed1.json   # one table of both
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dmtcore.errors import DmtError
+from dmtcore.hooks.host import PluginHost, create_plugin_host
+from dmtcore.model.baselines import HardSharingModel
+from dmtcore.operations import (
+    DataOptions,
+    evaluate_store,
+    init_store,
+    load_current,
+    make_target,
+    train_tasks,
+)
+from dmtcore.tasks.data import Batches, resolve_device
+from dmtcore.tasks.names import InputSpec
+from dmtcore.tasks.spec import DataRequest, TaskData, TaskSpec
+from dmtcore.train.evaluation import evaluate
+from dmtcore.train.loop import TrainSettings, fit
+
+DETECTION, ATTRIBUTES = "scenes.detection", "scenes.attributes"
+TASKS = (DETECTION, ATTRIBUTES)
+LABEL_KEYS = {DETECTION: ("boxes", "labels"), ATTRIBUTES: ("boxes", "attributes")}
+TEST_SEED = 3  # the plugin's splits use seeds 1 (train) and 2 (val)
+TEST_SIZE = 200
+QUICK_SIZES = {"train": 48, "val": 16, "test": 16}
+# Our columns: (label, task, metric), in %, in the order printed.
+COLUMNS = (
+    ("det mAP@.5", DETECTION, "map_50"),
+    ("det mAP", DETECTION, "map"),
+    ("attr mAP", ATTRIBUTES, "attribute_map"),
+)
+# Table 6, in our column order (the paper gives no COCO mAP).
+PAPER = {
+    "single-task": (44.9, None, 60.9),  # "One-task"
+    "hard sharing": (42.7, None, 54.1),  # "MTL-shared"
+    "cross-stitch/layer": (45.2, None, 63.0),  # "Cross-stitch [ours]", one unit per layer
+}
+# Row -> (connection kind, its options) of a store trained jointly; None for the rows run
+# differently.
+METHODS: dict[str, tuple[str, dict[str, Any]] | None] = {
+    "single-task": None,
+    "hard sharing": None,
+    "cross-stitch/layer": ("cross-stitch", {"granularity": "layer"}),
+    "cross-stitch/chan.": ("cross-stitch", {}),
+    "ttc": ("ttc", {}),
+    "ttc incremental": None,
+}
+Scores = dict[str, dict[str, float]]
+
+
+@lru_cache(maxsize=2)
+def test_scenes(height: int, width: int) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """TEST_SIZE scenes no split of the plugin contains, and their objects, rendered once."""
+    from dmt_plugins.scenes import object_boxes, render_scenes
+
+    data = render_scenes(TEST_SIZE, height, width, TEST_SEED)
+    objects = object_boxes(data["instance"], data["object_class"], data["object_attributes"])
+    return torch.from_numpy(data["images"]), objects
+
+
+def with_test_split(host: PluginHost, quick: bool) -> PluginHost:
+    """The same plugins, except that the two tasks also serve a test split (and, in quick
+    mode, only a few samples of each split). Both tasks keep reading the plugin's one image
+    tensor per split, so the engine still evaluates them in one forward pass."""
+    registry = host.kinds
+    tasks = dict(registry.tasks)
+    for name in TASKS:
+        tasks[name] = replace(tasks[name], datasets=_datasets(tasks[name], name, quick))
+    wrapped = type(registry)()
+    wrapped.__dict__.update(registry.__dict__)
+    wrapped.tasks = tasks
+    return PluginHost(host.manager, wrapped, host.plugins)
+
+
+def _datasets(spec: TaskSpec, name: str, quick: bool) -> Callable[[DataRequest], TaskData]:
+    from dmt_plugins.scenes import SceneRegions
+
+    def datasets(request: DataRequest) -> TaskData:
+        data = spec.datasets(request)
+        shape = request.input_spec or InputSpec.from_shape(spec.input_shape)
+        images, objects = test_scenes(shape.height, shape.width)
+        splits = {"train": data.train, "val": data.val}
+        if quick:
+            splits = {k: _head(v, QUICK_SIZES[k]) for k, v in splits.items()}
+        test = SceneRegions(images, objects, LABEL_KEYS[name])
+        splits["test"] = _head(test, QUICK_SIZES["test"]) if quick else test
+        return TaskData(**splits, deterministic=True)
+
+    return datasets
+
+
+def _head(regions: Any, count: int) -> Any:
+    """The first `count` images of a `SceneRegions` split, as one again."""
+    head = type(regions).__new__(type(regions))
+    head.images, head.labels = regions.images[:count], regions.labels[:count]
+    return head
+
+
+def run_store(
+    host: PluginHost,
+    kind: str,
+    options: dict[str, Any],
+    groups: list[list[str]],
+    setup: dict[str, Any],
+    settings: TrainSettings,
+) -> tuple[Scores, dict[str, Any]]:
+    """Train each group of tasks jointly, one after the other, in one fresh store of
+    connection kind `kind`; test metrics. With several groups (the incremental row) the first
+    group's detections on test images are compared before and after the later ones are added."""
+    data = DataOptions()
+    spec: InputSpec = setup["input"]
+    extra: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        store = Path(folder) / "store"
+        init_store(
+            store,
+            host,
+            spec,
+            connection=kind,
+            connection_options=options,
+            backbone_options={"spatial": True},
+        )
+        for index, group in enumerate(groups):
+            train_tasks(store, group, host, settings, data, notify=lambda message: None)
+            if index == 0 and len(groups) > 1:
+                before = detections(store, host, spec)
+        if len(groups) > 1:
+            extra["unchanged"] = same_detections(before, detections(store, host, spec))
+        names = [t for group in groups for t in group]
+        metrics = evaluate_store(store, host, names, "test", settings, data)
+    return metrics, extra
+
+
+def detections(store: Path, host: PluginHost, spec: InputSpec) -> list[dict[str, torch.Tensor]]:
+    """The stored detection task's boxes, scores and labels on 64 test images."""
+    model, _ = load_current(store, host)
+    model.eval()
+    images = test_scenes(spec.height, spec.width)[0][:64]
+    with torch.inference_mode():
+        return model(images, [DETECTION])[DETECTION].detections(0.05)
+
+
+def same_detections(
+    before: list[dict[str, torch.Tensor]], after: list[dict[str, torch.Tensor]]
+) -> bool:
+    return len(before) == len(after) and all(
+        b.keys() == a.keys() and all(torch.equal(b[k], a[k]) for k in b)
+        for b, a in zip(before, after, strict=True)
+    )
+
+
+def run_hard_sharing(
+    host: PluginHost, setup: dict[str, Any], settings: TrainSettings
+) -> tuple[Scores, dict[str, Any]]:
+    """One trunk shared by both tasks, a head each, trained jointly; test metrics."""
+    spec: InputSpec = setup["input"]
+    data = DataOptions()
+    specs = [host.kinds.task(t) for t in TASKS]
+    device = resolve_device(settings.device)
+    targets = [make_target(s, spec, settings, data, device) for s in specs]
+    torch.manual_seed(settings.seed)
+    backbone = host.kinds.backbone("dmt-cnn")
+    model = HardSharingModel(spec, backbone, backbone.resolve_options({"spatial": True}), specs)
+    fit(model.to(device), targets, settings)
+    scores = {}
+    for task_spec in specs:
+        test = task_spec.datasets(DataRequest(data.data_dir, spec, settings.seed)).test
+        batches = Batches(task_spec, test, spec, settings.batch_size, False, device, split="test")
+        scores[task_spec.name] = evaluate(model, task_spec, batches)
+    return scores, {}
+
+
+def run_method(
+    host: PluginHost, method: str, setup: dict[str, Any], settings: TrainSettings
+) -> tuple[Scores, dict[str, Any]]:
+    if method == "hard sharing":
+        return run_hard_sharing(host, setup, settings)
+    if method == "ttc incremental":
+        return run_store(host, "ttc", {}, [[DETECTION], [ATTRIBUTES]], setup, settings)
+    if method == "single-task":  # each task alone, in its own store, with its own best epoch
+        scores: Scores = {}
+        for task in TASKS:
+            scores.update(run_store(host, "none", {}, [[task]], setup, settings)[0])
+        return scores, {}
+    chosen = METHODS[method]
+    assert chosen is not None
+    return run_store(host, *chosen, [list(TASKS)], setup, settings)
+
+
+def row_values(scores: Scores) -> list[float]:
+    """Our figures in COLUMNS order, in %."""
+    return [scores[task][metric] * 100 for _, task, metric in COLUMNS]
+
+
+def average(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over seeds of each column and of the wall time."""
+    values = [run["values"] for run in runs]
+    return {
+        "values": [sum(column) / len(column) for column in zip(*values, strict=True)],
+        "spread": [_sd(column) for column in zip(*values, strict=True)],
+        "seconds": sum(run["seconds"] for run in runs) / len(runs),
+        "unchanged": all(run.get("unchanged", True) for run in runs),
+        "runs": runs,
+    }
+
+
+def _sd(values: tuple[float, ...]) -> float:
+    if len(values) < 2:
+        return 0.0
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def ordering(values: dict[str, list[float | None]], column: int) -> str:
+    """Methods from best to worst on one column."""
+    ranked = sorted(values, key=lambda m: values[m][column] or 0.0, reverse=True)
+    return " > ".join(f"{m} {values[m][column]:.1f}" for m in ranked)
+
+
+def print_table(results: dict[str, dict[str, Any]], title: str) -> None:
+    print(f"\n{title}")
+    header = ["method", "", *(c[0] for c in COLUMNS), "time"]
+    rows: list[list[str]] = []
+    for method, result in results.items():
+        if method in PAPER:
+            paper = ["" if v is None else f"{v:.1f}" for v in PAPER[method]]
+            rows.append([method, "paper", *paper, ""])
+        ours = [f"{v:.1f}" for v in result["values"]]
+        if len(result["runs"]) > 1:
+            ours = [f"{v}±{s:.1f}" for v, s in zip(ours, result["spread"], strict=True)]
+        name = "" if method in PAPER else method
+        rows.append([name, "ours", *ours, f"{result['seconds']:.0f}s"])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for index, row in enumerate([header, *rows]):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        if index == 0:
+            print("  ".join("-" * w for w in widths))
+    print("mAP in %; time: wall seconds per run of the row.")
+    incremental = results.get("ttc incremental")
+    if incremental:
+        same = "bit-identical" if incremental["unchanged"] else "CHANGED (a bug)"
+        print(f"ttc incremental: detection's boxes and scores after attributes was added: {same}.")
+    compared = [m for m in PAPER if m in results]
+    paper = {m: list(PAPER[m]) for m in compared}
+    ours: dict[str, list[float | None]] = {m: list(results[m]["values"]) for m in compared}
+    everything: dict[str, list[float | None]] = {m: list(r["values"]) for m, r in results.items()}
+    for column in (0, 2):
+        label = COLUMNS[column][0]
+        if len(compared) > 1:
+            print(f"order by {label}, paper (Table 6): {ordering(paper, column)}")
+            print(f"order by {label}, ours:            {ordering(ours, column)}")
+        print(f"order by {label}, all our rows:    {ordering(everything, column)}")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", default="3x48x48", help="CxHxW of every store (default 3x48x48)")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument(
+        "--methods", nargs="+", choices=list(METHODS), default=list(METHODS), metavar="METHOD"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="32x32, 1 epoch, a few samples (a smoke test)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="JSON",
+        help="train nothing: print the table of earlier --json files together (a comparison "
+        "split over processes, e.g. one per seed)",
+    )
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    if args.merge:
+        runs, setting = merged(args.merge)
+        report({m: average(r) for m, r in runs.items()}, setting, args.json)
+        return
+    torch.set_num_threads(args.threads)
+    setting = {
+        "input": "3x32x32" if args.quick else args.input,
+        "epochs": 1 if args.quick else args.epochs,
+        "batch_size": args.batch_size,
+        "optimizer": args.optimizer,
+        "lr": args.lr,
+        "threads": args.threads,
+        "test_scenes": QUICK_SIZES["test"] if args.quick else TEST_SIZE,
+        "seeds": args.seeds,
+    }
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        setup = {"input": InputSpec.parse(setting["input"])}
+        host = with_test_split(create_plugin_host(), args.quick)
+        for method in args.methods:
+            runs = []
+            for seed in args.seeds:
+                settings = TrainSettings(
+                    epochs=setting["epochs"],
+                    batch_size=args.batch_size,
+                    lr=args.lr,
+                    optimizer=args.optimizer,
+                    seed=seed,
+                    device=args.device,
+                )
+                started = time.perf_counter()
+                scores, extra = run_method(host, method, setup, settings)
+                seconds = time.perf_counter() - started
+                run = {"seed": seed, "values": row_values(scores), "seconds": seconds, **extra}
+                runs.append(run)
+                shown = " ".join(f"{v:.1f}" for v in run["values"])
+                print(
+                    f"{method} seed {seed}: {shown} ({seconds:.0f}s)", file=sys.stderr, flush=True
+                )
+            results[method] = average(runs)
+    except DmtError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)
+    report(results, setting, args.json)
+
+
+def report(results: dict[str, dict[str, Any]], setting: dict[str, Any], out: Path | None) -> None:
+    seeds = setting["seeds"]
+    epochs = setting["epochs"]
+    title = (
+        f"scenes detection + attributes, test ({setting['test_scenes']} scenes): paper "
+        f"(attribute-PASCAL, AlexNet, Fast R-CNN) vs ours (dmt-cnn spatial=true, FCOS, input "
+        f"{setting['input']}, {epochs} epoch{'s' if epochs > 1 else ''}, batch "
+        f"{setting['batch_size']}, {setting['optimizer']} lr {setting['lr']:g}, "
+        f"seed{'s' if len(seeds) > 1 else ''} {' '.join(map(str, seeds))}, {setting['threads']} "
+        f"thread{'s' if setting['threads'] > 1 else ''})"
+    )
+    print_table(results, title)
+    if out:
+        out.write_text(
+            json.dumps(
+                {
+                    "title": title,
+                    "setting": setting,
+                    "columns": [c[0] for c in COLUMNS],
+                    "paper": PAPER,
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
+
+
+def merged(paths: list[Path]) -> tuple[dict[str, list[dict[str, Any]]], dict[str, Any]]:
+    """The per-seed runs of several earlier `--json` files, by method in METHODS order: one
+    comparison split over processes or machines. Their settings must agree but for the seeds."""
+    runs: dict[str, list[dict[str, Any]]] = {}
+    setting: dict[str, Any] | None = None
+    for path in paths:
+        saved = json.loads(path.read_text())
+        other = {k: v for k, v in saved["setting"].items() if k != "seeds"}
+        if setting is None:
+            setting = {**other, "seeds": []}
+        elif {k: v for k, v in setting.items() if k != "seeds"} != other:
+            raise SystemExit(f"{path}: other settings than the first file's: {other}")
+        for method, result in saved["results"].items():
+            runs.setdefault(method, []).extend(result["runs"])
+    assert setting is not None
+    setting["seeds"] = sorted({run["seed"] for method in runs.values() for run in method})
+    return {m: runs[m] for m in METHODS if m in runs}, setting
+
+
+if __name__ == "__main__":
+    main()
