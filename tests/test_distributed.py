@@ -92,3 +92,46 @@ def test_two_processes_train_one_version_with_identical_results(
         timeout=120,
     )
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+@pytest.mark.slow
+def test_a_region_task_trains_under_two_processes(tmp_path: Path) -> None:
+    """Detection labels are lists of per-image box dicts and the head returns FCOS's unreduced
+    outputs: both still train data-parallel, and both ranks agree on the mAP."""
+    plugin = Path(__file__).parent / "region_toy_plugin.py"
+    store = tmp_path / "store"
+    dmt = [sys.executable, "-m", "dmtcore"]
+    init = [*dmt, "init", "--store", str(store), "--input", "3x32x32"]
+    subprocess.run([*init, "--backbone-option", "spatial=true"], check=True, timeout=120)
+    logs = tmp_path / "logs"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+        "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+        "--redirects", "3", "--log-dir", str(logs),
+        "-m", "dmtcore", "add-task", "toyr.boxes", "--store", str(store), "-p", str(plugin),
+        "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--no-tracking", "--json",
+    ]  # fmt: skip
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "REGION_TOY_TRAIN": "32"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    [rank0] = logs.glob("*/attempt_0/0")
+    [rank1] = logs.glob("*/attempt_0/1")
+    result = json.loads((rank0 / "stdout.log").read_text())
+    assert set(result["metrics"]) == {"map_50", "map"}
+    [line] = [
+        x for x in (rank1 / "stderr.log").read_text().splitlines() if x.startswith("rank 1/2")
+    ]
+    assert json.loads(line.split("metrics: ", 1)[1]) == result["metrics"]
+    assert Store.open(store).current_version() == result["version"] == 2
+    verified = subprocess.run(
+        [*dmt, "verify", "--store", str(store), "-p", str(plugin)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
