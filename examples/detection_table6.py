@@ -108,21 +108,26 @@ def test_scenes(height: int, width: int) -> tuple[torch.Tensor, list[dict[str, A
     return torch.from_numpy(data["images"]), objects
 
 
-def with_test_split(host: PluginHost, quick: bool) -> PluginHost:
+def with_test_split(host: PluginHost, quick: bool, attribute_train: int | None) -> PluginHost:
     """The same plugins, except that the two tasks also serve a test split (and, in quick
-    mode, only a few samples of each split). Both tasks keep reading the plugin's one image
-    tensor per split, so the engine still evaluates them in one forward pass."""
+    mode, only a few samples of each split; with `attribute_train`, the attributes task only
+    the boxes of that many training scenes: data-starved, as the paper calls attribute
+    prediction beside detection). Both tasks keep reading the plugin's one image tensor per
+    split, so the engine still evaluates them in one forward pass."""
     registry = host.kinds
     tasks = dict(registry.tasks)
     for name in TASKS:
-        tasks[name] = replace(tasks[name], datasets=_datasets(tasks[name], name, quick))
+        keep = attribute_train if name == ATTRIBUTES else None
+        tasks[name] = replace(tasks[name], datasets=_datasets(tasks[name], name, quick, keep))
     wrapped = type(registry)()
     wrapped.__dict__.update(registry.__dict__)
     wrapped.tasks = tasks
     return PluginHost(host.manager, wrapped, host.plugins)
 
 
-def _datasets(spec: TaskSpec, name: str, quick: bool) -> Callable[[DataRequest], TaskData]:
+def _datasets(
+    spec: TaskSpec, name: str, quick: bool, keep: int | None
+) -> Callable[[DataRequest], TaskData]:
     from dmt_plugins.scenes import SceneRegions
 
     def datasets(request: DataRequest) -> TaskData:
@@ -132,6 +137,8 @@ def _datasets(spec: TaskSpec, name: str, quick: bool) -> Callable[[DataRequest],
         splits = {"train": data.train, "val": data.val}
         if quick:
             splits = {k: _head(v, QUICK_SIZES[k]) for k, v in splits.items()}
+        if keep is not None:
+            splits["train"] = _head(splits["train"], keep)
         test = SceneRegions(images, objects, LABEL_KEYS[name])
         splits["test"] = _head(test, QUICK_SIZES["test"]) if quick else test
         return TaskData(**splits, deterministic=True)
@@ -318,6 +325,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="32x32, 1 epoch, a few samples (a smoke test)"
     )
+    parser.add_argument(
+        "--attribute-train",
+        type=int,
+        default=None,
+        metavar="N",
+        help="data-starved attributes: that task keeps the boxes of only N training scenes "
+        "(detection keeps all)",
+    )
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     parser.add_argument(
         "--merge",
@@ -346,12 +361,13 @@ def main() -> None:
         "lr": args.lr,
         "threads": args.threads,
         "test_scenes": QUICK_SIZES["test"] if args.quick else TEST_SIZE,
+        "attribute_train": args.attribute_train,
         "seeds": args.seeds,
     }
     results: dict[str, dict[str, Any]] = {}
     try:
         setup = {"input": InputSpec.parse(setting["input"])}
-        host = with_test_split(create_plugin_host(), args.quick)
+        host = with_test_split(create_plugin_host(), args.quick, args.attribute_train)
         for method in args.methods:
             runs = []
             for seed in args.seeds:
@@ -382,10 +398,12 @@ def main() -> None:
 def report(results: dict[str, dict[str, Any]], setting: dict[str, Any], out: Path | None) -> None:
     seeds = setting["seeds"]
     epochs = setting["epochs"]
+    kept = setting.get("attribute_train")
+    starved = f", attributes on {kept} training scenes" if kept else ""
     title = (
         f"scenes detection + attributes, test ({setting['test_scenes']} scenes): paper "
         f"(attribute-PASCAL, AlexNet, Fast R-CNN) vs ours (dmt-cnn spatial=true, FCOS, input "
-        f"{setting['input']}, {epochs} epoch{'s' if epochs > 1 else ''}, batch "
+        f"{setting['input']}{starved}, {epochs} epoch{'s' if epochs > 1 else ''}, batch "
         f"{setting['batch_size']}, {setting['optimizer']} lr {setting['lr']:g}, "
         f"seed{'s' if len(seeds) > 1 else ''} {' '.join(map(str, seeds))}, {setting['threads']} "
         f"thread{'s' if setting['threads'] > 1 else ''})"
