@@ -466,6 +466,7 @@ class ModelStore:
         --json`'s record."""
         from dmtcore.model.connection_weights import (
             boundary_label,
+            connection_label,
             relation_matrices,
             select_stage,
         )
@@ -487,6 +488,7 @@ class ModelStore:
             "store": str(self.path),
             "version": manifest["version"],
             "connection": manifest["connection"]["name"],
+            "connection_label": connection_label(manifest),
             "tasks": names,
             "stages": [
                 {"stage": number, "label": boundary_label(manifest, number), "matrix": matrix}

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -205,3 +207,82 @@ def test_cross_stitch_is_nddr_with_a_diagonal_only_projection(host) -> None:
         nddr.project.weight.copy_(torch.cat(blocks, 1).view(3, 6, 1, 1))
     h = [torch.randn(4, 3, 2, 2), torch.randn(4, 3, 2, 2)]
     assert torch.allclose(nddr(h), unit(h) * EPS_SCALE, atol=1e-6)
+
+
+def test_a_cross_stitch_unit_per_layer_is_one_weight_per_source(host) -> None:
+    """§6.4: one unit per layer activation map, out = Σ_j a_j · h_j, K weights in all."""
+    unit = build(host, "cross-stitch", 1, 3, (4, 2, 2), granularity="layer")
+    assert [p.shape for p in unit.parameters()] == [torch.Size([3])]
+    assert unit.weights.tolist() == pytest.approx([0.05, 0.9, 0.05])
+    with torch.no_grad():
+        unit.weights.copy_(torch.tensor([0.2, 0.7, -0.4]))
+    h = [torch.randn(2, 4, 2, 2) for _ in range(3)]
+    expected = 0.2 * h[0] + 0.7 * h[1] - 0.4 * h[2]
+    assert torch.allclose(unit(h), expected, atol=1e-6)
+    assert unit.relation_weights() == pytest.approx([0.2, 0.7, -0.4])
+    flat = build(host, "cross-stitch", 0, 2, (5,), granularity="layer")
+    vectors = [torch.randn(3, 5), torch.randn(3, 5)]
+    assert torch.allclose(flat(vectors), 0.9 * vectors[0] + 0.1 * vectors[1], atol=1e-6)
+    (group,) = unit.param_groups()
+    assert group.lr_mult == 100.0 and group.params == [unit.weights]
+    unit.drop_source(0)
+    assert unit.own == 0 and unit.weights.tolist() == pytest.approx([0.7, -0.4])
+    assert torch.allclose(unit([h[1], h[2]]), 0.7 * h[1] - 0.4 * h[2], atol=1e-6)
+
+
+def test_cross_stitch_per_channel_is_the_default_and_the_reading_of_old_options(host) -> None:
+    """A store written before `granularity` existed has no such option: per channel."""
+    kind = host.kinds.connection("cross-stitch")
+    assert kind.resolve_options({})["granularity"] == "channel"
+    old = {"alpha": 0.9, "beta": 0.1, "lr_mult": 100.0}
+    assert kind.build(0, 2, (4, 2, 2), old).weights.shape == (2, 4)
+
+
+DIGITS = ["--input", "1x8x8", "--connection", "cross-stitch"]
+FAST = ["--epochs", "1", "--batch-size", "64", "--no-tracking"]
+
+
+def test_cross_stitch_granularity_is_checked_recorded_and_shown(run_cli, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    result = run_cli(
+        "init", "--store", bad, *DIGITS, "--connection-option", "granularity=pixel", expect=11
+    )
+    assert result.stderr.strip().splitlines()[-1] == (
+        "Error: cross-stitch granularity 'pixel' is unknown; valid: channel, layer"
+    )
+    assert not (bad / "CURRENT").exists()
+    store = tmp_path / "store"
+    run_cli("init", "--store", store, *DIGITS, "--connection-option", "granularity=layer")
+    options = json.loads(run_cli("status", "--store", store, "--json").stdout)["connection"]
+    assert options["options"]["granularity"] == "layer"
+    shown = run_cli("status", "--store", store).stdout
+    assert "connection cross-stitch (one unit per layer)" in shown, shown
+
+
+def test_a_cross_stitch_store_written_before_granularity_stays_per_channel(
+    run_cli, tmp_path: Path
+) -> None:
+    """Such a store's manifests have no `granularity`: it opens, predicts and grows exactly as
+    per-channel units, and its later versions keep the options as they were."""
+    import numpy as np
+
+    store = tmp_path / "store"
+    run_cli("init", "--store", store, *DIGITS)
+    for task in ("digits.class", "digits.even"):
+        run_cli("add-task", task, "--store", store, *FAST)
+    np.save(tmp_path / "x.npy", np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32))
+    predict = ("predict", tmp_path / "x.npy", "--store", store, "--json")
+    before = json.loads(run_cli(*predict).stdout)["tasks"]
+    for version in (store / "versions").glob("v*.json"):
+        manifest = json.loads(version.read_text())
+        assert manifest["connection"]["options"].pop("granularity") == "channel"
+        version.write_text(json.dumps(manifest))
+    assert json.loads(run_cli(*predict).stdout)["tasks"] == before
+    run_cli("verify", "--all", "--store", store)
+    run_cli("add-task", "digits.prime", "--store", store, *FAST)
+    after = json.loads(run_cli(*predict).stdout)["tasks"]
+    assert {t: after[t] for t in before} == before
+    status = json.loads(run_cli("status", "--store", store, "--json").stdout)
+    assert "granularity" not in status["connection"]["options"]
+    shown = run_cli("connections", "--store", store).stdout
+    assert shown.startswith("cross-stitch relations"), shown

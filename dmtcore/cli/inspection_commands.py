@@ -40,9 +40,9 @@ def connections(store: Path, stage: int | None, plot_path: Path | None, as_json:
     """Show what the connections learned: per stage, how much each task draws from each other.
 
     TTC: the gate α_ij; NDDR: the norm of each source's block relative to the own block;
-    cross-stitch: the mean per-source weight. Rows read from columns; '-' means no link.
-    Where the store fuses the last features into the head, the last boundary is 'stage L →
-    head' (for dmt-cnn, DMT Table 6's "layer 6 to layer 7").
+    cross-stitch: the per-source weight (units per channel: its mean). Rows read from columns;
+    '-' means no link. Where the store fuses the last features into the head, the last
+    boundary is 'stage L → head' (for dmt-cnn, DMT Table 6's "layer 6 to layer 7").
     """
     from dmtcore.api import open_store
 
@@ -50,7 +50,7 @@ def connections(store: Path, stage: int | None, plot_path: Path | None, as_json:
     names = payload["tasks"]
 
     def human() -> None:
-        click.echo(f"{payload['connection']} relations, store {store} v{payload['version']}")
+        click.echo(f"{payload['connection_label']} relations, store {store} v{payload['version']}")
         for entry in payload["stages"]:
             matrix = entry["matrix"]
             click.echo(f"\n{entry['label']} (row: task, column: source)")

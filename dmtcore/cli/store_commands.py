@@ -35,7 +35,8 @@ from dmtcore.store.directory import Store
     "connection_option",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Override an option of the connection kind (repeatable), e.g. init_alpha=0.2.",
+    help="Override an option of the connection kind (repeatable), e.g. init_alpha=0.2 (ttc) "
+    "or granularity=layer (cross-stitch: one unit per layer, not per channel).",
 )
 @click.option(
     "--name", default=None, help="Store name used in MLflow [default: the directory name]."
@@ -285,6 +286,7 @@ def tasks(
 def status(store: Path, as_json: bool) -> None:
     """Show the store's current version and tasks (reads JSON only: instant)."""
     from dmtcore.api import open_store
+    from dmtcore.model.connection_weights import connection_label
 
     payload = open_store(store).status()
     manifest, tasks = payload, payload["tasks"]
@@ -299,9 +301,7 @@ def status(store: Path, as_json: bool) -> None:
         click.echo(f"Store {store}{named}, version {manifest['version']} of {manifest['created']}")
         switches = [k for k, v in manifest["backbone"]["options"].items() if v is True]
         backbone = " ".join([manifest["backbone"]["name"], *(f"{k}=true" for k in switches)])
-        click.echo(
-            f"Input {spec}, backbone {backbone}, connection {manifest['connection']['name']}"
-        )
+        click.echo(f"Input {spec}, backbone {backbone}, connection {connection_label(manifest)}")
         if not tasks:
             click.echo("No tasks yet: add one with 'dmt add-task NAME' (see 'dmt tasks').")
             return

@@ -1,8 +1,8 @@
 """What the gates learned: per stage, how much each task draws from each other task.
 
 The numbers come from the manifest (each task's `relations`, written at every commit), so they
-are read without torch: TTC gates α_ij, NDDR block norms relative to the own block, mean
-cross-stitch weights. `plot` draws them as heatmaps, one per stage boundary. Where the store
+are read without torch: TTC gates α_ij, NDDR block norms relative to the own block,
+cross-stitch weights (per channel: their mean; per layer: the unit's weight). `plot` draws them as heatmaps, one per stage boundary. Where the store
 fuses the last stage's features into the head (connection option `head_fusion`), the last
 boundary is that connection: `stage L → head` (DMT Table 6's "layer 6 to layer 7" for dmt-cnn).
 """
@@ -44,6 +44,23 @@ def fuses_head(manifest: dict[str, Any]) -> bool:
 def into_head(stage: int, count: int, head_fusion: bool) -> bool:
     """Whether boundary `stage` (from 1) of `count` is the connection into the head."""
     return head_fusion and stage == count
+
+
+def connection_label(manifest: dict[str, Any]) -> str:
+    """How reports name the store's connections: the kind, and for cross-stitch units per layer
+    activation map (`granularity=layer`) that they are; per channel, the default, is not said."""
+    kind = manifest["connection"]["name"]
+    if kind == "cross-stitch" and manifest["connection"]["options"].get("granularity") == "layer":
+        return f"{kind} (one unit per layer)"
+    return kind
+
+
+def relation_label(manifest: dict[str, Any]) -> str:
+    """What the relation numbers of the store's connection kind are, for a plot's colour bar."""
+    kind = manifest["connection"]["name"]
+    if connection_label(manifest) != kind:
+        return "cross-stitch weight"
+    return RELATION_LABELS.get(kind, "weight")
 
 
 def boundary_label(manifest: dict[str, Any], stage: int) -> str:
@@ -124,7 +141,7 @@ def plot(manifest: dict[str, Any], stages: list[tuple[int, Matrix]], path: Path)
         axis.set_title(boundary_label(manifest, stage))
     for axis in list(axes.flat)[len(stages) :]:
         axis.set_visible(False)
-    kind = manifest["connection"]["name"]
+    kind = connection_label(manifest)
     if any(
         i != j and v is not None
         for _, m in stages
@@ -132,7 +149,7 @@ def plot(manifest: dict[str, Any], stages: list[tuple[int, Matrix]], path: Path)
         for j, v in enumerate(row)
     ):
         colourbar = figure.colorbar(image, ax=axes, shrink=0.8, aspect=30)
-        colourbar.set_label(f"{RELATION_LABELS.get(kind, 'weight')} (own column left out)")
+        colourbar.set_label(f"{relation_label(manifest)} (own column left out)")
     figure.suptitle(
         f"{manifest['name']} v{manifest['version']}: {kind} relations\n"
         "row: task, column: the source it reads"
@@ -238,12 +255,12 @@ def heatmap_png(manifest: dict[str, Any], stages: list[tuple[int, Matrix]], path
     panel_w, panel_h = label + side, FONT + 8 + side + label
     columns = min(PANELS_PER_ROW, len(stages))
     rows = -(-len(stages) // columns)
-    kind = manifest["connection"]["name"]
+    kind = connection_label(manifest)
     title = [
         f"{manifest['name']} v{manifest['version']}: {kind} relations",
         "row: task, column: the source it reads",
     ]
-    bar = f"{RELATION_LABELS.get(kind, 'weight')} (own column left out)"
+    bar = f"{relation_label(manifest)} (own column left out)"
     top = 2 * (FONT + 6) + GAP
     figure_w = max(GAP + columns * (panel_w + GAP), max(width(t) for t in title) + 2 * GAP)
     figure_h = top + rows * (panel_h + GAP) + 3 * FONT + GAP

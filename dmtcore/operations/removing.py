@@ -12,8 +12,10 @@ from typing import Any
 
 import torch
 
+from dmtcore.errors import ConflictError
 from dmtcore.hooks.host import PluginHost
 from dmtcore.hooks.runinfo import RunResult
+from dmtcore.inference.region_outputs import boxes_source
 from dmtcore.model.multitask import TrainingPlan
 from dmtcore.operations.lifecycle import (
     Notify,
@@ -79,6 +81,7 @@ def remove_task(
         stored = [t["name"] for t in manifest["tasks"]]
         if name not in stored:
             raise unknown_name("task", name, stored, f"in store {str(path)!r}")
+        check_no_box_readers(manifest, name)
         remaining = [t for t in stored if t != name]
         specs = specs_for(manifest, remaining, host)
         notify(Stage(f"loading {describe_store(store, manifest)}"))
@@ -189,6 +192,23 @@ def remove_task(
             return new, after
 
         return tracked(host, run, store, work, notify, world, stored_features)
+
+
+def check_no_box_readers(manifest: dict[str, Any], name: str) -> None:
+    """Refuse to remove a detection task whose boxes a box-attributes task describes at predict:
+    without them that task could not predict, so it goes first (its own remove-task)."""
+    readers = [
+        t["name"]
+        for t in manifest["tasks"]
+        if t["output"]["kind"] == "box-attributes" and boxes_source(manifest, t) == name
+    ]
+    if readers:
+        listed = ", ".join(repr(r) for r in readers)
+        verb = "describes" if len(readers) == 1 else "describe"
+        raise ConflictError(
+            f"task {name!r} finds the boxes that {listed} {verb} at predict (boxes_from); "
+            f"remove {listed} first, e.g. 'dmt remove-task {readers[0]}'"
+        )
 
 
 def kept_state(result: FitResult | None) -> str:
