@@ -24,6 +24,11 @@ Output: one row per image with, for every task, the prediction (class name or in
 or values) and `<task>.probabilities`. A pixel-level task's prediction is a map at the store's
 input size, as nested lists: class ids H×W for segmentation (with `<task>.probabilities`, the
 per-pixel softmax K×H×W), depth H×W, unit normals 3×H×W (no probabilities column for those two).
+A region task's column is of dtype object and holds, per image, a list (best first, possibly
+empty) of dicts of plain Python values: `{"box": [x1, y1, x2, y2], "label": class name or id,
+"score": s}` for detection, `{"box": [...], "attributes": [names], "probabilities": [one per
+attribute]}` for box-attributes (no `<task>.probabilities` column for either), boxes in pixels of
+the store's input; `mlflow models serve` answers them as JSON records, unchanged.
 The optional param `tasks` (comma-separated) selects tasks.
 Errors of the input or params (an unknown task, an undecodable image) are raised as an
 `MlflowException` INVALID_PARAMETER_VALUE carrying dmt's one-line message: MLflow's scoring

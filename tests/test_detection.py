@@ -3,7 +3,8 @@
 mAP is checked against a case computed by hand; bad box labels fail in one line naming the
 task, the value and what is valid, changing nothing; `scenes.detection` then `scenes.attributes`
 join a store of image- and pixel-level tasks (and a fresh one), leaving every old output
-bit-identical, boxes and scores included; eval shows mAP, predict prints boxes, MLflow logs mAP.
+bit-identical, boxes and scores included; eval shows mAP, predict prints boxes, `predict --out`
+draws them, MLflow logs mAP, and the registered model, loaded as MLflow loads it, returns them.
 """
 
 from __future__ import annotations
@@ -320,3 +321,166 @@ def test_a_tracked_detection_add_task_logs_map(
         assert f"toyr.boxes.{metric}" in logged and f"toyr.boxes.val.{metric}" in logged, logged
     assert 0.0 <= logged["toyr.boxes.map"] <= logged["toyr.boxes.map_50"] <= 1.0
     assert run.info.status == "FINISHED"
+
+
+# -- predictions drawn, and served ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def region_store(flat_and_spatial, mlflow_template, tmp_path_factory) -> dict:
+    """The spatial store with toyr.boxes then toyr.traits (32 images, two steps each), its
+    current version registered in its embedded registry; built once. Returns the store, its
+    tracking URI, the registered model's name and inputs: 3 toy images as .npy and as PNGs."""
+    from click.testing import CliRunner
+    from PIL import Image
+    from region_toy_plugin import make
+
+    from dmtcore.cli import cli
+
+    def invoke(*args) -> str:
+        result = CliRunner().invoke(cli, [str(a) for a in args])
+        assert result.exit_code == 0, (args, result.stderr, result.exception)
+        return result.stdout
+
+    root = tmp_path_factory.mktemp("region-drawn")
+    store = root / "store"
+    shutil.copytree(flat_and_spatial["spatial"], store)
+    shutil.copy(mlflow_template, store / "mlflow.db")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REGION_TOY_TRAIN", "32")  # two steps: a few boxes score above 0.2
+        for task in ("toyr.boxes", "toyr.traits"):
+            invoke("add-task", task, "--store", store, *TINY, "-p", PLUGIN)
+    registered = json.loads(invoke("register", "--store", store, "--json"))
+    images = make(5, 3)[0]
+    np.save(root / "x.npy", images.numpy())
+    pngs = []
+    for index, image in enumerate(images):
+        pngs.append(root / f"p{index}.png")
+        rgb = (image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+        Image.fromarray(rgb).save(pngs[-1])
+    return {
+        "store": store,
+        "uri": registered["tracking_uri"],
+        "model": registered["model"],
+        "npy": root / "x.npy",
+        "pngs": pngs,
+    }
+
+
+def drawn_labels(row: dict) -> list[str]:
+    """What each box of a row of predictions.json says on its picture: class, score (two
+    decimals) and the attributes toyr.traits found for it."""
+    return [
+        " ".join([f"{found['label']} {found['score']:.2f}", *described["attributes"]])
+        for found, described in zip(row["toyr.boxes"], row["toyr.traits"], strict=True)
+    ]
+
+
+@pytest.mark.slow  # the module's region store: about 20 s to build alone
+def test_predict_out_draws_every_images_boxes_as_predictions_json_gives_them(
+    region_store, run_cli, tmp_path: Path
+) -> None:
+    """`--out` writes per image one picture of toyr.boxes (enlarged 8 times, to 256×256),
+    which is exactly the input with predictions.json's boxes drawn on it in their classes'
+    colours, labelled 'red 0.41 large'; predictions.json holds what --json gives and names
+    the picture for both tasks; the table names it with the box count."""
+    from PIL import Image
+
+    from dmtcore.tasks.visualize_boxes import boxes_image
+
+    store, inputs = region_store["store"], region_store["npy"]
+    expected = predicted(run_cli, store, inputs)
+    out = tmp_path / "preds"
+    written = json.loads(
+        run_cli("predict", inputs, "--store", store, "--out", out, "--json").stdout
+    )
+    rows = json.loads((out / "predictions.json").read_text())["rows"]
+    assert rows == written["rows"] and len(rows) == 3
+    classes = ["red", "green", "blue"]
+    images = torch.from_numpy(np.load(inputs))
+    assert sum(len(row["toyr.boxes"]) for row in rows) > 0  # something is drawn
+    for index, row in enumerate(rows):
+        for task in ("toyr.boxes", "toyr.traits"):
+            assert row[task] == expected[task]["prediction"][index], task
+        picture = f"{index:06d}-x.toyr.boxes.png"
+        assert row["pictures"] == {"toyr.boxes": picture, "toyr.traits": picture}
+        assert sorted(p.name for p in out.glob(f"{index:06d}-*")) == [picture]
+        with Image.open(out / picture) as image:
+            assert (image.mode, image.size) == ("RGB", (256, 256))
+            drawn = np.asarray(image)
+        boxes = torch.tensor([found["box"] for found in row["toyr.boxes"]]).reshape(-1, 4)
+        ids = [classes.index(found["label"]) for found in row["toyr.boxes"]]
+        again = boxes_image(images[index], boxes, ids, drawn_labels(row), num_classes=3)
+        assert np.array_equal(drawn, np.asarray(again))
+    table = run_cli("predict", inputs, "--store", store, "--out", tmp_path / "t").stdout
+    count = len(rows[0]["toyr.boxes"])
+    assert f"{count} box{'es' if count != 1 else ''}: 000000-x.toyr.boxes.png" in table, table
+
+
+@pytest.mark.slow
+def test_predict_out_of_the_attributes_alone_draws_them_on_a_picture_of_their_own(
+    region_store, run_cli, tmp_path: Path
+) -> None:
+    """Without its detection task, toyr.traits' picture is named after it: its boxes in one
+    colour, each labelled with its attributes only."""
+    from PIL import Image
+
+    from dmtcore.tasks.visualize_boxes import boxes_image
+
+    store, inputs = region_store["store"], region_store["npy"]
+    out = tmp_path / "preds"
+    run_cli("predict", inputs, "--store", store, "--task", "toyr.traits", "--out", out)
+    rows = json.loads((out / "predictions.json").read_text())["rows"]
+    images = torch.from_numpy(np.load(inputs))
+    for index, row in enumerate(rows):
+        assert list(row) == ["input", "toyr.traits", "pictures"]
+        assert row["pictures"] == {"toyr.traits": f"{index:06d}-x.toyr.traits.png"}
+        boxes = torch.tensor([found["box"] for found in row["toyr.traits"]]).reshape(-1, 4)
+        labels = [" ".join(found["attributes"]) or None for found in row["toyr.traits"]]
+        again = boxes_image(images[index], boxes, [0] * len(labels), labels, num_classes=1)
+        with Image.open(out / row["pictures"]["toyr.traits"]) as image:
+            assert np.array_equal(np.asarray(image), np.asarray(again))
+
+
+@pytest.mark.slow
+def test_the_registered_model_loaded_by_mlflow_returns_the_boxes_of_dmt_predict(
+    region_store, run_cli, monkeypatch
+) -> None:
+    """`mlflow.pyfunc.load_model("models:/NAME@current")` (weights without pickle): one row per
+    image, each region task's column holding that image's list of box dicts, equal to
+    `dmt predict --json`'s, for arrays and (the images model) PNG files; the scoring server's
+    JSON keeps them."""
+    import io
+
+    import mlflow.pyfunc
+    import pandas as pd
+    from mlflow.pyfunc.scoring_server import predictions_to_json
+    from mlflow.tracking import MlflowClient
+
+    store, uri, name = region_store["store"], region_store["uri"], region_store["model"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    model = mlflow.pyfunc.load_model(f"models:/{name}@current")
+    expected = predicted(run_cli, store, region_store["npy"])
+    frame = model.predict(np.load(region_store["npy"]))
+    assert list(frame.columns) == ["toyr.boxes", "toyr.traits"] and len(frame) == 3
+    for task in frame.columns:
+        assert frame[task].dtype == object
+        assert frame[task].tolist() == expected[task]["prediction"], task
+    assert sum(map(len, frame["toyr.boxes"])) > 0
+    served = io.StringIO()
+    predictions_to_json(frame, served)
+    assert json.loads(served.getvalue())["predictions"] == [
+        {"toyr.boxes": boxes, "toyr.traits": traits}
+        for boxes, traits in zip(*(expected[t]["prediction"] for t in frame.columns), strict=True)
+    ]
+    only = model.predict(np.load(region_store["npy"]), params={"tasks": "toyr.traits"})
+    assert only["toyr.traits"].tolist() == expected["toyr.traits"]["prediction"]
+    assert list(only.columns) == ["toyr.traits"]
+
+    pngs = region_store["pngs"]
+    from_files = json.loads(run_cli("predict", *pngs, "--store", store, "--json").stdout)["tasks"]
+    tags = MlflowClient(tracking_uri=uri).get_model_version_by_alias(name, "current").tags
+    images_model = mlflow.pyfunc.load_model(tags["dmt.images_model"])
+    frame = images_model.predict(pd.DataFrame({"image": [str(p) for p in pngs]}))
+    for task in ("toyr.boxes", "toyr.traits"):
+        assert frame[task].tolist() == from_files[task]["prediction"], task

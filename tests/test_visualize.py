@@ -1,5 +1,6 @@
 """Pictures of dense predictions: exact colours of known inputs, grid geometry, and one clear
-InvalidValueError (exit 11 at the CLI) naming the shape for every array of the wrong shape."""
+InvalidValueError (exit 11 at the CLI) naming the shape for every array of the wrong shape;
+pictures of boxes: exactly the box's pixels in its class's colour, its label inside it."""
 
 from __future__ import annotations
 
@@ -193,3 +194,65 @@ def test_drawing_imports_no_torch():
     code = "import sys, dmtcore.tasks.visualize; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# -- boxes ------------------------------------------------------------------------------------
+
+
+def box_picture(labels, image=None):
+    import torch
+
+    from dmtcore.tasks.visualize_boxes import boxes_image
+
+    image = torch.full((3, 32, 32), 0.25) if image is None else image
+    return boxes_image(image, torch.tensor([[4.0, 4.0, 12.0, 20.0]]), [1], labels, num_classes=3)
+
+
+def test_a_box_outlines_exactly_its_pixels_in_its_class_colour():
+    """A 32×32 image is enlarged 8 times (to 256 pixels); the box [4, 4, 12, 20] (x2, y2 one
+    past its last pixel) covers the enlarged pixels x 32..95, y 32..159, and its 2-pixel
+    outline is their outermost ring, in class 1's palette colour; no other pixel changes."""
+    from dmtcore.tasks.visualize_boxes import BOX_WIDTH, picture_scale
+
+    assert [picture_scale(h) for h in (32, 48, 64, 256, 300)] == [8, 6, 4, 1, 1]
+    array = pixels(box_picture([None]))
+    assert array.shape == (256, 256, 3)
+    ring = np.zeros((256, 256), dtype=bool)
+    ring[32:160, 32:96] = True
+    ring[32 + BOX_WIDTH : 160 - BOX_WIDTH, 32 + BOX_WIDTH : 96 - BOX_WIDTH] = False
+    assert (array[ring] == palette(3)[1]).all()
+    assert (array[~ring] == 64).all()  # 0.25 of 255, as the image was
+    assert tuple(array[159, 64]) == tuple(palette(3)[1])  # the bottom edge
+    assert tuple(array[250, 250]) == (64, 64, 64)  # far away
+
+
+def test_a_box_label_is_text_on_a_patch_of_its_colour_inside_the_box():
+    """The label changes only pixels inside the box's top left, to its colour (the patch) and
+    to the text's: white on class 1's dark green (black on a light colour)."""
+    from dmtcore.tasks.visualize_boxes import BOX_WIDTH, text_colour
+
+    plain = pixels(box_picture([None]))
+    labelled = pixels(box_picture(["green 0.91"]))
+    changed = (labelled != plain).any(-1)
+    rows, columns = np.nonzero(changed)
+    assert rows.min() >= 32 + BOX_WIDTH and rows.max() < 32 + 24, rows
+    assert columns.min() >= 32 + BOX_WIDTH, columns
+    colours = {tuple(int(v) for v in c) for c in labelled[changed]}
+    green = tuple(int(v) for v in palette(3)[1])
+    assert text_colour(green) == (255, 255, 255) and text_colour((255, 255, 128)) == (0, 0, 0)
+    assert green in colours, colours  # the patch
+    assert max(min(c) for c in colours) >= 224, colours  # the text, white antialiased
+
+
+def test_box_pictures_take_grey_and_many_channel_images_and_refuse_mismatches():
+    import torch
+
+    grey = pixels(box_picture([None], torch.full((1, 32, 32), 0.25)))
+    many = pixels(box_picture([None], torch.full((5, 32, 32), 0.25)))
+    assert np.array_equal(grey, pixels(box_picture([None]))) and np.array_equal(grey, many)
+    with pytest.raises(InvalidValueError, match="1 boxes need as many classes and labels"):
+        box_picture(["a", "b"])
+    from dmtcore.tasks.visualize_boxes import boxes_image
+
+    with pytest.raises(InvalidValueError, match=r"class id 3 is outside 0\.\.2"):
+        boxes_image(torch.zeros(3, 8, 8), torch.tensor([[1.0, 1.0, 4.0, 4.0]]), [3], [None], 3)

@@ -130,7 +130,10 @@ def eval_command(
     "out_dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
-    help="Write every dense map as a viewable PNG and a raw .npy, and predictions.json, here.",
+    help=(
+        "Write every dense map as a viewable PNG and a raw .npy, the boxes of region tasks "
+        "drawn on each image as a PNG, and predictions.json, here."
+    ),
 )
 @json_option
 def predict(
@@ -169,8 +172,10 @@ def predict(
 
     Pixel-level tasks predict a map per image at the store's input size: --json gives the
     arrays (class ids H×W with per-pixel probabilities, depth H×W, normals 3×H×W); --out DIR
-    writes them as PNG and .npy files, batch by batch. --json puts each list of numbers (a
-    probability vector, a row of a map) on one line."""
+    writes them as PNG and .npy files, batch by batch. Region tasks predict boxes: --out DIR
+    draws them on each image (enlarged to 256 pixels or more), one PNG per detection task,
+    each box labelled with its class, score and attributes. --json puts each list of numbers
+    (a probability vector, a row of a map) on one line."""
     from dmtcore.api import open_store
     from dmtcore.inference.predict import conversions_noted, json_text
 
@@ -186,9 +191,15 @@ def predict(
         click.echo(json_text(payload))
         return
     if out_dir is not None:
-        rows = payload["rows"]  # {"input": ..., task: prediction or file, ...} per input
-        names = list(rows[0])[1:] if rows else list(dict.fromkeys(task_names))
-        print_table([tuple(r.values()) for r in rows], ("input", *names))
+        rows = payload["rows"]  # {"input": ..., task: prediction or file, ..., "pictures"}
+        names = (
+            [k for k in rows[0] if k not in ("input", "pictures")]
+            if rows
+            else list(dict.fromkeys(task_names))
+        )
+        print_table(
+            [(r["input"], *(_written(r, t) for t in names)) for r in rows], ("input", *names)
+        )
         click.echo(
             f"wrote {len(rows)} input(s) into {out_dir} (see {Path(payload['predictions']).name})"
         )
@@ -200,6 +211,15 @@ def predict(
         for i, label in enumerate(payload["inputs"])
     ]
     print_table([tuple(r.values()) for r in rows], ("input", *names))
+
+
+def _written(row: dict[str, Any], task: str) -> Any:
+    """A --out table cell: a dense map's file, or a region task's box count and picture."""
+    picture = row.get("pictures", {}).get(task)
+    if picture is None:
+        return row[task]
+    count = len(row[task])
+    return f"{count} box{'es' if count != 1 else ''}: {picture}"
 
 
 def _shown_prediction(value: Any) -> Any:

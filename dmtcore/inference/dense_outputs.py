@@ -78,20 +78,30 @@ def file_stem(number: int, label: str) -> str:
 
 class PredictionWriter:
     """Writes every dense map of a prediction run into `directory` (PNG + .npy per image and
-    task), and the whole run's predictions as `predictions.json`, where a dense task's entry
-    names its files instead of holding the map."""
+    task), a picture of every image's boxes per detection task (`region_pictures`), and the
+    whole run's predictions as `predictions.json`, where a dense task's entry names its files
+    instead of holding the map, and a row's `pictures` names each region task's picture."""
 
     def __init__(self, directory: Path, tasks: list[str], outputs: dict[str, dict[str, Any]]):
+        from dmtcore.inference.region_pictures import picture_groups
+
         self.directory = Path(directory)
         self.tasks = tasks
         self.outputs = outputs
+        self.pictures = picture_groups(
+            [t for t in tasks if outputs[t]["kind"] in REGION_KINDS], outputs
+        )
         self.rows: list[dict[str, Any]] = []
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the output folder {str(directory)!r}: {exc}") from exc
 
-    def add(self, logits: dict[str, torch.Tensor], labels: list[str]) -> None:
+    def add(
+        self, logits: dict[str, Any], labels: list[str], images: torch.Tensor | None = None
+    ) -> None:
+        """One batch: its predictions, the labels of its inputs, and (for the pictures of
+        region tasks) the images as the model took them."""
         first = len(self.rows)
         rows = [{"input": label} for label in labels]
         for name in self.tasks:
@@ -106,19 +116,45 @@ class PredictionWriter:
                 )["prediction"]
                 for row, value in zip(rows, predicted, strict=True):
                     row[name] = value
+        if self.pictures and images is not None:
+            shown = [name for group in self.pictures.values() for name in group]
+            for offset, row in enumerate(rows):
+                values = {name: logits[name][offset] for name in shown}
+                row["pictures"] = self._draw(first + offset, row["input"], images[offset], values)
         self.rows += rows
+
+    def _draw(
+        self, number: int, label: str, image: torch.Tensor, values: dict[str, Any]
+    ) -> dict[str, str]:
+        from dmtcore.inference.region_pictures import region_picture
+
+        files = {}
+        for name, shown in self.pictures.items():
+            png = self.directory / f"{file_stem(number, label)}.{name}.png"
+            picture = region_picture(image, shown, values, self.outputs)
+            self._save(picture, png)
+            files.update(dict.fromkeys(shown, png.name))
+        return {task: files[task] for task in self.tasks if task in files}
 
     def _write(self, number: int, label: str, task: str, kind: str, values: np.ndarray) -> str:
         stem = f"{file_stem(number, label)}.{task}"
         png, npy = self.directory / f"{stem}.png", self.directory / f"{stem}.npy"
         try:
             np.save(npy, values, allow_pickle=False)
-            map_image(kind, values, self.outputs[task]["size"]).save(png)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot write {npy.name} into {str(self.directory)!r}: {exc}"
+            ) from exc
+        self._save(map_image(kind, values, self.outputs[task]["size"]), png)
+        return png.name
+
+    def _save(self, picture: Any, png: Path) -> None:
+        try:
+            picture.save(png)
         except OSError as exc:
             raise StoreError(
                 f"cannot write {png.name} into {str(self.directory)!r}: {exc}"
             ) from exc
-        return png.name
 
     def finish(self, summary: dict[str, Any]) -> Path:
         path = self.directory / "predictions.json"

@@ -714,15 +714,17 @@ def predict_to_folder(
     outputs: dict[str, dict[str, Any]],
     directory: Path,
 ) -> PredictionWriter:
-    """`dmt predict --out`: every batch's dense maps written as files as soon as computed."""
+    """`dmt predict --out`: every batch's dense maps, and its pictures of boxes, written as
+    files as soon as computed."""
     writer = PredictionWriter(directory, list(tasks), outputs)
-    pending: list[list[str]] = []
+    pending: list[tuple[torch.Tensor, list[str]]] = []
 
     def batches() -> Iterator[torch.Tensor]:
         for images, labels in labelled_batches:
-            pending.append(labels)
+            pending.append((images, labels))
             yield images
 
     for logits in predict_batches(model, batches(), tasks, outputs):
-        writer.add(logits, pending.pop(0))
+        images, labels = pending.pop(0)
+        writer.add(logits, labels, images)
     return writer
