@@ -431,7 +431,10 @@ def merged(paths: list[Path]) -> tuple[dict[str, list[dict[str, Any]]], dict[str
     setting: dict[str, Any] | None = None
     for path in paths:
         saved = json.loads(path.read_text())
-        other = {k: v for k, v in saved["setting"].items() if k != "seeds"}
+        # Files written before --attribute-train existed trained every task on full data.
+        other = {"attribute_train": None} | {
+            k: v for k, v in saved["setting"].items() if k != "seeds"
+        }
         if setting is None:
             setting = {**other, "seeds": []}
         elif {k: v for k, v in setting.items() if k != "seeds"} != other:
