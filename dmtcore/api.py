@@ -426,8 +426,9 @@ class ModelStore:
     ) -> dict[str, Any]:
         """Every requested task's prediction for image files or .npy arrays, in batches.
         With `out`, dense maps are written there as PNG and .npy files, region tasks' boxes
-        drawn on each image as a PNG, and predictions.json, instead of returned. Returns `dmt predict --json`'s record. Loading a store needs no
-        task plugin: only `plugins` naming a third-party backbone or connection kind."""
+        drawn on each image as a PNG, and predictions.json, instead of returned. Returns `dmt
+        predict --json`'s record. Loading a store needs no task plugin: only `plugins` naming a
+        third-party backbone or connection kind."""
         if batch_size < 1:
             raise InvalidValueError(f"batch size must be a positive integer, got {batch_size}")
         from dmtcore.hooks.host import create_plugin_host

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -53,25 +52,22 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import _comparison as comparison
 import torch
 from torch.utils.data import TensorDataset
 
 from dmtcore.errors import DmtError
 from dmtcore.hooks.host import PluginHost, create_plugin_host
-from dmtcore.model.baselines import HardSharingModel
 from dmtcore.operations import (
     DataOptions,
     evaluate_store,
     init_store,
     load_current,
-    make_target,
     train_tasks,
 )
-from dmtcore.tasks.data import Batches, resolve_device
 from dmtcore.tasks.names import InputSpec, parse_option
 from dmtcore.tasks.spec import DataRequest, TaskData, TaskSpec
-from dmtcore.train.evaluation import evaluate
-from dmtcore.train.loop import TrainSettings, fit
+from dmtcore.train.loop import TrainSettings
 
 SEGMENTATION, NORMALS = "scenes.segmentation", "scenes.normals"
 TASKS = (SEGMENTATION, NORMALS)
@@ -207,21 +203,9 @@ def run_hard_sharing(
     host: PluginHost, setup: dict[str, Any], settings: TrainSettings
 ) -> tuple[Scores, dict[str, Any]]:
     """One trunk shared by both tasks, a head each, trained jointly; test metrics."""
-    spec: InputSpec = setup["input"]
-    data = DataOptions()
-    specs = [host.kinds.task(t) for t in TASKS]
-    device = resolve_device(settings.device)
-    targets = [make_target(s, spec, settings, data, device) for s in specs]
-    torch.manual_seed(settings.seed)
-    backbone = host.kinds.backbone(setup["backbone"])
-    options = backbone.resolve_options(setup["options"])
-    model = HardSharingModel(spec, backbone, options, specs).to(device)
-    fit(model, targets, settings)
-    scores = {}
-    for task_spec in specs:
-        test = task_spec.datasets(DataRequest(data.data_dir, spec, settings.seed)).test
-        batches = Batches(task_spec, test, spec, settings.batch_size, False, device, split="test")
-        scores[task_spec.name] = evaluate(model, task_spec, batches)
+    scores = comparison.hard_sharing_scores(
+        host, TASKS, setup["input"], setup["backbone"], setup["options"], settings
+    )
     return scores, {}
 
 
@@ -247,30 +231,10 @@ def row_values(scores: Scores) -> list[float]:
     return [scores[task][metric] * (100 if percent else 1) for _, task, metric, percent in COLUMNS]
 
 
-def average(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean over seeds of each column and of the wall time."""
-    values = [run["values"] for run in runs]
-    return {
-        "values": [sum(column) / len(column) for column in zip(*values, strict=True)],
-        "spread": [_sd(column) for column in zip(*values, strict=True)],
-        "seconds": sum(run["seconds"] for run in runs) / len(runs),
-        "unchanged": all(run.get("unchanged", True) for run in runs),
-    }
-
-
-def _sd(values: tuple[float, ...]) -> float:
-    if len(values) < 2:
-        return 0.0
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
 def ordering(values: dict[str, list[float]], column: int) -> str:
     """Methods from best to worst on one column."""
-    label = COLUMNS[column][0]
-    reverse = label not in LOWER_IS_BETTER
-    ranked = sorted(values, key=lambda m: values[m][column], reverse=reverse)
-    return " > ".join(f"{m} {values[m][column]:.1f}" for m in ranked)
+    higher = COLUMNS[column][0] not in LOWER_IS_BETTER
+    return comparison.ordering(values, column, higher)
 
 
 def print_table(results: dict[str, dict[str, Any]], title: str, seeds: list[int]) -> None:
@@ -285,11 +249,7 @@ def print_table(results: dict[str, dict[str, Any]], title: str, seeds: list[int]
             ours = [f"{v}±{s:.1f}" for v, s in zip(ours, result["spread"], strict=True)]
         name = "" if method in PAPER else method
         rows.append([name, "ours", *ours, f"{result['seconds']:.0f}s"])
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for index, row in enumerate([header, *rows]):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        if index == 0:
-            print("  ".join("-" * w for w in widths))
+    comparison.print_rows(header, rows)
     print(
         "mIoU, PAcc and ≤t° in %, mean/median angle error in degrees (lower is better); "
         "time: wall seconds per run of the row."
@@ -378,7 +338,7 @@ def main() -> None:
                 print(
                     f"{method} seed {seed}: {shown} ({seconds:.0f}s)", file=sys.stderr, flush=True
                 )
-            results[method] = average(per_seed[method])
+            results[method] = comparison.average(per_seed[method])
     except DmtError as exc:
         print(f"Error: {exc}", file=sys.stderr)
         sys.exit(exc.exit_code)

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import tempfile
 import time
@@ -48,24 +47,22 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import _comparison as comparison
 import torch
+from torch.utils.data import Subset
 
 from dmtcore.errors import DmtError
 from dmtcore.hooks.host import PluginHost, create_plugin_host
-from dmtcore.model.baselines import HardSharingModel
 from dmtcore.operations import (
     DataOptions,
     evaluate_store,
     init_store,
     load_current,
-    make_target,
     train_tasks,
 )
-from dmtcore.tasks.data import Batches, resolve_device
 from dmtcore.tasks.names import InputSpec
 from dmtcore.tasks.spec import DataRequest, TaskData, TaskSpec
-from dmtcore.train.evaluation import evaluate
-from dmtcore.train.loop import TrainSettings, fit
+from dmtcore.train.loop import TrainSettings
 
 DETECTION, ATTRIBUTES = "scenes.detection", "scenes.attributes"
 TASKS = (DETECTION, ATTRIBUTES)
@@ -112,8 +109,7 @@ def with_test_split(host: PluginHost, quick: bool, attribute_train: int | None) 
     """The same plugins, except that the two tasks also serve a test split (and, in quick
     mode, only a few samples of each split; with `attribute_train`, the attributes task only
     the boxes of that many training scenes: data-starved, as the paper calls attribute
-    prediction beside detection). Both tasks keep reading the plugin's one image tensor per
-    split, so the engine still evaluates them in one forward pass."""
+    prediction beside detection)."""
     registry = host.kinds
     tasks = dict(registry.tasks)
     for name in TASKS:
@@ -146,11 +142,9 @@ def _datasets(
     return datasets
 
 
-def _head(regions: Any, count: int) -> Any:
-    """The first `count` images of a `SceneRegions` split, as one again."""
-    head = type(regions).__new__(type(regions))
-    head.images, head.labels = regions.images[:count], regions.labels[:count]
-    return head
+def _head(regions: Any, count: int) -> Subset:
+    """The first `count` images of a split."""
+    return Subset(regions, range(min(count, len(regions))))
 
 
 def run_store(
@@ -210,20 +204,9 @@ def run_hard_sharing(
     host: PluginHost, setup: dict[str, Any], settings: TrainSettings
 ) -> tuple[Scores, dict[str, Any]]:
     """One trunk shared by both tasks, a head each, trained jointly; test metrics."""
-    spec: InputSpec = setup["input"]
-    data = DataOptions()
-    specs = [host.kinds.task(t) for t in TASKS]
-    device = resolve_device(settings.device)
-    targets = [make_target(s, spec, settings, data, device) for s in specs]
-    torch.manual_seed(settings.seed)
-    backbone = host.kinds.backbone("dmt-cnn")
-    model = HardSharingModel(spec, backbone, backbone.resolve_options({"spatial": True}), specs)
-    fit(model.to(device), targets, settings)
-    scores = {}
-    for task_spec in specs:
-        test = task_spec.datasets(DataRequest(data.data_dir, spec, settings.seed)).test
-        batches = Batches(task_spec, test, spec, settings.batch_size, False, device, split="test")
-        scores[task_spec.name] = evaluate(model, task_spec, batches)
+    scores = comparison.hard_sharing_scores(
+        host, TASKS, setup["input"], "dmt-cnn", {"spatial": True}, settings
+    )
     return scores, {}
 
 
@@ -250,28 +233,12 @@ def row_values(scores: Scores) -> list[float]:
 
 
 def average(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean over seeds of each column and of the wall time."""
-    values = [run["values"] for run in runs]
-    return {
-        "values": [sum(column) / len(column) for column in zip(*values, strict=True)],
-        "spread": [_sd(column) for column in zip(*values, strict=True)],
-        "seconds": sum(run["seconds"] for run in runs) / len(runs),
-        "unchanged": all(run.get("unchanged", True) for run in runs),
-        "runs": runs,
-    }
-
-
-def _sd(values: tuple[float, ...]) -> float:
-    if len(values) < 2:
-        return 0.0
-    mean = sum(values) / len(values)
-    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    """Mean and spread over seeds, with the runs themselves (for `--merge`)."""
+    return {**comparison.average(runs), "runs": runs}
 
 
 def ordering(values: dict[str, list[float | None]], column: int) -> str:
-    """Methods from best to worst on one column."""
-    ranked = sorted(values, key=lambda m: values[m][column] or 0.0, reverse=True)
-    return " > ".join(f"{m} {values[m][column]:.1f}" for m in ranked)
+    return comparison.ordering(values, column, higher_is_better=True)
 
 
 def print_table(results: dict[str, dict[str, Any]], title: str) -> None:
@@ -287,11 +254,7 @@ def print_table(results: dict[str, dict[str, Any]], title: str) -> None:
             ours = [f"{v}±{s:.1f}" for v, s in zip(ours, result["spread"], strict=True)]
         name = "" if method in PAPER else method
         rows.append([name, "ours", *ours, f"{result['seconds']:.0f}s"])
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for index, row in enumerate([header, *rows]):
-        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        if index == 0:
-            print("  ".join("-" * w for w in widths))
+    comparison.print_rows(header, rows)
     print("mAP in %; time: wall seconds per run of the row.")
     incremental = results.get("ttc incremental")
     if incremental:

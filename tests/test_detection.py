@@ -432,6 +432,7 @@ def test_predict_out_of_the_attributes_alone_draws_them_on_a_picture_of_their_ow
     run_cli("predict", inputs, "--store", store, "--task", "toyr.traits", "--out", out)
     rows = json.loads((out / "predictions.json").read_text())["rows"]
     images = torch.from_numpy(np.load(inputs))
+    assert sum(len(row["toyr.traits"]) for row in rows) > 0  # something is drawn
     for index, row in enumerate(rows):
         assert list(row) == ["input", "toyr.traits", "pictures"]
         assert row["pictures"] == {"toyr.traits": f"{index:06d}-x.toyr.traits.png"}

@@ -231,21 +231,6 @@ BAD_DETECTION = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(
-    ("case", "file", "old", "new", "parts"), BAD_DETECTION, ids=[c[0] for c in BAD_DETECTION]
-)
-def test_a_bad_voc_annotation_is_one_line_naming_the_file_and_value(
-    tree: Path, case: str, file: str, old: str, new: str, parts: list[str]
-) -> None:
-    rewrite(tree / file, old, new)
-    with pytest.raises(DataError) as caught:
-        detection(tree)
-    message = str(caught.value)
-    assert "\n" not in message and str(tree / file) in message, message
-    for part in parts:
-        assert part in message, message
-
-
 FIRST = apascal_line(*APASCAL["apascal_train.txt"][0])
 BAD_ATTRIBUTES = [
     ("values-count", TRAIN_TXT, FIRST, FIRST.rsplit(" ", 1)[0],
@@ -264,15 +249,21 @@ BAD_ATTRIBUTES = [
 ]  # fmt: skip
 
 
+# Which reader meets each bad file: the VOC XML annotations, or attribute-PASCAL's lines.
+BAD_FILES = [("voc", *c) for c in BAD_DETECTION] + [("apascal", *c) for c in BAD_ATTRIBUTES]
+
+
 @pytest.mark.parametrize(
-    ("case", "file", "old", "new", "parts"), BAD_ATTRIBUTES, ids=[c[0] for c in BAD_ATTRIBUTES]
+    ("reader", "case", "file", "old", "new", "parts"),
+    BAD_FILES,
+    ids=[f"{c[0]}-{c[1]}" for c in BAD_FILES],
 )
-def test_a_bad_apascal_file_is_one_line_naming_the_file_line_and_value(
-    tree: Path, case: str, file: str, old: str, new: str, parts: list[str]
+def test_a_bad_annotation_file_is_one_line_naming_the_file_and_value(
+    tree: Path, reader: str, case: str, file: str, old: str, new: str, parts: list[str]
 ) -> None:
     rewrite(tree / file, old, new)
     with pytest.raises(DataError) as caught:
-        attributes(tree)
+        {"voc": detection, "apascal": attributes}[reader](tree)
     message = str(caught.value)
     assert "\n" not in message and str(tree / file) in message, message
     for part in parts:

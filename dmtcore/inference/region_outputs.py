@@ -88,6 +88,15 @@ def region_predictions(
     return result
 
 
+def attribute_names(probabilities: list[float], class_names: list[str] | None) -> list[Any]:
+    """The attributes a box has (probability ≥ ATTRIBUTE_THRESHOLD), by name, else by index."""
+    return [
+        class_names[i] if class_names else i
+        for i, p in enumerate(probabilities)
+        if p >= ATTRIBUTE_THRESHOLD
+    ]
+
+
 def readable_regions(
     kind: str, values: list[dict[str, torch.Tensor]], class_names: list[str] | None
 ) -> dict[str, list[Any]]:
@@ -116,11 +125,7 @@ def readable_regions(
                 [
                     {
                         "box": box,
-                        "attributes": [
-                            class_names[i] if class_names else i
-                            for i, p in enumerate(row)
-                            if p >= ATTRIBUTE_THRESHOLD
-                        ],
+                        "attributes": attribute_names(row, class_names),
                         "probabilities": row,
                     }
                     for box, row in zip(boxes, rows, strict=True)

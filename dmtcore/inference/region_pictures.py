@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from dmtcore.inference.region_outputs import ATTRIBUTE_THRESHOLD
+from dmtcore.inference.region_outputs import attribute_names
 from dmtcore.tasks.visualize_boxes import boxes_image
 
 
@@ -37,16 +37,6 @@ def picture_groups(tasks: list[str], outputs: dict[str, dict[str, Any]]) -> dict
     return groups
 
 
-def attribute_names(probabilities: torch.Tensor, class_names: list[str] | None) -> list[str]:
-    """The attributes a box has (probability ≥ ATTRIBUTE_THRESHOLD, as `dmt predict --json`
-    lists them), by name, else by index."""
-    return [
-        class_names[i] if class_names else str(i)
-        for i, p in enumerate(probabilities.tolist())
-        if p >= ATTRIBUTE_THRESHOLD
-    ]
-
-
 def region_picture(
     image: torch.Tensor,
     shown: list[str],
@@ -55,9 +45,8 @@ def region_picture(
 ) -> Image.Image:
     """The picture of one image for the tasks `shown` (one entry of `picture_groups`), from
     each task's prediction of that image (`values`, as `region_predictions` gives it)."""
-    first = outputs[shown[0]]
+    first, found = outputs[shown[0]], values[shown[0]]
     if first["kind"] == "detection":
-        found = values[shown[0]]
         names = first.get("class_names")
         classes = [int(c) for c in found["labels"].tolist()]
         labels = [
@@ -66,14 +55,13 @@ def region_picture(
         ]
         described, num_classes = shown[1:], int(first["size"])
     else:
-        found = values[shown[0]]
         classes, labels = [0] * len(found["boxes"]), [""] * len(found["boxes"])
         described, num_classes = shown, 1
     for name in described:
         rows = values[name]["probabilities"]
         names = outputs[name].get("class_names")
         labels = [
-            " ".join([label, *attribute_names(row, names)]).strip()
+            " ".join([label, *map(str, attribute_names(row.tolist(), names))]).strip()
             for label, row in zip(labels, rows, strict=True)
         ]
     return boxes_image(image, found["boxes"], classes, [t or None for t in labels], num_classes)

@@ -2,9 +2,10 @@
 
 The numbers come from the manifest (each task's `relations`, written at every commit), so they
 are read without torch: TTC gates α_ij, NDDR block norms relative to the own block,
-cross-stitch weights (per channel: their mean; per layer: the unit's weight). `plot` draws them as heatmaps, one per stage boundary. Where the store
-fuses the last stage's features into the head (connection option `head_fusion`), the last
-boundary is that connection: `stage L → head` (DMT Table 6's "layer 6 to layer 7" for dmt-cnn).
+cross-stitch weights (per channel: their mean; per layer: the unit's weight). `plot` draws
+them as heatmaps, one per stage boundary. Where the store fuses the last stage's features
+into the head (connection option `head_fusion`), the last boundary is that connection:
+`stage L → head` (DMT Table 6's "layer 6 to layer 7" for dmt-cnn).
 """
 
 from __future__ import annotations
@@ -50,17 +51,21 @@ def connection_label(manifest: dict[str, Any]) -> str:
     """How reports name the store's connections: the kind, and for cross-stitch units per layer
     activation map (`granularity=layer`) that they are; per channel, the default, is not said."""
     kind = manifest["connection"]["name"]
-    if kind == "cross-stitch" and manifest["connection"]["options"].get("granularity") == "layer":
-        return f"{kind} (one unit per layer)"
-    return kind
+    return f"{kind} (one unit per layer)" if _per_layer(manifest) else kind
 
 
 def relation_label(manifest: dict[str, Any]) -> str:
     """What the relation numbers of the store's connection kind are, for a plot's colour bar."""
-    kind = manifest["connection"]["name"]
-    if connection_label(manifest) != kind:
+    if _per_layer(manifest):
         return "cross-stitch weight"
-    return RELATION_LABELS.get(kind, "weight")
+    return RELATION_LABELS.get(manifest["connection"]["name"], "weight")
+
+
+def _per_layer(manifest: dict[str, Any]) -> bool:
+    connection = manifest["connection"]
+    return connection["name"] == "cross-stitch" and (
+        connection["options"].get("granularity") == "layer"
+    )
 
 
 def boundary_label(manifest: dict[str, Any], stage: int) -> str:
